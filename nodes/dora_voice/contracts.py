@@ -1,0 +1,56 @@
+"""Each node's contract, declared in one place: inputs, outputs and the env vars it reads.
+
+Like dora-hub's ``node-hub/*/dora-node.yml``. Each node module defines ``CONTRACT``; :func:`all_contracts` collects
+them, and ``tests/test_dataflows.py`` checks every dataflow YAML against them (paths, input ids, sources,
+queue policy, env keys).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from dora_voice.config import env_vars
+
+NODE_MODULES = ("mic", "vad", "asr", "llm", "tts", "speaker", "text_input")
+
+
+@dataclass(frozen=True)
+class NodeContract:
+    """What a node accepts and produces.
+
+    Attributes:
+        path: the console script (the YAML ``path:``).
+        inputs: input id -> what it carries.
+        outputs: output ids it may send (a YAML may wire a subset; ``timing`` is optional everywhere).
+        config: the frozen config dataclass whose ``env_field``s are the env vars the node reads.
+        extra_env: env vars read outside the config class (e.g. by the model resolver), name -> help.
+    """
+
+    path: str
+    inputs: dict[str, str]
+    outputs: tuple[str, ...]
+    config: type
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def env(self) -> dict[str, Any]:
+        """Every env var the node reads -> default."""
+        names = {name: default for name, (default, _help) in env_vars(self.config).items()}
+        names.update({name: None for name in self.extra_env})
+        names.setdefault("LOG_LEVEL", "INFO")
+        return names
+
+
+def all_contracts() -> dict[str, NodeContract]:
+    """Console-script path -> contract, for every node in the package (and the monitor)."""
+    contracts: dict[str, NodeContract] = {}
+    for name in NODE_MODULES:
+        module = importlib.import_module(f"dora_voice.nodes.{name}")
+        contracts[module.CONTRACT.path] = module.CONTRACT
+    try:
+        monitor = importlib.import_module("dora_voice_monitor.node")
+        contracts[monitor.CONTRACT.path] = monitor.CONTRACT
+    except ImportError:
+        pass
+    return contracts

@@ -1,0 +1,159 @@
+"""The dora plumbing every node shares: one event loop around a pure, dora-free core.
+
+A node's ``main()`` builds a :class:`NodeCore` subclass (models injected) and calls :func:`run_node`. The core
+never sees dora: it gets ``(input_id, value, metadata)`` and returns :data:`Emit` tuples. Unit tests drive the core
+directly; the loop here is the only code that talks to ``dora.Node``.
+
+Cooperative scheduling: a core that has work in progress (an LLM generating, a TTS queue) says so with
+:meth:`NodeCore.busy`; the loop then polls for events without blocking (``Node.try_recv``) between units of work
+(:meth:`NodeCore.step`), so control messages such as a barge-in are seen within one unit of work.
+
+Nothing is lost: the loop never ``break``s on STOP (dora can deliver STOP before queued inputs, DESIGN.md); it
+drains until the event stream ends, or until the core reports :meth:`NodeCore.finished` (needed where a feedback
+edge would otherwise keep an input open forever).
+
+Bad input: a :class:`~dora_voice.schema.SchemaError` or ``ValueError`` from the core is logged with the input id,
+counted in :attr:`NodeCore.input_errors`, reported to the monitor as a ``input_error`` timing event, and the node
+keeps running.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Iterable, Mapping
+
+import pyarrow as pa
+
+from dora_voice.schema import Output, SchemaError, TimingEvent, TimingKind, Key
+
+logger = logging.getLogger(__name__)
+
+Emit = tuple[str, pa.Array, dict[str, Any]]
+"""One output to send: ``(output_id, payload, metadata)``."""
+
+
+def emit(output_id: str, message: Any) -> Emit:
+    """Encode a schema message for ``output_id``."""
+    value, meta = message.encode()
+    return output_id, value, meta
+
+
+class UnknownInputError(SchemaError):
+    """An input id the node does not declare."""
+
+
+class NodeCore:
+    """Base class of the pure cores. Subclasses override the ``on_*`` hooks they need.
+
+    Attributes:
+        node_id: dora node id, stamped on timing events.
+        input_errors: bad messages rejected so far.
+    """
+
+    node_id = "node"
+
+    def __init__(self, clock_ns=time.time_ns) -> None:
+        self.clock_ns = clock_ns
+        self.input_errors = 0
+        self.session_id = ""
+
+    # -- hooks -------------------------------------------------------------------------------------------------
+    def on_input(self, input_id: str, value: pa.Array, metadata: Mapping[str, Any]) -> Iterable[Emit]:
+        """Handle one input message. Raise :class:`SchemaError` for bad input."""
+        raise UnknownInputError(f"unknown input id {input_id!r}")
+
+    def on_input_closed(self, input_id: str) -> Iterable[Emit]:
+        """An upstream node finished; its input will deliver nothing more."""
+        return ()
+
+    def busy(self) -> bool:
+        """True while the core has work that :meth:`step` should advance."""
+        return False
+
+    def step(self) -> Iterable[Emit]:
+        """Advance pending work by one unit (one token, one segment)."""
+        return ()
+
+    def finished(self) -> bool:
+        """True when the node should exit although some input is still open (feedback edges)."""
+        return False
+
+    def on_end(self) -> Iterable[Emit]:
+        """The event stream ended: flush what is left."""
+        return ()
+
+    # -- helpers -----------------------------------------------------------------------------------------------
+    def timing(self, kind: TimingKind, turn_id: int, t_ns: int | None = None, **fields: Any) -> Emit:
+        """A timing event for the monitor, stamped now unless ``t_ns`` is given."""
+        event = TimingEvent(kind=kind, node=self.node_id, session_id=self.session_id, turn_id=turn_id,
+                            t_ns=self.clock_ns() if t_ns is None else t_ns, fields=fields)
+        return emit(Output.TIMING, event)
+
+    def reject(self, input_id: str, exc: Exception) -> list[Emit]:
+        """Count and log a bad message; returns the ``input_error`` timing event."""
+        self.input_errors += 1
+        logger.warning("%s: rejected input %r: %s (%d rejected so far)", self.node_id, input_id, exc, self.input_errors)
+        return [self.timing(TimingKind.INPUT_ERROR, -1, **{Key.DETAIL: f"{input_id}: {exc}"[:500]})]
+
+    def handle(self, input_id: str, value: pa.Array, metadata: Mapping[str, Any]) -> list[Emit]:
+        """:meth:`on_input` with bad input turned into a counted, logged rejection."""
+        try:
+            return list(self.on_input(input_id, value, metadata))
+        except (SchemaError, ValueError) as exc:
+            return self.reject(input_id, exc)
+
+
+def _send(node: Any, outputs: Iterable[Emit], declared: set[str] | None) -> None:
+    for output_id, value, meta in outputs:
+        if declared is not None and output_id not in declared:
+            continue  # an optional output this dataflow does not wire (e.g. timing without a monitor)
+        node.send_output(output_id, value, meta)
+
+
+def _declared_outputs(node: Any) -> set[str] | None:
+    """Output ids this node has in the running dataflow's YAML, or ``None`` when unknown."""
+    try:
+        config = node.node_config()
+        descriptor = node.dataflow_descriptor()
+    except Exception:  # noqa: BLE001 - older dora or dynamic node: send everything
+        return None
+    node_id = config.get("id") if isinstance(config, dict) else None
+    for entry in (descriptor or {}).get("nodes", []):
+        if node_id is None or entry.get("id") == node_id:
+            if node_id is not None:
+                return {str(o) for o in entry.get("outputs", [])}
+    return None
+
+
+def run_node(node: Any, core: NodeCore) -> None:
+    """Drive ``core`` with the events of ``node`` (a ``dora.Node``) until the stream ends.
+
+    Outputs the YAML does not declare are skipped silently, so a node can run in a dataflow without a monitor.
+    """
+    declared = _declared_outputs(node)
+    while True:
+        if core.finished():
+            break
+        if core.busy():
+            event = node.try_recv()
+            if event is None:
+                _send(node, core.step(), declared)
+                continue
+        else:
+            event = node.next()
+            if event is None:
+                break
+        kind = event.get("type")
+        if kind == "INPUT":
+            _send(node, core.handle(event["id"], event["value"], event.get("metadata") or {}), declared)
+        elif kind == "INPUT_CLOSED":
+            _send(node, core.on_input_closed(event["id"]), declared)
+        elif kind == "ERROR":
+            if "Timeout" not in str(event.get("error", "")):
+                logger.error("%s: dora error event: %s", core.node_id, str(event.get("error"))[:300])
+        # STOP: keep draining; the stream ends by itself once every input is closed.
+    while core.busy():
+        _send(node, core.step(), declared)
+    _send(node, core.on_end(), declared)
+    logger.info("%s: finished (%d bad inputs rejected)", core.node_id, core.input_errors)

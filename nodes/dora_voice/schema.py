@@ -1,0 +1,610 @@
+"""The single source of truth for every message exchanged between dora-voice nodes.
+
+Every output id and metadata key lives here, organised by dataflow edge, with its type and unit. Nodes never spell
+a key as a bare string: they build one of the message dataclasses below and call ``encode()``, and they read
+incoming messages with the matching ``decode()``. This follows HF speech-to-speech's ``pipeline/messages.py`` and
+dora core's ``libraries/message/src/metadata.rs`` (one module for all streaming keys).
+
+Conventions (see DESIGN.md):
+    * Audio is a 1-D ``float32`` pyarrow array in [-1, 1], mono, with ``sample_rate`` (int, Hz) in its metadata.
+    * Text is a one-element ``string`` array.
+    * Control and timing messages carry a one-element ``string`` array (a short label) and their fields as
+      metadata. Metadata values are ``bool``, ``int``, ``float`` or ``str`` only (what dora 1.1 carries as-is).
+    * ``*_ns`` values are ``time.time_ns()`` wall-clock nanoseconds stamped at the source; all nodes share that
+      epoch, so the monitor can subtract timestamps taken in different processes.
+
+Errors:
+    :class:`SchemaError` (a ``ValueError``) is raised by every ``decode`` on a missing key, a value of the wrong
+    type, or a payload of the wrong dtype/shape. Nodes log and count it and keep running.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import pyarrow as pa
+
+PIPELINE_SAMPLE_RATE_HZ = 16_000
+"""Sample rate of audio between mic, VAD and ASR (Hz). Silero VAD and Whisper both expect 16 kHz."""
+
+MAX_TEXT_CHARS = 20_000
+"""Longest text message accepted by a node (characters); longer input is rejected as a :class:`SchemaError`."""
+
+
+class SchemaError(ValueError):
+    """A message does not follow this schema (missing key, wrong type, bad payload)."""
+
+
+class Key:
+    """Metadata keys. Types and units are given next to each key."""
+
+    SESSION_ID = "session_id"  # str: one conversation
+    TURN_ID = "turn_id"  # int: one user utterance (or typed query) and its answer, 0-based
+    SEGMENT_INDEX = "segment_index"  # int: 0-based text/audio segment within a turn
+    FRAGMENT_INDEX = "fragment_index"  # int: 0-based audio fragment within a segment
+    TEXT_SEGMENT_INDEX = "text_segment_index"  # int: LLM chunk an audio segment was synthesized from
+    IS_STREAMING = "is_streaming"  # bool: produced by the streaming path
+    IS_FINAL = "is_final"  # bool: last message of the turn on this edge
+    IS_LAST_FRAGMENT = "is_last_fragment"  # bool: last fragment of its segment
+    SEGMENTS_TOTAL = "segments_total"  # int: segments the sender produced for the turn (on is_final messages)
+    SAMPLE_RATE = "sample_rate"  # int, Hz
+    SAMPLE_OFFSET = "sample_offset"  # int, samples since the start of the mic stream
+    T_NS = "t_ns"  # int, ns: when the message's event happened (for audio: its first sample)
+    STREAM_START_NS = "stream_start_ns"  # int, ns: wall-clock instant of sample 0 of the input stream
+    SPEECH_START_NS = "speech_start_ns"  # int, ns: first voiced sample of the utterance
+    SPEECH_END_NS = "speech_end_ns"  # int, ns: last voiced sample of the utterance
+    DETECTED_NS = "detected_ns"  # int, ns: when the VAD decided
+    LLM_START_NS = "llm_start_ns"  # int, ns: prompt submitted to the LLM
+    TOKENS = "tokens"  # int: LLM tokens in a chunk (or in the reply, on llm_done)
+    SOURCE = "source"  # str: "device" or "file" (mic), "voice" or "text" (transcripts)
+    EVENT = "event"  # str: a VadEventKind / ControlKind / TimingKind value
+    TEXT = "text"  # str: transcript, chunk text or reply (timing events only)
+    DURATION_MS = "duration_ms"  # float, ms
+    AUDIO_MS = "audio_ms"  # float, ms of audio
+    COUNT = "count"  # int: a count whose meaning the event names
+    UNDERRUNS = "underruns"  # int
+    UNDERRUN_MS = "underrun_ms"  # float, ms
+    CANCELLED = "cancelled"  # int: segments deliberately dropped by a barge-in
+    INTERRUPTED = "interrupted"  # bool
+    DETAIL = "detail"  # str: free-form detail (error text, node name)
+    HEARD_FRACTION = "heard_fraction"  # float, 0.0-1.0: share of a segment the listener heard
+    NODE = "node"  # str: the node that stamped a timing event
+
+
+class Output:
+    """Output ids, by node. The YAML ``outputs:`` lists and the node contracts use these names."""
+
+    AUDIO = "audio"  # mic -> vad; tts -> speaker
+    STREAM_STARTED = "stream_started"  # mic -> speaker, monitor
+    SPEECH = "speech"  # vad -> asr
+    EVENTS = "events"  # vad -> speaker, tts, llm (barge-in), monitor
+    TEXT = "text"  # asr -> llm; text-input -> llm; llm -> tts
+    SEGMENT_DONE = "segment_done"  # tts -> llm (pacing feedback)
+    PLAYBACK = "playback"  # speaker -> llm (what was heard), monitor
+    TIMING = "timing"  # every node -> monitor
+
+
+class VadEventKind(str, enum.Enum):
+    """What the VAD saw. ``speech_started`` is what barge-in listens to."""
+
+    SPEECH_STARTED = "speech_started"
+    SPEECH_ENDED = "speech_ended"
+
+
+class PlaybackKind(str, enum.Enum):
+    """Speaker feedback about one audio segment."""
+
+    SEGMENT_PLAYED = "segment_played"  # every sample of the segment left
+    SEGMENT_INTERRUPTED = "segment_interrupted"  # playback stopped inside it by a barge-in
+    TURN_DONE = "turn_done"  # the turn's final segment has been played (or the turn was cancelled)
+
+
+class TimingKind(str, enum.Enum):
+    """Timing events, stamped where they happen and combined by the monitor."""
+
+    STREAM_STARTED = "stream_started"  # mic: sample 0 of the input
+    SPEECH_STARTED = "speech_started"  # vad: t_ns = first voiced sample
+    SPEECH_ENDED = "speech_ended"  # vad: t_ns = last voiced sample; detected_ns = decision time
+    ASR_DONE = "asr_done"  # asr: transcript emitted; text
+    TEXT_INPUT = "text_input"  # text-input: a typed query emitted; text
+    LLM_START = "llm_start"  # llm: prompt submitted
+    LLM_FIRST_TOKEN = "llm_first_token"  # llm: first token generated
+    LLM_CHUNK = "llm_chunk"  # llm: a speakable chunk emitted; segment_index, tokens, text, duration_ms
+    LLM_DONE = "llm_done"  # llm: generation finished; tokens, text (reply), segments_total
+    TTS_SEGMENT_START = "tts_segment_start"  # tts: a segment's text received/queued; text_segment_index
+    TTS_FIRST_FRAGMENT = "tts_first_fragment"  # tts: a segment's first audio fragment emitted
+    TTS_SEGMENT_DONE = "tts_segment_done"  # tts: a segment synthesized; audio_ms, duration_ms
+    TTS_DONE = "tts_done"  # tts: the turn's last segment emitted; segments_total
+    PLAYBACK_STARTED = "playback_started"  # speaker: first sample of the turn left
+    SEGMENT_PLAYED = "segment_played"  # speaker: a segment finished playing; segment_index, audio_ms
+    TURN_PLAYED = "turn_played"  # speaker: turn finished; count (segments played), underruns, underrun_ms
+    BARGE_IN = "barge_in"  # speaker: playback stopped by the user; cancelled, duration_ms
+    INPUT_ERROR = "input_error"  # any node: a bad message was rejected; detail
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Typed access to metadata
+
+
+def _get(meta: Mapping[str, Any], key: str, kind: type, default: Any = ...) -> Any:
+    """Read ``meta[key]`` as ``kind``; raise :class:`SchemaError` if missing (and no default) or mistyped."""
+    if key not in meta:
+        if default is ...:
+            raise SchemaError(f"metadata key {key!r} is missing")
+        return default
+    value = meta[key]
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise SchemaError(f"metadata key {key!r} must be bool, got {type(value).__name__} {value!r}")
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise SchemaError(f"metadata key {key!r} must be int, got {type(value).__name__} {value!r}")
+        return int(value)
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise SchemaError(f"metadata key {key!r} must be a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise SchemaError(f"metadata key {key!r} must be str, got {type(value).__name__} {value!r}")
+        return value
+    raise TypeError(kind)
+
+
+def _clean(meta: dict[str, Any]) -> dict[str, Any]:
+    """Drop ``None`` values and turn numpy scalars into Python scalars (dora stringifies numpy scalars)."""
+    out: dict[str, Any] = {}
+    for key, value in meta.items():
+        if value is None:
+            continue
+        if isinstance(value, np.generic):
+            value = value.item()
+        out[key] = value
+    return out
+
+
+def audio_to_numpy(value: pa.Array) -> np.ndarray:
+    """Convert an audio payload to a 1-D float32 numpy array.
+
+    Args:
+        value: pyarrow array of float32 samples in [-1, 1].
+
+    Returns:
+        1-D ``float32`` array (a copy only when the payload is not float32 already).
+
+    Raises:
+        SchemaError: wrong dtype, not 1-D, NaN/inf samples, or samples far outside [-1, 1].
+    """
+    if not isinstance(value, pa.Array):
+        raise SchemaError(f"audio payload must be a pyarrow array, got {type(value).__name__}")
+    if not pa.types.is_float32(value.type):
+        raise SchemaError(f"audio payload must be float32, got {value.type}")
+    if value.null_count:
+        raise SchemaError("audio payload contains nulls")
+    samples = value.to_numpy(zero_copy_only=False)
+    if samples.size and not np.isfinite(samples).all():
+        raise SchemaError("audio payload contains NaN or infinite samples")
+    if samples.size and float(np.max(np.abs(samples))) > 1.5:
+        raise SchemaError(f"audio samples out of range: peak {float(np.max(np.abs(samples))):.2f} > 1.5")
+    return samples
+
+
+def text_from_array(value: pa.Array, *, allow_empty: bool = False) -> str:
+    """Read the text of a one-element string array.
+
+    Raises:
+        SchemaError: not a one-element string array, empty (unless ``allow_empty``) or longer than
+            :data:`MAX_TEXT_CHARS`.
+    """
+    if not isinstance(value, pa.Array) or not (pa.types.is_string(value.type) or pa.types.is_large_string(value.type)):
+        raise SchemaError(f"text payload must be a string array, got {getattr(value, 'type', type(value).__name__)}")
+    if len(value) != 1 or value.null_count:
+        raise SchemaError(f"text payload must hold exactly one string, got {len(value)}")
+    text = value[0].as_py()
+    if not allow_empty and not text.strip():
+        raise SchemaError("text payload is empty")
+    if len(text) > MAX_TEXT_CHARS:
+        raise SchemaError(f"text payload too long: {len(text)} > {MAX_TEXT_CHARS} characters")
+    return text
+
+
+def _audio_array(samples: np.ndarray) -> pa.Array:
+    samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+    return pa.array(samples, type=pa.float32())
+
+
+def _label(text: str) -> pa.Array:
+    return pa.array([text], type=pa.string())
+
+
+# --------------------------------------------------------------------------------------------------------------
+# mic -> vad, speaker, monitor
+
+
+@dataclass(frozen=True)
+class AudioChunk:
+    """mic/audio: a block of captured PCM.
+
+    Attributes:
+        samples: shape ``(n,)`` float32 in [-1, 1], mono.
+        sample_rate: Hz (the pipeline rate, 16 000, after resampling).
+        sample_offset: index of ``samples[0]`` in the mic stream (samples since stream start).
+        t_ns: wall clock of ``samples[0]``.
+        session_id: conversation id.
+    """
+
+    samples: np.ndarray
+    sample_rate: int
+    sample_offset: int
+    t_ns: int
+    session_id: str
+
+    def encode(self) -> tuple[pa.Array, dict[str, Any]]:
+        return _audio_array(self.samples), _clean({
+            Key.SAMPLE_RATE: int(self.sample_rate), Key.SAMPLE_OFFSET: int(self.sample_offset),
+            Key.T_NS: int(self.t_ns), Key.SESSION_ID: self.session_id,
+        })
+
+    @classmethod
+    def decode(cls, value: pa.Array, meta: Mapping[str, Any]) -> "AudioChunk":
+        return cls(
+            samples=audio_to_numpy(value), sample_rate=_positive_rate(meta), sample_offset=_get(meta, Key.SAMPLE_OFFSET, int),
+            t_ns=_get(meta, Key.T_NS, int), session_id=_get(meta, Key.SESSION_ID, str, ""),
+        )
+
+
+def _positive_rate(meta: Mapping[str, Any]) -> int:
+    rate = _get(meta, Key.SAMPLE_RATE, int)
+    if not 1000 <= rate <= 384_000:
+        raise SchemaError(f"sample_rate {rate} Hz is outside 1000..384000")
+    return rate
+
+
+@dataclass(frozen=True)
+class StreamStarted:
+    """mic/stream_started: sample 0 of the input stream left the source at ``stream_start_ns``.
+
+    The speaker's file sink uses it so that output sample 0 is the instant input sample 0 started playing.
+    """
+
+    stream_start_ns: int
+    sample_rate: int
+    source: str  # "device" | "file"
+    session_id: str
+
+    def encode(self) -> tuple[pa.Array, dict[str, Any]]:
+        return _label("stream_started"), {
+            Key.STREAM_START_NS: int(self.stream_start_ns), Key.SAMPLE_RATE: int(self.sample_rate),
+            Key.SOURCE: self.source, Key.SESSION_ID: self.session_id,
+        }
+
+    @classmethod
+    def decode(cls, value: pa.Array, meta: Mapping[str, Any]) -> "StreamStarted":
+        return cls(
+            stream_start_ns=_get(meta, Key.STREAM_START_NS, int), sample_rate=_positive_rate(meta),
+            source=_get(meta, Key.SOURCE, str, "device"), session_id=_get(meta, Key.SESSION_ID, str, ""),
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# vad -> asr ; vad -> speaker, tts, llm, monitor
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """vad/speech: one user utterance, end of turn detected.
+
+    Attributes:
+        samples: shape ``(n,)`` float32, 16 kHz, including the VAD's padding.
+        speech_start_ns / speech_end_ns: wall clock of the first / last voiced sample.
+        detected_ns: when the VAD declared the end of the turn (``speech_end_ns`` + the silence wait).
+    """
+
+    samples: np.ndarray
+    sample_rate: int
+    session_id: str
+    turn_id: int
+    speech_start_ns: int
+    speech_end_ns: int
+    detected_ns: int
+
+    def encode(self) -> tuple[pa.Array, dict[str, Any]]:
+        return _audio_array(self.samples), {
+            Key.SAMPLE_RATE: int(self.sample_rate), Key.SESSION_ID: self.session_id, Key.TURN_ID: int(self.turn_id),
+            Key.SPEECH_START_NS: int(self.speech_start_ns), Key.SPEECH_END_NS: int(self.speech_end_ns),
+            Key.DETECTED_NS: int(self.detected_ns),
+        }
+
+    @classmethod
+    def decode(cls, value: pa.Array, meta: Mapping[str, Any]) -> "Utterance":
+        return cls(
+            samples=audio_to_numpy(value), sample_rate=_positive_rate(meta), session_id=_get(meta, Key.SESSION_ID, str, ""),
+            turn_id=_get(meta, Key.TURN_ID, int), speech_start_ns=_get(meta, Key.SPEECH_START_NS, int),
+            speech_end_ns=_get(meta, Key.SPEECH_END_NS, int), detected_ns=_get(meta, Key.DETECTED_NS, int),
+        )
+
+
+@dataclass(frozen=True)
+class VadEvent:
+    """vad/events: the user started or stopped speaking.
+
+    Attributes:
+        kind: :class:`VadEventKind`.
+        turn_id: the turn this speech belongs to (the one that will be emitted on ``speech``).
+        t_ns: wall clock of the first voiced sample (started) or last voiced sample (ended).
+        detected_ns: when the VAD decided.
+    """
+
+    kind: VadEventKind
+    session_id: str
+    turn_id: int
+    t_ns: int
+    detected_ns: int
+
+    def encode(self) -> tuple[pa.Array, dict[str, Any]]:
+        return _label(self.kind.value), {
+            Key.EVENT: self.kind.value, Key.SESSION_ID: self.session_id, Key.TURN_ID: int(self.turn_id),
+            Key.T_NS: int(self.t_ns), Key.DETECTED_NS: int(self.detected_ns),
+        }
+
+    @classmethod
+    def decode(cls, value: pa.Array, meta: Mapping[str, Any]) -> "VadEvent":
+        raw = _get(meta, Key.EVENT, str)
+        try:
+            kind = VadEventKind(raw)
+        except ValueError:
+            raise SchemaError(f"unknown VAD event {raw!r}") from None
+        return cls(kind=kind, session_id=_get(meta, Key.SESSION_ID, str, ""), turn_id=_get(meta, Key.TURN_ID, int),
+                   t_ns=_get(meta, Key.T_NS, int), detected_ns=_get(meta, Key.DETECTED_NS, int))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# asr -> llm ; text-input -> llm
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """asr/text or text-input/text: what the user said (or typed), one per turn.
+
+    Attributes:
+        text: the transcript, non-empty.
+        speech_end_ns: last voiced sample of the utterance (0 for typed text).
+        t_ns: when the transcript was emitted.
+        source: "voice" or "text".
+    """
+
+    text: str
+    session_id: str
+    turn_id: int
+    speech_end_ns: int
+    t_ns: int
+    source: str = "voice"
+
+    def encode(self) -> tuple[pa.Array, dict[str, Any]]:
+        return _label(self.text), {
+            Key.SESSION_ID: self.session_id, Key.TURN_ID: int(self.turn_id), Key.SPEECH_END_NS: int(self.speech_end_ns),
+            Key.T_NS: int(self.t_ns), Key.SOURCE: self.source,
+        }
+
+    @classmethod
+    def decode(cls, value: pa.Array, meta: Mapping[str, Any]) -> "Transcript":
+        return cls(text=text_from_array(value), session_id=_get(meta, Key.SESSION_ID, str, ""),
+                   turn_id=_get(meta, Key.TURN_ID, int), speech_end_ns=_get(meta, Key.SPEECH_END_NS, int, 0),
+                   t_ns=_get(meta, Key.T_NS, int, 0), source=_get(meta, Key.SOURCE, str, "voice"))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# llm -> tts
+
+
+@dataclass(frozen=True)
+class TextSegment:
+    """llm/text: a speakable chunk of the reply.
+
+    A turn is a run of segments ``segment_index = 0, 1, …``; the last one has ``is_final=True`` and
+    ``segments_total`` set. The final message may carry empty text when the reply ended exactly on a cut: it then
+    only closes the turn and is not itself a segment (``segments_total`` counts non-empty segments).
+
+    Attributes:
+        tokens: LLM tokens in this chunk.
+        llm_start_ns: when the prompt of this turn was submitted.
+        t_ns: when the chunk was emitted.
+    """
+
+    text: str
+    session_id: str
+    turn_id: int
+    segment_index: int
+    is_streaming: bool
+    is_final: bool
+    tokens: int
+    llm_start_ns: int
+    t_ns: int
+    segments_total: int | None = None
+
+    def encode(self) -> tuple[pa.Array, dict[str, Any]]:
+        return _label(self.text), _clean({
+            Key.SESSION_ID: self.session_id, Key.TURN_ID: int(self.turn_id), Key.SEGMENT_INDEX: int(self.segment_index),
+            Key.IS_STREAMING: bool(self.is_streaming), Key.IS_FINAL: bool(self.is_final), Key.TOKENS: int(self.tokens),
+            Key.LLM_START_NS: int(self.llm_start_ns), Key.T_NS: int(self.t_ns), Key.SEGMENTS_TOTAL: self.segments_total,
+        })
+
+    @classmethod
+    def decode(cls, value: pa.Array, meta: Mapping[str, Any]) -> "TextSegment":
+        is_final = _get(meta, Key.IS_FINAL, bool)
+        return cls(
+            text=text_from_array(value, allow_empty=is_final), session_id=_get(meta, Key.SESSION_ID, str, ""),
+            turn_id=_get(meta, Key.TURN_ID, int), segment_index=_get(meta, Key.SEGMENT_INDEX, int),
+            is_streaming=_get(meta, Key.IS_STREAMING, bool), is_final=is_final, tokens=_get(meta, Key.TOKENS, int, 0),
+            llm_start_ns=_get(meta, Key.LLM_START_NS, int, 0), t_ns=_get(meta, Key.T_NS, int, 0),
+            segments_total=_get(meta, Key.SEGMENTS_TOTAL, int, None),
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# tts -> speaker ; tts -> llm
+
+
+@dataclass(frozen=True)
+class AudioFragment:
+    """tts/audio: a fragment of synthesized speech.
+
+    Segments of a turn are numbered ``segment_index = 0, 1, …`` by the TTS (one LLM chunk can become several
+    segments when the TTS segments it further; ``text_segment_index`` names the chunk). Fragments of a segment are
+    numbered ``fragment_index = 0, 1, …``; the last has ``is_last_fragment=True``. The turn's last message has
+    ``is_final=True`` and ``segments_total``; it may be an empty fragment that only closes the turn.
+
+    Attributes:
+        samples: shape ``(n,)`` float32 in [-1, 1], mono, at ``sample_rate`` Hz.
+        t_ns: when the fragment was emitted.
+    """
+
+    samples: np.ndarray
+    sample_rate: int
+    session_id: str
+    turn_id: int
+    segment_index: int
+    fragment_index: int
+    text_segment_index: int
+    is_last_fragment: bool
+    is_final: bool
+    is_streaming: bool
+    t_ns: int
+    segments_total: int | None = None
+
+    def encode(self) -> tuple[pa.Array, dict[str, Any]]:
+        return _audio_array(self.samples), _clean({
+            Key.SAMPLE_RATE: int(self.sample_rate), Key.SESSION_ID: self.session_id, Key.TURN_ID: int(self.turn_id),
+            Key.SEGMENT_INDEX: int(self.segment_index), Key.FRAGMENT_INDEX: int(self.fragment_index),
+            Key.TEXT_SEGMENT_INDEX: int(self.text_segment_index), Key.IS_LAST_FRAGMENT: bool(self.is_last_fragment),
+            Key.IS_FINAL: bool(self.is_final), Key.IS_STREAMING: bool(self.is_streaming), Key.T_NS: int(self.t_ns),
+            Key.SEGMENTS_TOTAL: self.segments_total,
+        })
+
+    @classmethod
+    def decode(cls, value: pa.Array, meta: Mapping[str, Any]) -> "AudioFragment":
+        return cls(
+            samples=audio_to_numpy(value), sample_rate=_positive_rate(meta), session_id=_get(meta, Key.SESSION_ID, str, ""),
+            turn_id=_get(meta, Key.TURN_ID, int), segment_index=_get(meta, Key.SEGMENT_INDEX, int),
+            fragment_index=_get(meta, Key.FRAGMENT_INDEX, int), text_segment_index=_get(meta, Key.TEXT_SEGMENT_INDEX, int, 0),
+            is_last_fragment=_get(meta, Key.IS_LAST_FRAGMENT, bool), is_final=_get(meta, Key.IS_FINAL, bool),
+            is_streaming=_get(meta, Key.IS_STREAMING, bool, True), t_ns=_get(meta, Key.T_NS, int, 0),
+            segments_total=_get(meta, Key.SEGMENTS_TOTAL, int, None),
+        )
+
+
+@dataclass(frozen=True)
+class SegmentDone:
+    """tts/segment_done: the TTS finished synthesizing one LLM chunk (``text_segment_index``). Drives pacing."""
+
+    session_id: str
+    turn_id: int
+    text_segment_index: int
+    t_ns: int
+
+    def encode(self) -> tuple[pa.Array, dict[str, Any]]:
+        return _label("segment_done"), {
+            Key.SESSION_ID: self.session_id, Key.TURN_ID: int(self.turn_id),
+            Key.TEXT_SEGMENT_INDEX: int(self.text_segment_index), Key.T_NS: int(self.t_ns),
+        }
+
+    @classmethod
+    def decode(cls, value: pa.Array, meta: Mapping[str, Any]) -> "SegmentDone":
+        return cls(session_id=_get(meta, Key.SESSION_ID, str, ""), turn_id=_get(meta, Key.TURN_ID, int),
+                   text_segment_index=_get(meta, Key.TEXT_SEGMENT_INDEX, int), t_ns=_get(meta, Key.T_NS, int, 0))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# speaker -> llm, monitor
+
+
+@dataclass(frozen=True)
+class PlaybackEvent:
+    """speaker/playback: what the listener actually heard.
+
+    Attributes:
+        kind: :class:`PlaybackKind`.
+        segment_index / text_segment_index: the audio segment and the LLM chunk it came from (-1 for turn_done).
+        heard_fraction: share of the segment's samples that were played, 0.0–1.0.
+    """
+
+    kind: PlaybackKind
+    session_id: str
+    turn_id: int
+    segment_index: int
+    text_segment_index: int
+    heard_fraction: float
+    t_ns: int
+
+    def encode(self) -> tuple[pa.Array, dict[str, Any]]:
+        return _label(self.kind.value), {
+            Key.EVENT: self.kind.value, Key.SESSION_ID: self.session_id, Key.TURN_ID: int(self.turn_id),
+            Key.SEGMENT_INDEX: int(self.segment_index), Key.TEXT_SEGMENT_INDEX: int(self.text_segment_index),
+            Key.HEARD_FRACTION: float(self.heard_fraction), Key.T_NS: int(self.t_ns),
+        }
+
+    @classmethod
+    def decode(cls, value: pa.Array, meta: Mapping[str, Any]) -> "PlaybackEvent":
+        raw = _get(meta, Key.EVENT, str)
+        try:
+            kind = PlaybackKind(raw)
+        except ValueError:
+            raise SchemaError(f"unknown playback event {raw!r}") from None
+        return cls(kind=kind, session_id=_get(meta, Key.SESSION_ID, str, ""), turn_id=_get(meta, Key.TURN_ID, int),
+                   segment_index=_get(meta, Key.SEGMENT_INDEX, int), text_segment_index=_get(meta, Key.TEXT_SEGMENT_INDEX, int),
+                   heard_fraction=_get(meta, Key.HEARD_FRACTION, float), t_ns=_get(meta, Key.T_NS, int))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# every node -> monitor
+
+
+_TIMING_SCALARS = (bool, int, float, str)
+
+
+@dataclass(frozen=True)
+class TimingEvent:
+    """*/timing: one timestamped event for the monitor.
+
+    Attributes:
+        kind: :class:`TimingKind`.
+        node: the node id that stamped it.
+        turn_id: the turn it belongs to (-1 when none).
+        t_ns: wall clock of the event.
+        fields: extra scalar fields, keyed by :class:`Key` names (e.g. ``Key.TOKENS``, ``Key.TEXT``).
+    """
+
+    kind: TimingKind
+    node: str
+    session_id: str
+    turn_id: int
+    t_ns: int
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+    def encode(self) -> tuple[pa.Array, dict[str, Any]]:
+        meta = _clean(dict(self.fields))
+        for key, value in meta.items():
+            if not isinstance(value, _TIMING_SCALARS):
+                raise SchemaError(f"timing field {key!r} must be bool/int/float/str, got {type(value).__name__}")
+            if isinstance(value, float) and not math.isfinite(value):
+                meta[key] = -1.0
+        meta.update({Key.EVENT: self.kind.value, Key.NODE: self.node, Key.SESSION_ID: self.session_id,
+                     Key.TURN_ID: int(self.turn_id), Key.T_NS: int(self.t_ns)})
+        return _label(self.kind.value), meta
+
+    @classmethod
+    def decode(cls, value: pa.Array, meta: Mapping[str, Any]) -> "TimingEvent":
+        raw = _get(meta, Key.EVENT, str)
+        try:
+            kind = TimingKind(raw)
+        except ValueError:
+            raise SchemaError(f"unknown timing event {raw!r}") from None
+        reserved = {Key.EVENT, Key.NODE, Key.SESSION_ID, Key.TURN_ID, Key.T_NS}
+        return cls(kind=kind, node=_get(meta, Key.NODE, str, ""), session_id=_get(meta, Key.SESSION_ID, str, ""),
+                   turn_id=_get(meta, Key.TURN_ID, int), t_ns=_get(meta, Key.T_NS, int),
+                   fields={k: v for k, v in meta.items() if k not in reserved})

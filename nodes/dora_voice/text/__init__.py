@@ -1,0 +1,1 @@
+"""Text handling for speech: streaming segmentation and speech normalization."""
