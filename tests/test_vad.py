@@ -1,0 +1,113 @@
+"""VAD core: real Silero model on real speech, and the state machine with a scripted model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from conftest import load_clip
+from dora_voice.config import ConfigError, load_config
+from dora_voice.nodes.vad import FRAME_SAMPLES, VadConfig, VadCore, load_silero
+from dora_voice.schema import AudioChunk, Output, TimingEvent, TimingKind, Utterance, VadEvent, VadEventKind
+
+RATE = 16_000
+T0 = 1_700_000_000_000_000_000
+
+
+def feed(core: VadCore, samples: np.ndarray, block: int = 512, clock=None) -> list:
+    out = []
+    for offset in range(0, len(samples), block):
+        chunk = AudioChunk(samples[offset:offset + block], RATE, offset, T0 + offset * 10**9 // RATE, "s1")
+        if clock is not None:
+            clock.now_ns = T0 + (offset + block) * 10**9 // RATE
+        out += core.handle("audio", *chunk.encode())
+    return out
+
+
+def outputs(out: list, output_id: str) -> list:
+    decoders = {Output.SPEECH: Utterance, Output.EVENTS: VadEvent, Output.TIMING: TimingEvent}
+    return [decoders[output_id].decode(v, m) for (oid, v, m) in out if oid == output_id]
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * RATE), dtype=np.float32)
+
+
+def test_real_speech_gives_one_utterance_with_sample_times(clock) -> None:
+    clip = load_clip("goforward.wav")
+    core = VadCore(load_config(VadConfig, {}), load_silero(), clock_ns=clock)
+    out = feed(core, np.concatenate([silence(0.5), clip, silence(1.0)]), block=320, clock=clock)
+    utterances = outputs(out, Output.SPEECH)
+    assert len(utterances) == 1
+    u = utterances[0]
+    # Speech lies inside the clip, and the decision came after the end of speech plus the silence wait.
+    assert T0 + int(0.5e9) <= u.speech_start_ns < u.speech_end_ns <= T0 + int((0.5 + len(clip) / RATE) * 1e9)
+    assert u.detected_ns - u.speech_end_ns >= 400 * 10**6
+    assert 1.0 < len(u.samples) / RATE < len(clip) / RATE + 0.5
+    kinds = [e.kind for e in outputs(out, Output.EVENTS)]
+    assert kinds == [VadEventKind.SPEECH_STARTED, VadEventKind.SPEECH_ENDED]
+    timing = [e.kind for e in outputs(out, Output.TIMING)]
+    assert timing == [TimingKind.SPEECH_STARTED, TimingKind.SPEECH_ENDED]
+
+
+def test_two_utterances_two_turns() -> None:
+    a, b = load_clip("goforward.wav"), load_clip("librivox-0880.wav")
+    core = VadCore(load_config(VadConfig, {}), load_silero())
+    out = feed(core, np.concatenate([silence(0.3), a, silence(2.0), b, silence(1.0)]))
+    assert [u.turn_id for u in outputs(out, Output.SPEECH)] == [0, 1]
+
+
+def scripted(probs: list[float]):
+    it = iter(probs)
+    return lambda frame: next(it)
+
+
+def test_short_blip_is_noise_and_speech_shorter_than_silence_gap_is_one_turn() -> None:
+    config = load_config(VadConfig, {"VAD_MIN_SPEECH_MS": "96", "VAD_MIN_SILENCE_MS": "96"})
+    # 1 voiced frame (noise), 5 silent, 6 voiced, 2 silent (gap < min silence), 4 voiced, 4 silent.
+    probs = [0.9] + [0.0] * 5 + [0.9] * 6 + [0.0] * 2 + [0.9] * 4 + [0.0] * 4
+    core = VadCore(config, scripted(probs))
+    out = feed(core, np.full(len(probs) * FRAME_SAMPLES, 0.1, dtype=np.float32), block=FRAME_SAMPLES)
+    utts = outputs(out, Output.SPEECH)
+    assert len(utts) == 1
+    assert utts[0].speech_start_ns == T0 + 6 * FRAME_SAMPLES * 10**9 // RATE
+    assert utts[0].speech_end_ns == T0 + 18 * FRAME_SAMPLES * 10**9 // RATE
+
+
+def test_end_of_stream_closes_an_open_turn() -> None:
+    config = load_config(VadConfig, {"VAD_MIN_SPEECH_MS": "64"})
+    core = VadCore(config, scripted([0.9] * 10))
+    out = feed(core, np.full(10 * FRAME_SAMPLES, 0.1, dtype=np.float32))
+    assert outputs(out, Output.SPEECH) == []
+    assert len(outputs(core.on_input_closed("audio"), Output.SPEECH)) == 1
+
+
+@pytest.mark.parametrize("value,meta", [
+    (pa.array([0.1] * 512, type=pa.float64()), {"sample_rate": 16000, "sample_offset": 0, "t_ns": T0}),
+    (pa.array([float("nan")] * 512, type=pa.float32()), {"sample_rate": 16000, "sample_offset": 0, "t_ns": T0}),
+    (pa.array([0.1] * 512, type=pa.float32()), {"sample_rate": 44100, "sample_offset": 0, "t_ns": T0}),
+    (pa.array([0.1] * 512, type=pa.float32()), {"sample_rate": 16000, "t_ns": T0}),
+    (pa.array([0.1] * 512, type=pa.float32()), {"sample_rate": "16000", "sample_offset": 0, "t_ns": T0}),
+])
+def test_bad_audio_is_rejected_and_counted(value, meta) -> None:
+    core = VadCore(load_config(VadConfig, {}), scripted([0.0] * 100))
+    out = core.handle("audio", value, meta)
+    assert core.input_errors == 1
+    assert [TimingEvent.decode(v, m).kind for (_, v, m) in out] == [TimingKind.INPUT_ERROR]
+    ok = AudioChunk(np.zeros(512, np.float32), RATE, 0, T0, "s").encode()
+    core.handle("audio", *ok)
+    assert core.input_errors == 1
+
+
+def test_unknown_input_is_rejected() -> None:
+    core = VadCore(load_config(VadConfig, {}), scripted([]))
+    core.handle("bogus", pa.array([1]), {})
+    assert core.input_errors == 1
+
+
+def test_config_errors_name_the_variable() -> None:
+    with pytest.raises(ConfigError, match="VAD_MIN_SILENCE_MS"):
+        load_config(VadConfig, {"VAD_MIN_SILENCE_MS": "soon"})
+    with pytest.raises(ConfigError, match="VAD_THRESHOLD"):
+        load_config(VadConfig, {"VAD_THRESHOLD": "2"})
