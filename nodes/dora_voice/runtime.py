@@ -111,19 +111,24 @@ def _send(node: Any, outputs: Iterable[Emit], declared: set[str] | None) -> None
         node.send_output(output_id, value, meta)
 
 
-def _declared_outputs(node: Any) -> set[str] | None:
-    """Output ids this node has in the running dataflow's YAML, or ``None`` when unknown."""
+def _node_config(node: Any) -> dict[str, Any] | None:
     try:
         config = node.node_config()
-        descriptor = node.dataflow_descriptor()
-    except Exception:  # noqa: BLE001 - older dora or dynamic node: send everything
+    except Exception:  # noqa: BLE001 - a dynamic node or an older dora: nothing known
         return None
-    node_id = config.get("id") if isinstance(config, dict) else None
-    for entry in (descriptor or {}).get("nodes", []):
-        if node_id is None or entry.get("id") == node_id:
-            if node_id is not None:
-                return {str(o) for o in entry.get("outputs", [])}
-    return None
+    return config if isinstance(config, dict) else None
+
+
+def _declared_outputs(node: Any) -> set[str] | None:
+    """Output ids this node has in the running dataflow's YAML, or ``None`` when unknown."""
+    config = _node_config(node)
+    return None if config is None else {str(o) for o in config.get("outputs") or []}
+
+
+def declared_inputs(node: Any) -> set[str] | None:
+    """Input ids this node has in the running dataflow's YAML, or ``None`` when unknown."""
+    config = _node_config(node)
+    return None if config is None else {str(i) for i in (config.get("inputs") or {})}
 
 
 def run_node(node: Any, core: NodeCore) -> None:

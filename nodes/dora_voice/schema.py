@@ -101,6 +101,7 @@ class PlaybackKind(str, enum.Enum):
     SEGMENT_PLAYED = "segment_played"  # every sample of the segment left
     SEGMENT_INTERRUPTED = "segment_interrupted"  # playback stopped inside it by a barge-in
     TURN_DONE = "turn_done"  # the turn's final segment has been played (or the turn was cancelled)
+    TURN_INTERRUPTED = "turn_interrupted"  # barge-in: playback of the turn stopped; TTS and LLM drop the rest
 
 
 class TimingKind(str, enum.Enum):

@@ -33,7 +33,7 @@ _WORD_BEFORE_DOT = re.compile(r"(\S+)\.+$")
 _INITIALISM = re.compile(r"^(?:[A-Za-z]\.)*[A-Za-z]$")
 
 ABBREVIATIONS = frozenset({
-    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "eg", "ie", "no", "fig", "approx",
+    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "eg", "ie", "fig", "approx",
     "inc", "ltd", "co", "corp", "mt", "ft", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct",
     "nov", "dec", "dept", "est", "min", "max", "avg", "gen", "col", "lt", "sgt", "capt", "rev", "hon", "al", "cf",
 })

@@ -1,0 +1,119 @@
+"""LLM runtimes behind one small interface: llama.cpp (Linux default) and MLX (macOS default).
+
+A backend streams the assistant's reply to a chat as text deltas (one per generated token). Closing the returned
+iterator stops generation (used by barge-in). Backends are imported lazily: ``mlx_lm`` is imported only when the
+MLX backend is chosen, ``llama_cpp`` only for llama.cpp.
+
+Prompt caching: llama-cpp-python's ``Llama`` keeps the KV cache of its last evaluation and reuses the longest
+common token prefix on the next call, so a stable prefix (system prompt + history that only grows) is evaluated
+once; :meth:`warmup` evaluates the system prompt before the first turn.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+logger = logging.getLogger(__name__)
+
+Message = dict[str, str]
+"""One chat message: ``{"role": "system"|"user"|"assistant", "content": str}``."""
+
+
+class LlmBackend(Protocol):
+    """What the LLM node needs from a runtime."""
+
+    name: str
+
+    def stream(self, messages: list[Message], max_tokens: int) -> Iterator[str]:
+        """Yield the reply as text deltas, one per token, until done or ``max_tokens``."""
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens ``text`` takes in this model's vocabulary."""
+
+    def warmup(self, messages: list[Message]) -> None:
+        """Evaluate ``messages`` once (fills the prompt cache, pages the weights in)."""
+
+
+class LlamaCppBackend:
+    """llama-cpp-python (GGUF) with ``create_chat_completion(stream=True)``; chat template read from the GGUF.
+
+    Args:
+        model_path: GGUF file.
+        threads: CPU threads for generation and prompt evaluation.
+        context_tokens: context window (``n_ctx``).
+        temperature: sampling temperature (0 = greedy).
+        seed: RNG seed, for repeatable benchmarks.
+    """
+
+    name = "llama_cpp"
+
+    def __init__(self, model_path: Path, *, threads: int, context_tokens: int, temperature: float, seed: int) -> None:
+        from llama_cpp import Llama
+
+        self.temperature = temperature
+        self.llm = Llama(model_path=str(model_path), n_ctx=context_tokens, n_threads=threads, n_threads_batch=threads,
+                         seed=seed, verbose=False)
+
+    def stream(self, messages: list[Message], max_tokens: int) -> Iterator[str]:
+        chunks = self.llm.create_chat_completion(messages=messages, stream=True, max_tokens=max_tokens,
+                                                 temperature=self.temperature)
+        try:
+            for chunk in chunks:
+                delta = chunk["choices"][0].get("delta", {}).get("content")
+                if delta:
+                    yield delta
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    def warmup(self, messages: list[Message]) -> None:
+        for _ in self.stream(messages, max_tokens=1):
+            pass
+
+
+class MlxBackend:
+    """mlx-lm on Apple silicon: ``mlx_lm.load`` + ``mlx_lm.stream_generate`` (documented mlx-lm API).
+
+    Each ``stream_generate`` response carries the newly decoded text in ``.text``. A prompt cache from
+    ``mlx_lm.models.cache.make_prompt_cache`` is kept between turns when available.
+    """
+
+    name = "mlx"
+
+    def __init__(self, model_path: Path, *, temperature: float, mlx_lm: Any | None = None) -> None:
+        if mlx_lm is None:
+            import mlx_lm  # noqa: PLC0415 - only when this backend is chosen
+        self.mlx_lm = mlx_lm
+        self.model, self.tokenizer = mlx_lm.load(str(model_path))
+        self.temperature = temperature
+
+    def _prompt(self, messages: list[Message]) -> Any:
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+
+    def stream(self, messages: list[Message], max_tokens: int) -> Iterator[str]:
+        kwargs: dict[str, Any] = {"max_tokens": max_tokens}
+        sample_utils = getattr(self.mlx_lm, "sample_utils", None)
+        if sample_utils is not None and hasattr(sample_utils, "make_sampler"):
+            kwargs["sampler"] = sample_utils.make_sampler(temp=self.temperature)
+        for response in self.mlx_lm.stream_generate(self.model, self.tokenizer, self._prompt(messages), **kwargs):
+            if response.text:
+                yield response.text
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text))
+
+    def warmup(self, messages: list[Message]) -> None:
+        for _ in self.stream(messages, max_tokens=1):
+            pass
+
+
+def default_backend_name() -> str:
+    """``mlx`` on macOS, ``llama_cpp`` elsewhere."""
+    return "mlx" if sys.platform == "darwin" else "llama_cpp"

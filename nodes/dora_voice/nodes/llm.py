@@ -1,0 +1,376 @@
+"""LLM node: streams the reply and cuts it into speakable chunks as tokens arrive.
+
+Inputs:
+    * ``text`` — a :class:`~dora_voice.schema.Transcript` per user turn (from asr or text-input).
+    * ``segment_done`` — optional TTS feedback, used when ``LLM_PACING=tts``.
+    * ``playback`` — optional speaker feedback: what was heard, and barge-ins (``turn_interrupted``) that stop
+      generation and trim the history to what the listener actually heard.
+
+Outputs ``text`` (:class:`~dora_voice.schema.TextSegment` chunks with ``segment_index``, ``is_streaming``,
+``is_final``) and ``timing`` (llm_start, llm_first_token, llm_chunk, llm_done).
+
+Chunking (the design notes' pause strategy "max_tokens first, sentence_boundary after"): the first chunk ends at
+the first clause or sentence boundary or after ``LLM_FIRST_CHUNK_MAX_TOKENS`` tokens; later chunks end at sentence
+boundaries, at least ``LLM_CHUNK_MIN_CHARS`` and at most ``LLM_CHUNK_MAX_CHARS`` long.
+``LLM_ENABLE_STREAMING=false`` is the batch baseline: one chunk holding the whole reply, sent when it is complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Mapping
+
+import pyarrow as pa
+
+from dora_voice.config import (
+    ConfigError, env_field, load_config, parse_bool, parse_choice, parse_float, parse_int, parse_str,
+)
+from dora_voice.contracts import NodeContract
+from dora_voice.history import ConversationHistory, HistoryStrategy
+from dora_voice.llm_backends import LlmBackend, default_backend_name
+from dora_voice.runtime import Emit, NodeCore, UnknownInputError, emit
+from dora_voice.schema import (
+    Key, Output, PlaybackEvent, PlaybackKind, SegmentDone, TextSegment, TimingKind, Transcript,
+)
+from dora_voice.text.segmenter import TextSegmenter
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a friendly voice assistant. Your answers are spoken aloud, so answer in one to three short, "
+    "conversational sentences. Use plain words only: no lists, no markdown, no code, no emoji."
+)
+
+
+@dataclass(frozen=True)
+class LlmConfig:
+    """LLM settings."""
+
+    enable_streaming: bool = env_field("LLM_ENABLE_STREAMING", True, parse_bool,
+                                       "stream chunks as tokens arrive (false = batch baseline: one chunk)")
+    backend: str = env_field("LLM_BACKEND", "auto", parse_choice("auto", "llama_cpp", "mlx"),
+                             "runtime: llama_cpp (Linux default) or mlx (macOS default)")
+    model: str = env_field("LLM_MODEL", "qwen2.5-0.5b", parse_str, "registered model name (dora-voice-models list)")
+    model_path: str = env_field("LLM_MODEL_PATH", "", parse_str, "GGUF file (or MLX model folder); overrides LLM_MODEL")
+    system_prompt: str = env_field("LLM_SYSTEM_PROMPT", DEFAULT_SYSTEM_PROMPT, parse_str, "system prompt")
+    max_tokens: int = env_field("LLM_MAX_TOKENS", 160, parse_int(min_value=1, max_value=8192),
+                                "longest reply, tokens")
+    temperature: float = env_field("LLM_TEMPERATURE", 0.3, parse_float(min_value=0.0, max_value=2.0),
+                                   "sampling temperature")
+    seed: int = env_field("LLM_SEED", 7, parse_int(min_value=0), "sampling seed")
+    threads: int = env_field("LLM_THREADS", 2, parse_int(min_value=1, max_value=64), "CPU threads")
+    context_tokens: int = env_field("LLM_CONTEXT_TOKENS", 4096, parse_int(min_value=256, max_value=131072),
+                                    "context window, tokens")
+    first_chunk_max_tokens: int = env_field("LLM_FIRST_CHUNK_MAX_TOKENS", 8, parse_int(min_value=1, max_value=512),
+                                            "first chunk is cut after this many tokens at the latest")
+    first_chunk_min_chars: int = env_field("LLM_FIRST_CHUNK_MIN_CHARS", 4, parse_int(min_value=0, max_value=500),
+                                           "shortest first chunk cut at punctuation, characters")
+    chunk_min_chars: int = env_field("LLM_CHUNK_MIN_CHARS", 30, parse_int(min_value=0, max_value=2000),
+                                     "shortest later chunk cut at a sentence end, characters")
+    chunk_max_chars: int = env_field("LLM_CHUNK_MAX_CHARS", 200, parse_int(min_value=10, max_value=5000),
+                                     "longest chunk before a forced cut, characters")
+    pacing: str = env_field("LLM_PACING", "off", parse_choice("off", "tts"),
+                            "tts: generate the next chunk only after the TTS synthesized the previous one")
+    pacing_timeout_s: float = env_field("LLM_PACING_TIMEOUT_S", 5.0, parse_float(min_value=0.1, max_value=120.0),
+                                        "longest wait for TTS feedback before generating on, s")
+    history_strategy: str = env_field("HISTORY_STRATEGY", "sliding", parse_choice(*(s.value for s in HistoryStrategy)),
+                                      "fixed | sliding | token_budget (see history.py)")
+    history_turns: int = env_field("LLM_HISTORY_TURNS", 8, parse_int(min_value=1, max_value=1000),
+                                   "turns kept by fixed/sliding")
+    history_tokens: int = env_field("LLM_HISTORY_TOKENS", 1024, parse_int(min_value=16, max_value=131072),
+                                    "token budget of token_budget")
+
+    def __post_init__(self) -> None:
+        if self.chunk_min_chars > self.chunk_max_chars:
+            raise ConfigError(f"LLM_CHUNK_MIN_CHARS={self.chunk_min_chars} exceeds LLM_CHUNK_MAX_CHARS="
+                              f"{self.chunk_max_chars}")
+        if self.first_chunk_min_chars > self.chunk_max_chars:
+            raise ConfigError(f"LLM_FIRST_CHUNK_MIN_CHARS={self.first_chunk_min_chars} exceeds LLM_CHUNK_MAX_CHARS="
+                              f"{self.chunk_max_chars}")
+
+
+@dataclass
+class _Turn:
+    """A reply being generated."""
+
+    transcript: Transcript
+    tokens: Iterator[str]
+    start_ns: int
+    first_token_ns: int | None = None
+    tokens_total: int = 0
+    tokens_in_chunk: int = 0
+    last_chunk_ns: int = 0
+    chunks: list[str] = field(default_factory=list)
+    reply: str = ""
+    waiting_for: int | None = None  # pacing: chunk index whose synthesis we wait for
+    waiting_since_ns: int = 0
+
+
+class LlmCore(NodeCore):
+    """Turns transcripts into streamed reply chunks.
+
+    Args:
+        config: LLM settings.
+        backend: the runtime (injected; tests pass a scripted fake).
+        clock_ns: wall clock.
+    """
+
+    node_id = "llm"
+
+    def __init__(self, config: LlmConfig, backend: LlmBackend, clock_ns=time.time_ns) -> None:
+        super().__init__(clock_ns)
+        self.config = config
+        self.backend = backend
+        self.history = ConversationHistory(config.system_prompt, HistoryStrategy(config.history_strategy),
+                                           max_turns=config.history_turns, max_tokens=config.history_tokens,
+                                           count_tokens=backend.count_tokens)
+        self.segmenter = TextSegmenter(config.chunk_max_chars, config.chunk_min_chars,
+                                       first_min_chars=config.first_chunk_min_chars,
+                                       first_max_tokens=config.first_chunk_max_tokens)
+        self.queue: deque[Transcript] = deque()
+        self.current: _Turn | None = None
+        self.interrupted_turns: set[int] = set()
+        self.heard: dict[int, dict[int, float]] = {}  # turn -> text_segment_index -> heard fraction
+        self.texts: dict[int, list[str]] = {}  # turn -> chunk texts, for trimming history after a barge-in
+        self.text_closed = False
+        self.cancelled_turns = 0
+
+    # -- dora hooks ------------------------------------------------------------------------------------------
+    def on_input(self, input_id: str, value: pa.Array, metadata: Mapping[str, Any]) -> Iterable[Emit]:
+        if input_id == "text":
+            transcript = Transcript.decode(value, metadata)
+            self.session_id = transcript.session_id or self.session_id
+            self.queue.append(transcript)
+            return self._start_next() if self.current is None else []
+        if input_id == "segment_done":
+            done = SegmentDone.decode(value, metadata)
+            turn = self.current
+            if turn is not None and turn.waiting_for is not None and done.turn_id == turn.transcript.turn_id \
+                    and done.text_segment_index >= turn.waiting_for:
+                turn.waiting_for = None
+            return []
+        if input_id == "playback":
+            return self._on_playback(PlaybackEvent.decode(value, metadata))
+        raise UnknownInputError(f"unknown input id {input_id!r} (expected text, segment_done or playback)")
+
+    def on_input_closed(self, input_id: str) -> Iterable[Emit]:
+        if input_id == "text":
+            self.text_closed = True
+        return ()
+
+    def busy(self) -> bool:
+        return self.current is not None
+
+    def finished(self) -> bool:
+        # Feedback inputs (segment_done, playback) stay open as long as tts/speaker run; they in turn wait for us.
+        return self.text_closed and self.current is None and not self.queue
+
+    def step(self) -> Iterable[Emit]:
+        turn = self.current
+        if turn is None:
+            return []
+        if turn.waiting_for is not None:
+            if self.clock_ns() - turn.waiting_since_ns < self.config.pacing_timeout_s * 1e9:
+                time.sleep(0.002)
+                return []
+            logger.warning("turn %d: no TTS feedback for chunk %d within %.1f s; generating on",
+                           turn.transcript.turn_id, turn.waiting_for, self.config.pacing_timeout_s)
+            turn.waiting_for = None
+        try:
+            delta = next(turn.tokens)
+        except StopIteration:
+            return self._finish(turn)
+        now = self.clock_ns()
+        out: list[Emit] = []
+        if turn.first_token_ns is None:
+            turn.first_token_ns = now
+            out.append(self.timing(TimingKind.LLM_FIRST_TOKEN, turn.transcript.turn_id, now))
+        turn.tokens_total += 1
+        turn.tokens_in_chunk += 1
+        turn.reply += delta
+        if self.config.enable_streaming:
+            for chunk in self.segmenter.push(delta):
+                out += self._chunk(turn, chunk, is_final=False)
+        return out
+
+    def on_end(self) -> Iterable[Emit]:
+        out: list[Emit] = []
+        while self.current is not None or self.queue:
+            if self.current is None:
+                out += self._start_next()
+            else:
+                out += self.step()
+        return out
+
+    # -- internals -------------------------------------------------------------------------------------------
+    def _start_next(self) -> list[Emit]:
+        if not self.queue:
+            return []
+        transcript = self.queue.popleft()
+        messages = self.history.messages(transcript.text)
+        self.segmenter.reset()
+        start = self.clock_ns()
+        self.current = _Turn(transcript, iter(self.backend.stream(messages, self.config.max_tokens)), start,
+                             last_chunk_ns=start)
+        self.texts[transcript.turn_id] = self.current.chunks
+        logger.info("turn %d: generating a reply to %r", transcript.turn_id, transcript.text)
+        return [self.timing(TimingKind.LLM_START, transcript.turn_id, start, **{Key.TEXT: transcript.text})]
+
+    def _chunk(self, turn: _Turn, text: str, *, is_final: bool) -> list[Emit]:
+        now = self.clock_ns()
+        index = len(turn.chunks)
+        if text:
+            turn.chunks.append(text)
+        segment = TextSegment(
+            text=text, session_id=turn.transcript.session_id, turn_id=turn.transcript.turn_id, segment_index=index,
+            is_streaming=self.config.enable_streaming, is_final=is_final, tokens=turn.tokens_in_chunk,
+            llm_start_ns=turn.start_ns, t_ns=now, segments_total=len(turn.chunks) if is_final else None,
+        )
+        out = [emit(Output.TEXT, segment)]
+        if text:
+            out.append(self.timing(TimingKind.LLM_CHUNK, turn.transcript.turn_id, now, **{
+                Key.SEGMENT_INDEX: index, Key.TOKENS: turn.tokens_in_chunk, Key.TEXT: text,
+                Key.DURATION_MS: (now - turn.last_chunk_ns) / 1e6, Key.IS_FINAL: is_final}))
+        turn.tokens_in_chunk = 0
+        turn.last_chunk_ns = now
+        if text and not is_final and self.config.pacing == "tts":
+            turn.waiting_for = index
+            turn.waiting_since_ns = now
+        return out
+
+    def _finish(self, turn: _Turn, *, cancelled: bool = False) -> list[Emit]:
+        out: list[Emit] = []
+        if cancelled:
+            out += self._chunk(turn, "", is_final=True)
+        elif self.config.enable_streaming:
+            rest = self.segmenter.flush()
+            for i, chunk in enumerate(rest):
+                out += self._chunk(turn, chunk, is_final=i == len(rest) - 1)
+            if not rest:
+                out += self._chunk(turn, "", is_final=True)
+        else:
+            out += self._chunk(turn, " ".join(turn.reply.split()), is_final=True)
+        now = self.clock_ns()
+        reply = " ".join(turn.reply.split())
+        turn_id = turn.transcript.turn_id
+        heard = self._heard_text(turn_id) if turn_id in self.interrupted_turns else reply
+        self.history.add(turn_id, turn.transcript.text, heard)
+        out.append(self.timing(TimingKind.LLM_DONE, turn_id, now, **{
+            Key.TOKENS: turn.tokens_total, Key.TEXT: reply, Key.SEGMENTS_TOTAL: len(turn.chunks),
+            Key.DURATION_MS: (now - turn.start_ns) / 1e6, Key.INTERRUPTED: cancelled}))
+        logger.info("turn %d: %d tokens, %d chunks in %.0f ms%s", turn_id, turn.tokens_total, len(turn.chunks),
+                    (now - turn.start_ns) / 1e6, " (cancelled by barge-in)" if cancelled else "")
+        self.current = None
+        return out + self._start_next()
+
+    def _on_playback(self, event: PlaybackEvent) -> list[Emit]:
+        heard = self.heard.setdefault(event.turn_id, {})
+        if event.kind is PlaybackKind.SEGMENT_PLAYED:
+            heard[event.text_segment_index] = 1.0
+        elif event.kind is PlaybackKind.SEGMENT_INTERRUPTED:
+            heard[event.text_segment_index] = max(heard.get(event.text_segment_index, 0.0), event.heard_fraction)
+        elif event.kind is PlaybackKind.TURN_INTERRUPTED:
+            self.interrupted_turns.add(event.turn_id)
+            self.cancelled_turns += 1
+            turn = self.current
+            if turn is not None and turn.transcript.turn_id == event.turn_id:
+                close = getattr(turn.tokens, "close", None)
+                if close is not None:
+                    close()
+                return self._finish(turn, cancelled=True)
+            self.history.set_heard(event.turn_id, self._heard_text(event.turn_id))
+        elif event.kind is PlaybackKind.TURN_DONE:
+            self.heard.pop(event.turn_id, None) if event.turn_id not in self.interrupted_turns else None
+        return []
+
+    def _heard_text(self, turn_id: int) -> str:
+        """What the listener heard of ``turn_id``: fully played chunks plus the played share of the cut one.
+
+        The share is applied to words, an approximation (speech rate is not uniform).
+        """
+        heard = self.heard.get(turn_id, {})
+        parts: list[str] = []
+        for index, text in enumerate(self.texts.get(turn_id, [])):
+            fraction = heard.get(index, 0.0)
+            if fraction >= 1.0:
+                parts.append(text)
+                continue
+            words = text.split()
+            cut = int(len(words) * fraction)
+            if cut:
+                parts.append(" ".join(words[:cut]) + " ...")
+            break
+        return " ".join(parts) if parts else "..."
+
+
+CONTRACT = NodeContract(
+    path="dora-voice-llm",
+    inputs={
+        "text": "asr/text or text-input/text: Transcript",
+        "segment_done": "tts/segment_done: SegmentDone (pacing feedback, optional)",
+        "playback": "speaker/playback: PlaybackEvent (heard text, barge-in; optional)",
+    },
+    outputs=(Output.TEXT, Output.TIMING),
+    config=LlmConfig,
+)
+
+
+def load_backend(config: LlmConfig) -> LlmBackend:
+    """Resolve the model (never downloads) and load the chosen runtime.
+
+    Raises:
+        dora_voice.models.ModelError: missing or corrupt model; the message names the fixing command.
+    """
+    from dora_voice.llm_backends import LlamaCppBackend, MlxBackend
+    from dora_voice.models import resolve_llm
+
+    name = default_backend_name() if config.backend == "auto" else config.backend
+    if name == "mlx":
+        from pathlib import Path
+
+        from dora_voice.models import ModelError
+
+        if not config.model_path:
+            raise ModelError("LLM_BACKEND=mlx needs LLM_MODEL_PATH set to a local MLX model folder")
+        path = Path(config.model_path).expanduser()
+        if not path.exists():
+            raise ModelError(f"LLM_MODEL_PATH={path} does not exist")
+        return MlxBackend(path, temperature=config.temperature)
+    path = resolve_llm(config.model_path or None, config.model)
+    logger.info("loading %s with llama.cpp (%d threads, context %d)", path.name, config.threads, config.context_tokens)
+    return LlamaCppBackend(path, threads=config.threads, context_tokens=config.context_tokens,
+                           temperature=config.temperature, seed=config.seed)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the LLM node inside a dora dataflow."""
+    from dora_voice.logs import setup_logging
+    from dora_voice.nodes import describe_env
+
+    argparse.ArgumentParser(prog=CONTRACT.path, description=__doc__.split("\n\n")[0], epilog=describe_env(LlmConfig),
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
+    setup_logging()
+    from dora_voice.models import ModelError
+
+    try:
+        config = load_config(LlmConfig)
+        backend = load_backend(config)
+    except (ConfigError, ModelError) as exc:
+        sys.exit(f"{CONTRACT.path}: {exc}")
+    started = time.perf_counter()
+    backend.warmup(ConversationHistory(config.system_prompt, HistoryStrategy.FIXED).messages("Hello."))
+    logger.info("LLM warm-up (system prompt cached) took %.0f ms", (time.perf_counter() - started) * 1000)
+    from dora import Node
+
+    from dora_voice.runtime import run_node
+
+    run_node(Node(), LlmCore(config, backend))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""LLM core with a scripted backend: chunking, batch mode, history, pacing, barge-in, bad input."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from dora_voice.config import ConfigError, load_config
+from dora_voice.history import ConversationHistory, HistoryStrategy
+from dora_voice.nodes.llm import LlmConfig, LlmCore
+from dora_voice.schema import (
+    Output, PlaybackEvent, PlaybackKind, SegmentDone, TextSegment, TimingEvent, TimingKind, Transcript,
+)
+
+
+class ScriptedBackend:
+    """Yields a fixed reply token by token and records the prompts it was given."""
+
+    name = "scripted"
+
+    def __init__(self, tokens: list[str]) -> None:
+        self.tokens = tokens
+        self.prompts: list[list[dict]] = []
+        self.closed = 0
+
+    def stream(self, messages, max_tokens):
+        self.prompts.append(messages)
+        try:
+            yield from self.tokens[:max_tokens]
+        finally:
+            self.closed += 1
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def warmup(self, messages) -> None:
+        pass
+
+
+REPLY = ["Sure", ",", " the", " answer", " is", " 3", ".", "14", ".", " That", " is", " pi", " to", " two",
+         " places", ".", " Mr", ".", " Smith", " agrees", " with", " it"]
+
+
+def make(env: dict | None = None, tokens=REPLY, clock=None) -> tuple[LlmCore, ScriptedBackend]:
+    backend = ScriptedBackend(tokens)
+    kwargs = {"clock_ns": clock} if clock else {}
+    return LlmCore(load_config(LlmConfig, env or {}), backend, **kwargs), backend
+
+
+def ask(core: LlmCore, text: str, turn_id: int) -> list:
+    return core.handle("text", *Transcript(text, "s", turn_id, 0, 1, "text").encode())
+
+
+def run_all(core: LlmCore) -> list:
+    out = []
+    while core.busy():
+        out += core.step()
+    return out
+
+
+def segments(out: list) -> list[TextSegment]:
+    return [TextSegment.decode(v, m) for (oid, v, m) in out if oid == Output.TEXT]
+
+
+def timings(out: list) -> list[TimingEvent]:
+    return [TimingEvent.decode(v, m) for (oid, v, m) in out if oid == Output.TIMING]
+
+
+def test_streaming_chunks_cover_the_reply_in_order() -> None:
+    core, _ = make({"LLM_CHUNK_MIN_CHARS": "10"})
+    out = ask(core, "What is pi?", 0) + run_all(core)
+    segs = segments(out)
+    assert [s.segment_index for s in segs] == list(range(len(segs)))
+    assert segs[0].text == "Sure,"  # the first chunk is short: cut at the first clause boundary
+    assert "3.14." in segs[1].text  # never split inside the decimal
+    assert [s.is_final for s in segs] == [False] * (len(segs) - 1) + [True]
+    assert segs[-1].segments_total == len([s for s in segs if s.text])
+    assert " ".join(s.text for s in segs).split() == "".join(REPLY).split()
+    assert all(s.is_streaming for s in segs)
+    kinds = [t.kind for t in timings(out)]
+    assert kinds[:2] == [TimingKind.LLM_START, TimingKind.LLM_FIRST_TOKEN]
+    assert kinds[-1] is TimingKind.LLM_DONE
+    assert kinds.count(TimingKind.LLM_CHUNK) == segs[-1].segments_total
+
+
+def test_first_chunk_cut_by_token_count() -> None:
+    core, _ = make({"LLM_FIRST_CHUNK_MAX_TOKENS": "3"}, tokens=["Once", " upon", " a", " time", " there", "."])
+    segs = segments(ask(core, "story", 0) + run_all(core))
+    assert segs[0].text == "Once upon"  # cut at the last whole word after 3 tokens
+    assert segs[0].tokens == 3
+
+
+def test_first_chunk_arrives_before_the_last_token() -> None:
+    core, _ = make()
+    out = ask(core, "q", 0)
+    seen_tokens = 0
+    first_chunk_at = None
+    while core.busy():
+        step = core.step()
+        seen_tokens += 1
+        if first_chunk_at is None and segments(step):
+            first_chunk_at = seen_tokens
+    assert first_chunk_at is not None and first_chunk_at < len(REPLY)
+
+
+def test_batch_mode_sends_one_chunk_with_the_whole_reply() -> None:
+    core, _ = make({"LLM_ENABLE_STREAMING": "false"})
+    segs = segments(ask(core, "q", 0) + run_all(core))
+    assert len(segs) == 1
+    assert segs[0].is_final and not segs[0].is_streaming and segs[0].segments_total == 1
+    assert segs[0].text.split() == "".join(REPLY).split()
+
+
+def test_reply_ending_on_a_cut_sends_an_empty_final_marker() -> None:
+    core, _ = make({"LLM_CHUNK_MIN_CHARS": "0", "LLM_FIRST_CHUNK_MIN_CHARS": "0"}, tokens=["Hi", ".", " Bye", ".", " "])
+    segs = segments(ask(core, "q", 0) + run_all(core))
+    assert [s.text for s in segs] == ["Hi.", "Bye.", ""] or [s.text for s in segs] == ["Hi.", "Bye."]
+    assert segs[-1].is_final and segs[-1].segments_total == 2
+
+
+def test_history_is_kept_across_turns_and_queued_turns_wait() -> None:
+    core, backend = make(tokens=["Fine", "."])
+    out = ask(core, "first", 0) + ask(core, "second", 1)
+    out += run_all(core)
+    assert [m["content"] for m in backend.prompts[1][1:]] == ["first", "Fine.", "second"]
+    assert [s.turn_id for s in segments(out) if s.is_final] == [0, 1]
+
+
+def test_pacing_waits_for_tts_feedback(clock) -> None:
+    core, _ = make({"LLM_PACING": "tts", "LLM_CHUNK_MIN_CHARS": "0", "LLM_FIRST_CHUNK_MIN_CHARS": "0"}, tokens=["Yes", ".", " No", ".", " Maybe", "."],
+                   clock=clock)
+    out = ask(core, "q", 0)
+    for _ in range(3):
+        out += core.step()
+    assert [s.text for s in segments(out)] == ["Yes."]
+    before = len(out)
+    core.step()  # waiting: no token is generated
+    assert core.current.waiting_for == 0
+    core.handle("segment_done", *SegmentDone("s", 0, 0, 1).encode())
+    assert core.current.waiting_for is None
+    out += core.step() + core.step() + core.step()
+    assert [s.text for s in segments(out)] == ["Yes.", "No."]
+    assert len(out) > before
+
+
+def test_pacing_gives_up_after_the_timeout(clock) -> None:
+    core, _ = make({"LLM_PACING": "tts", "LLM_PACING_TIMEOUT_S": "0.5", "LLM_CHUNK_MIN_CHARS": "0", "LLM_FIRST_CHUNK_MIN_CHARS": "0"},
+                   tokens=["Yes", ".", " No", "."], clock=clock)
+    ask(core, "q", 0)
+    for _ in range(3):
+        core.step()
+    assert core.current.waiting_for == 0
+    clock.advance(1.0)
+    core.step()
+    assert core.current.waiting_for is None
+
+
+def test_barge_in_stops_generation_and_history_keeps_what_was_heard() -> None:
+    core, backend = make({"LLM_CHUNK_MIN_CHARS": "0", "LLM_FIRST_CHUNK_MIN_CHARS": "0"}, tokens=["One", " two", ".", " Three", " four", ".", " Five"])
+    out = ask(core, "count", 0)
+    for _ in range(4):
+        out += core.step()
+    assert [s.text for s in segments(out)] == ["One two."]
+    core.handle("playback", *PlaybackEvent(PlaybackKind.SEGMENT_PLAYED, "s", 0, 0, 0, 1.0, 1).encode())
+    out = core.handle("playback", *PlaybackEvent(PlaybackKind.TURN_INTERRUPTED, "s", 0, 1, 1, 0.0, 2).encode())
+    segs = segments(out)
+    assert segs[-1].is_final and segs[-1].text == "" and segs[-1].segments_total == 1
+    assert backend.closed == 1 and not core.busy()
+    done = [t for t in timings(out) if t.kind is TimingKind.LLM_DONE][0]
+    assert done.fields["interrupted"] is True
+    ask(core, "next", 1)
+    core.step()
+    assert backend.prompts[1][2]["content"] == "One two."
+
+
+def test_barge_in_after_generation_trims_history_to_the_heard_part() -> None:
+    core, backend = make({"LLM_CHUNK_MIN_CHARS": "0", "LLM_FIRST_CHUNK_MIN_CHARS": "0"}, tokens=["One", " two", ".", " Three", " four", " five", "."])
+    ask(core, "count", 0)
+    run_all(core)
+    core.handle("playback", *PlaybackEvent(PlaybackKind.SEGMENT_PLAYED, "s", 0, 0, 0, 1.0, 1).encode())
+    core.handle("playback", *PlaybackEvent(PlaybackKind.SEGMENT_INTERRUPTED, "s", 0, 1, 1, 0.5, 2).encode())
+    core.handle("playback", *PlaybackEvent(PlaybackKind.TURN_INTERRUPTED, "s", 0, 1, 1, 0.5, 2).encode())
+    ask(core, "next", 1)
+    core.step()
+    assert backend.prompts[1][2]["content"] == "One two. Three ..."
+
+
+@pytest.mark.parametrize("input_id,value,meta", [
+    ("text", pa.array([""]), {"turn_id": 0}),
+    ("text", pa.array(["x" * 30000]), {"turn_id": 0}),
+    ("text", pa.array(["hello"]), {}),
+    ("text", pa.array([1.0], type=pa.float32()), {"turn_id": 0}),
+    ("bogus", pa.array(["hello"]), {"turn_id": 0}),
+])
+def test_bad_input_is_rejected_and_the_core_keeps_working(input_id, value, meta) -> None:
+    core, _ = make(tokens=["Ok", "."])
+    out = core.handle(input_id, value, meta)
+    assert core.input_errors == 1
+    assert [t.kind for t in timings(out)] == [TimingKind.INPUT_ERROR]
+    assert segments(ask(core, "fine", 0) + run_all(core))[-1].is_final
+
+
+def test_config_errors_name_the_variable() -> None:
+    with pytest.raises(ConfigError, match="LLM_ENABLE_STREAMING"):
+        load_config(LlmConfig, {"LLM_ENABLE_STREAMING": "maybe"})
+    with pytest.raises(ConfigError, match="LLM_CHUNK_MIN_CHARS"):
+        load_config(LlmConfig, {"LLM_CHUNK_MIN_CHARS": "300", "LLM_CHUNK_MAX_CHARS": "100"})
+    with pytest.raises(ConfigError, match="HISTORY_STRATEGY"):
+        load_config(LlmConfig, {"HISTORY_STRATEGY": "forever"})
+
+
+@pytest.mark.parametrize("strategy,expected_lengths", [
+    (HistoryStrategy.FIXED, [1, 2, 3, 4, 4, 4, 4, 4]),
+    (HistoryStrategy.SLIDING, [1, 2, 3, 4, 2, 3, 4, 2]),
+])
+def test_history_strategies(strategy, expected_lengths) -> None:
+    history = ConversationHistory("sys", strategy, max_turns=4)
+    lengths = []
+    for turn in range(8):
+        history.add(turn, f"u{turn}", f"a{turn}")
+        lengths.append(len(history.exchanges))
+    assert lengths == expected_lengths
+    assert history.exchanges[-1].turn_id == 7
+
+
+def test_token_budget_history_stays_under_budget() -> None:
+    history = ConversationHistory("sys", HistoryStrategy.TOKEN_BUDGET, max_tokens=100, count_tokens=lambda t: 10)
+    for turn in range(20):
+        history.add(turn, "u", "a")
+        assert history._tokens() <= 100
+    assert history.exchanges[-1].turn_id == 19
