@@ -377,12 +377,18 @@ def _read_marker(spec: ModelSpec, cache_dir: Path) -> dict[str, dict]:
 
 
 def _write_marker(spec: ModelSpec, cache_dir: Path, entries: list[dict]) -> None:
-    """Write the marker atomically; a read-only cache only costs a re-hash next time, so failures are logged."""
+    """Add ``entries`` to the model's marker, atomically.
+
+    Entries for other paths are kept while their files exist, so several virtualenvs (each with its own in-place
+    copy) can share one cache. A read-only cache only costs a re-hash next time, so failures are logged.
+    """
     marker = _marker_path(spec, cache_dir)
+    new = {e["path"] for e in entries}
+    kept = [e for p, e in _read_marker(spec, cache_dir).items() if p not in new and Path(p).is_file()]
     try:
         marker.parent.mkdir(parents=True, exist_ok=True)
         tmp = marker.with_name(f".{marker.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"model": spec.name, "files": entries}, indent=1) + "\n")
+        tmp.write_text(json.dumps({"model": spec.name, "files": kept + entries}, indent=1) + "\n")
         os.replace(tmp, marker)
     except OSError as exc:
         logger.warning("could not write marker %s (%s); the model will be re-hashed at next start-up", marker, exc)
@@ -516,12 +522,6 @@ def prepare_model(spec: ModelSpec, cache_dir: Path | None = None, *, force: bool
     return path
 
 
-def _record(spec: ModelSpec, cache_dir: Path, entry: dict) -> None:
-    """Add or replace one file's entry in the model's marker."""
-    entries = [e for e in _read_marker(spec, cache_dir).values() if e["path"] != entry["path"]]
-    _write_marker(spec, cache_dir, entries + [entry])
-
-
 def _cached_ok(spec: ModelSpec, artifact: Artifact, dest: Path, cache_dir: Path, *, progress: bool) -> bool:
     """True if ``dest`` is already a good copy (marker, or size + sha256, which is then recorded)."""
     if _marker_ok(_read_marker(spec, cache_dir).get(str(dest)), dest, artifact):
@@ -533,7 +533,7 @@ def _cached_ok(spec: ModelSpec, artifact: Artifact, dest: Path, cache_dir: Path,
     if actual != artifact.sha256:
         logger.warning("%s has sha256 %s, expected %s: joining it again", dest, actual, artifact.sha256)
         return False
-    _record(spec, cache_dir, _stat_entry(dest, actual))
+    _write_marker(spec, cache_dir, [_stat_entry(dest, actual)])
     return True
 
 
@@ -558,7 +558,7 @@ def _assemble(spec: ModelSpec, artifact: Artifact, dest: Path, cache_dir: Path, 
         dest.unlink(missing_ok=True)
         raise ModelError(f"{dest}: sha256 mismatch after joining (damaged package parts?)\n  expected "
                          f"{artifact.sha256}\n  actual   {actual}\n  fix: {reinstall}")
-    _record(spec, cache_dir, _stat_entry(dest, actual))
+    _write_marker(spec, cache_dir, [_stat_entry(dest, actual)])
 
 
 def verify_model(spec: ModelSpec, cache_dir: Path | None = None, *, progress: bool = False) -> Path:

@@ -92,7 +92,7 @@ def year_words(year: int) -> str:
         return _int_words(str(year))
     high, low = divmod(year, 100)
     if 2000 <= year <= 2009 or year % 1000 == 0:
-        return _int_words(str(year))
+        return str(_inflect().number_to_words(year, comma="", andword=""))
     if low == 0:
         return f"{_int_words(str(high))} hundred"
     if low < 10:
@@ -312,6 +312,7 @@ _CURRENCY_RE = re.compile(
     r"(-?)([$\u20ac\u00a3\u00a5])\s?(" + _NUM + r")(?:\s?(thousand|million|billion|trillion|mn|bn|tn|[kKmMbBtT])\b)?"
 )
 _PERCENT_RE = re.compile(r"(?<![\w.])(-?)(" + _NUM + r")\s?%")
+_PHONE_RE = re.compile(r"(?<![\w-])(?:\((\d{3})\)\s?|(\d{3})[-.\s])(\d{3})[-.](\d{4})(?![\w-])")
 _RANGE_RE = re.compile(r"(?<![\w.,-])(\d+(?:\.\d+)?)\s?(?:-|\u2013)\s?(\d+(?:\.\d+)?)(?![\w.,-]?\d)")
 _ORDINAL_RE = re.compile(r"\b(\d+)(?:st|nd|rd|th)\b", re.IGNORECASE)
 _DECADE_RE = re.compile(r"(?<![\w'])(1\d|20)?(\d)0['\u2019]?s\b|(?<!\w)['\u2019](\d)0s\b")
@@ -375,7 +376,7 @@ def _decade(m: re.Match[str]) -> str:
     if century is None:
         return m.group(0)
     if tens == "0":
-        return "the " + year_words(int(century + "00")) + "s" if century != "20" else "the two thousands"
+        return year_words(int(century + "00")) + "s"  # "nineteen hundreds", "two thousands"
     spoken = year_words(int(century + tens + "0")).split(" ")
     spoken[-1] = _TENS_PLURAL.get(spoken[-1], spoken[-1] + "s")
     return " ".join(spoken)
@@ -399,18 +400,23 @@ def _plain_number(m: re.Match[str]) -> str:
     return _number_words(number)
 
 
+def _phone(m: re.Match[str]) -> str:
+    groups = [g for g in m.groups() if g]
+    return ", ".join(_digits_words(g) for g in groups)
+
+
 def _numbers(text: str) -> str:
     text = _ISO_DATE_RE.sub(_iso_date, text)
+    text = _PHONE_RE.sub(_phone, text)
     text = _TIME_RE.sub(_time, text)
+    text = _RANGE_RE.sub(lambda m: f"{m.group(1)} to {m.group(2)}", text)
     text = _CURRENCY_RE.sub(_currency, text)
     text = _PERCENT_RE.sub(lambda m: f"{'minus ' if m.group(1) else ''}{_number_words(m.group(2))} percent", text)
     text = _VERSION_RE.sub(lambda m: " point ".join(_int_words(p) for p in m.group(1).split(".")), text)
+    text = _DECADE_RE.sub(_decade, text)
     text = _UNIT_RE.sub(_unit, text)
-    text = _RANGE_RE.sub(lambda m: f"{m.group(1)} to {m.group(2)}", text)
-    text = _UNIT_RE.sub(_unit, text)  # "3-5 km" -> "3 to 5 km" -> unit of the second number
     text = _NEGATIVE_RE.sub("minus ", text)
     text = _ORDINAL_RE.sub(lambda m: _ordinal_words(m.group(1)), text)
-    text = _DECADE_RE.sub(_decade, text)
     text = _FRACTION_RE.sub(_fraction, text)
     text = _PLAIN_NUMBER_RE.sub(_plain_number, text)
     return text

@@ -1,0 +1,646 @@
+"""Per-turn latency records built from the pipeline's timing events.
+
+Every node stamps :class:`~dora_voice.schema.TimingEvent`s where things happen (``t_ns`` is ``time.time_ns()`` at the
+source, one epoch for all processes). :class:`TimingCollector` groups them by ``turn_id`` and, once a turn is over,
+computes a :class:`TurnRecord` (with one :class:`ChunkRecord` per LLM chunk). Nothing is computed while events
+arrive: a record is built from all the events of its turn at once, so the order in which events from different nodes
+reach the monitor does not matter.
+
+A turn is complete when the speaker's ``turn_played`` has arrived and either ``barge_in`` (an interrupted turn) or
+both ``llm_done`` and ``tts_done``. A turn whose ``turn_played`` arrived but whose other closing events are still
+missing after ``grace_s`` (monitor clock) is built anyway and marked ``complete=False``; :meth:`TimingCollector.flush`
+does the same for every open turn at the end of the stream.
+
+Definitions (all durations in ms unless the name says ``_s``; ``None`` when an event needed is missing):
+    * ``asr_latency_ms``: speech_end (last voiced sample, VAD) -> transcript emitted (``asr_done``).
+    * ``eot_delay_ms``: speech_end -> the VAD decided the turn was over (``speech_ended.detected_ns``).
+    * ``llm_ttft_ms``: ``llm_start`` -> ``llm_first_token``.
+    * ``llm_first_chunk_ms``: ``llm_start`` -> first chunk emitted.
+    * ``tts_ttfb_ms``: first TTS segment's start -> its first audio fragment.
+    * ``first_audio_ms`` (voice-to-voice): speech_end -> ``playback_started`` (first sample played); ``None`` for
+      typed turns.
+    * ``llm_start_to_first_audio_ms``: ``llm_start`` -> ``playback_started`` (the design notes' combined TTFB).
+    * ``inter_token_ms``: (``llm_done`` - ``llm_first_token``) / (tokens - 1); wall clock, so it includes any pause the
+      LLM takes for pacing. ``tokens_per_s`` is its inverse.
+    * ``audio_s``: audio synthesized (sum of ``tts_segment_done.audio_ms``); ``audio_played_s``: from ``turn_played``.
+    * ``wall_s``: ``llm_start`` -> ``turn_played``.
+    * ``rtf``: TTS synthesis time / audio synthesized (sum of ``tts_segment_done.duration_ms`` / ``audio_ms``).
+    * ``segments``: LLM chunks (``llm_done.segments_total``, else the chunks seen); ``tts_segments``: audio segments
+      (``tts_done.segments_total``, else those seen; one chunk may become several audio segments).
+    * ``segments_lost``: audio segments neither played (``turn_played.count``) nor cancelled by a barge-in
+      (``barge_in.cancelled``), plus, for uninterrupted turns, LLM chunks that never reached the TTS. Must be 0.
+
+Per-chunk definitions (:class:`ChunkRecord`): ``llm_ttft_ms`` exists for the first chunk only (``llm_start`` -> first
+token; when a chunk after the first started generating is not observable from the events); ``llm_gen_ms`` is the
+chunk's ``duration_ms`` as the LLM reported it; TTS figures aggregate the audio segments made from the chunk (mapped
+by ``text_segment_index``; a segment whose ``tts_segment_start`` is missing is assumed to come from the chunk with
+its own index); ``combined_ms`` is ``llm_start`` -> the chunk's first audio fragment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import statistics
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+from dora_voice.schema import Key, SchemaError, TimingEvent, TimingKind
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_GRACE_S = 2.0
+"""How long a turn whose ``turn_played`` arrived waits for its other closing events (s, monitor clock)."""
+
+_FIELD_TYPES: dict[str, type] = {
+    Key.SEGMENT_INDEX: int, Key.TEXT_SEGMENT_INDEX: int, Key.SEGMENTS_TOTAL: int, Key.TOKENS: int, Key.COUNT: int,
+    Key.UNDERRUNS: int, Key.CANCELLED: int, Key.DETECTED_NS: int, Key.TEXT: str, Key.DETAIL: str,
+    Key.DURATION_MS: float, Key.AUDIO_MS: float, Key.UNDERRUN_MS: float,
+}
+"""Type of every timing field the collector reads; a present field of another type is a :class:`SchemaError`."""
+
+_REQUIRED: dict[TimingKind, tuple[str, ...]] = {
+    TimingKind.LLM_CHUNK: (Key.SEGMENT_INDEX,),
+    TimingKind.TTS_SEGMENT_START: (Key.SEGMENT_INDEX,),
+    TimingKind.TTS_FIRST_FRAGMENT: (Key.SEGMENT_INDEX,),
+    TimingKind.TTS_SEGMENT_DONE: (Key.SEGMENT_INDEX,),
+    TimingKind.SEGMENT_PLAYED: (Key.SEGMENT_INDEX,),
+}
+"""Fields without which an event cannot be placed (which chunk or segment it is about)."""
+
+
+def validate_event(event: TimingEvent) -> None:
+    """Check the fields the collector reads.
+
+    Raises:
+        SchemaError: a field that places the event (``segment_index``) is missing, or a known field has the wrong
+            type (e.g. ``tokens`` as a string).
+    """
+    for key in _REQUIRED.get(event.kind, ()):
+        if key not in event.fields:
+            raise SchemaError(f"timing event {event.kind.value!r} from {event.node!r} lacks {key!r}")
+    for key, value in event.fields.items():
+        kind = _FIELD_TYPES.get(key)
+        if kind is None:
+            continue
+        ok = (isinstance(value, str) if kind is str
+              else isinstance(value, int) and not isinstance(value, bool) if kind is int
+              else isinstance(value, (int, float)) and not isinstance(value, bool))
+        if not ok:
+            raise SchemaError(f"timing field {key!r} of {event.kind.value!r} must be {kind.__name__}, "
+                              f"got {type(value).__name__} {value!r}")
+
+
+def _ms(start_ns: int | None, end_ns: int | None) -> float | None:
+    """Milliseconds from ``start_ns`` to ``end_ns``, or ``None`` if either is unknown."""
+    if start_ns is None or end_ns is None:
+        return None
+    return (end_ns - start_ns) / 1e6
+
+
+def _field(event: TimingEvent | None, key: str, default: Any = None) -> Any:
+    if event is None:
+        return default
+    value = event.fields.get(key, default)
+    if isinstance(value, float) and value < 0 and key in (Key.DURATION_MS, Key.AUDIO_MS, Key.UNDERRUN_MS):
+        return default  # the schema encodes a non-finite float as -1.0
+    return value
+
+
+def _t(event: TimingEvent | None) -> int | None:
+    return None if event is None else event.t_ns
+
+
+def _sum(values: Iterable[float | None]) -> float | None:
+    """Sum of the known values; ``None`` if none is known."""
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
+
+
+def _min(values: Iterable[int | None]) -> int | None:
+    known = [v for v in values if v is not None]
+    return min(known) if known else None
+
+
+def _max(values: Iterable[int | None]) -> int | None:
+    known = [v for v in values if v is not None]
+    return max(known) if known else None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Records
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """One LLM chunk of a turn and what the TTS and the speaker made of it.
+
+    Attributes:
+        segment_index: 0-based chunk index (the LLM's ``segment_index``; ``text_segment_index`` on the TTS side).
+        tokens: LLM tokens in the chunk.
+        text: the chunk's text.
+        llm_ttft_ms: first chunk only: ``llm_start`` -> first token (ms); ``None`` for later chunks.
+        llm_gen_ms: the chunk's generation time as reported by the LLM (``duration_ms``), ms.
+        tts_ttfb_ms: the chunk's first TTS segment: text received -> first audio fragment (ms).
+        tts_gen_ms: synthesis time of the chunk's TTS segments, summed (ms).
+        audio_ms: audio synthesized for the chunk (ms of audio).
+        combined_ms: ``llm_start`` -> the chunk's first audio fragment (ms).
+        played_audio_ms: audio of the chunk the speaker finished playing (ms of audio).
+        tts_segments: audio segments synthesized from the chunk.
+        segments_played: of those, segments the speaker finished playing.
+        llm_emit_ns: wall clock when the LLM emitted the chunk.
+        tts_start_ns: when the TTS received the chunk's first segment.
+        tts_first_fragment_ns: when the chunk's first audio fragment left the TTS.
+        tts_done_ns: when the chunk's last segment was synthesized.
+        play_start_ns: estimated start of playback (end of the first played segment minus its audio duration).
+        play_end_ns: when the chunk's last played segment finished.
+    """
+
+    segment_index: int
+    tokens: int | None
+    text: str
+    llm_ttft_ms: float | None
+    llm_gen_ms: float | None
+    tts_ttfb_ms: float | None
+    tts_gen_ms: float | None
+    audio_ms: float | None
+    combined_ms: float | None
+    played_audio_ms: float | None
+    tts_segments: int
+    segments_played: int
+    llm_emit_ns: int | None
+    tts_start_ns: int | None
+    tts_first_fragment_ns: int | None
+    tts_done_ns: int | None
+    play_start_ns: int | None
+    play_end_ns: int | None
+
+    @property
+    def number(self) -> int:
+        """1-based chunk number, as the tables print it (``#``)."""
+        return self.segment_index + 1
+
+
+@dataclass(frozen=True)
+class TurnRecord:
+    """Latency record of one turn (one user utterance or typed query and its answer).
+
+    Timestamps (``*_ns``) are wall-clock ``time.time_ns()`` values stamped by the node where the event happened;
+    derived figures follow the definitions in this module's docstring. ``None`` means an event needed was not seen.
+
+    Attributes:
+        turn_id: the pipeline's turn id.
+        session_id: the first non-empty session id seen in the turn's events.
+        source: ``"voice"`` (VAD/ASR events seen), ``"text"`` (typed query) or ``"unknown"``.
+        complete: every closing event arrived (see module docstring); ``False`` for turns built at flush or after
+            the grace period.
+        transcript: what the user said or typed.
+        reply: the LLM's reply (``llm_done.text``, else the chunk texts joined).
+        input_errors: ``input_error`` events attributed to this turn (its own turn id, or turn id -1 stamped while
+            the turn was in progress).
+        chunks: one record per LLM chunk, in order.
+    """
+
+    turn_id: int
+    session_id: str
+    source: str
+    complete: bool
+    transcript: str
+    reply: str
+    # latencies, ms
+    asr_latency_ms: float | None
+    eot_delay_ms: float | None
+    llm_ttft_ms: float | None
+    llm_first_chunk_ms: float | None
+    tts_ttfb_ms: float | None
+    first_audio_ms: float | None
+    llm_start_to_first_audio_ms: float | None
+    # LLM throughput
+    llm_tokens: int | None
+    llm_total_ms: float | None
+    inter_token_ms: float | None
+    tokens_per_s: float | None
+    # audio
+    audio_s: float | None
+    audio_played_s: float | None
+    wall_s: float | None
+    rtf: float | None
+    underruns: int | None
+    underrun_ms: float | None
+    # segment accounting
+    segments: int
+    tts_segments: int
+    segments_played: int
+    segments_cancelled: int
+    segments_lost: int
+    interrupted: bool
+    barge_in_ms: float | None
+    input_errors: int
+    # wall-clock timestamps, ns
+    speech_start_ns: int | None
+    speech_end_ns: int | None
+    eot_detected_ns: int | None
+    transcript_ns: int | None
+    llm_start_ns: int | None
+    llm_first_token_ns: int | None
+    llm_done_ns: int | None
+    tts_done_ns: int | None
+    playback_started_ns: int | None
+    barge_in_ns: int | None
+    turn_played_ns: int | None
+    chunks: tuple[ChunkRecord, ...] = ()
+
+    @property
+    def origin_ns(self) -> int | None:
+        """Time origin for plots: the end of speech for voice turns, else ``llm_start``."""
+        return self.speech_end_ns if self.speech_end_ns is not None else self.llm_start_ns
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field, chunks included (floats rounded to 0.001, non-finite -> ``None``)."""
+        return _jsonable(dataclasses.asdict(self))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float):
+        return round(value, 3) if math.isfinite(value) else None
+    return value
+
+
+@dataclass(frozen=True)
+class MetricStats:
+    """Distribution of one per-turn metric over the turns where it is known.
+
+    Attributes:
+        name: the :class:`TurnRecord` field (its unit is in the name).
+        n: turns with a value.
+        p50 / p90: percentiles (linear interpolation), in the metric's unit.
+        mean: arithmetic mean, in the metric's unit.
+    """
+
+    name: str
+    n: int
+    p50: float | None
+    p90: float | None
+    mean: float | None
+
+
+@dataclass(frozen=True)
+class SessionSummary:
+    """What a monitor run saw, over all turns.
+
+    Attributes:
+        turns: turns reported.
+        incomplete_turns: turns built without all their closing events.
+        interrupted_turns: turns stopped by a barge-in.
+        metrics: one :class:`MetricStats` per entry of :data:`SUMMARY_METRICS`.
+        segments / tts_segments / segments_played / segments_cancelled / segments_lost: summed over turns.
+        underruns: summed over turns.
+        input_errors: every ``input_error`` detail seen, ``"node: detail"``, in arrival order.
+    """
+
+    turns: int
+    incomplete_turns: int
+    interrupted_turns: int
+    metrics: tuple[MetricStats, ...]
+    segments: int
+    tts_segments: int
+    segments_played: int
+    segments_cancelled: int
+    segments_lost: int
+    underruns: int
+    input_errors: tuple[str, ...]
+
+
+SUMMARY_METRICS = (
+    "asr_latency_ms", "eot_delay_ms", "llm_ttft_ms", "llm_first_chunk_ms", "tts_ttfb_ms", "first_audio_ms",
+    "llm_start_to_first_audio_ms", "inter_token_ms", "tokens_per_s", "llm_total_ms", "audio_s", "wall_s", "rtf",
+    "underrun_ms", "barge_in_ms",
+)
+"""Per-turn metrics the session summary reports."""
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) of non-empty ``values``, linear interpolation between order statistics."""
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def summarize(turns: Sequence[TurnRecord], input_errors: Sequence[str] = ()) -> SessionSummary:
+    """Aggregate turn records into a :class:`SessionSummary` (p50/p90/mean per metric, segment totals)."""
+    metrics = []
+    for name in SUMMARY_METRICS:
+        values = [getattr(t, name) for t in turns if getattr(t, name) is not None]
+        if values:
+            metrics.append(MetricStats(name, len(values), percentile(values, 50), percentile(values, 90),
+                                       statistics.fmean(values)))
+        else:
+            metrics.append(MetricStats(name, 0, None, None, None))
+    return SessionSummary(
+        turns=len(turns), incomplete_turns=sum(not t.complete for t in turns),
+        interrupted_turns=sum(t.interrupted for t in turns), metrics=tuple(metrics),
+        segments=sum(t.segments for t in turns), tts_segments=sum(t.tts_segments for t in turns),
+        segments_played=sum(t.segments_played for t in turns),
+        segments_cancelled=sum(t.segments_cancelled for t in turns),
+        segments_lost=sum(t.segments_lost for t in turns), underruns=sum(t.underruns or 0 for t in turns),
+        input_errors=tuple(input_errors),
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Building a record from a turn's events
+
+
+class _TurnEvents:
+    """All events of one turn, indexed for lookup. Singletons resolve to the earliest ``t_ns``."""
+
+    def __init__(self, events: Iterable[TimingEvent]) -> None:
+        self.by_kind: dict[TimingKind, list[TimingEvent]] = defaultdict(list)
+        for event in events:
+            self.by_kind[event.kind].append(event)
+        for items in self.by_kind.values():
+            items.sort(key=lambda e: e.t_ns)
+
+    def first(self, kind: TimingKind) -> TimingEvent | None:
+        items = self.by_kind.get(kind)
+        return items[0] if items else None
+
+    def all(self, kind: TimingKind) -> list[TimingEvent]:
+        return self.by_kind.get(kind, [])
+
+    def per_segment(self, kind: TimingKind) -> dict[int, TimingEvent]:
+        """Events of ``kind`` keyed by ``segment_index`` (the earliest one when repeated)."""
+        out: dict[int, TimingEvent] = {}
+        for event in self.all(kind):
+            out.setdefault(int(event.fields[Key.SEGMENT_INDEX]), event)
+        return out
+
+
+def build_turn(turn_id: int, events: Iterable[TimingEvent], *, complete: bool,
+               errors: Sequence[TimingEvent] = ()) -> TurnRecord:
+    """Compute the :class:`TurnRecord` of one turn from all its timing events (any order).
+
+    Args:
+        turn_id: the turn.
+        events: the turn's events (``turn_id`` equal to ``turn_id``), input errors excluded.
+        complete: whether the turn's closing events all arrived.
+        errors: ``input_error`` events that may concern this turn: those with this turn id count, and those with
+            turn id -1 count when stamped between the turn's first and last event.
+    """
+    ev = _TurnEvents(events)
+    speech_started, speech_ended = ev.first(TimingKind.SPEECH_STARTED), ev.first(TimingKind.SPEECH_ENDED)
+    asr_done, text_input = ev.first(TimingKind.ASR_DONE), ev.first(TimingKind.TEXT_INPUT)
+    llm_start, first_token = ev.first(TimingKind.LLM_START), ev.first(TimingKind.LLM_FIRST_TOKEN)
+    llm_done, tts_done = ev.first(TimingKind.LLM_DONE), ev.first(TimingKind.TTS_DONE)
+    playback_started, turn_played = ev.first(TimingKind.PLAYBACK_STARTED), ev.first(TimingKind.TURN_PLAYED)
+    barge_in = ev.first(TimingKind.BARGE_IN)
+
+    chunks = _build_chunks(ev, _t(llm_start), _t(first_token))
+    llm_chunks = ev.per_segment(TimingKind.LLM_CHUNK)
+    tts_segment_done = ev.per_segment(TimingKind.TTS_SEGMENT_DONE)
+    tts_starts = ev.per_segment(TimingKind.TTS_SEGMENT_START)
+    first_fragments = ev.per_segment(TimingKind.TTS_FIRST_FRAGMENT)
+
+    speech_end_ns = _t(speech_ended)
+    transcript_event = asr_done or text_input
+    source = "voice" if (speech_ended or asr_done) else "text" if text_input else "unknown"
+
+    tokens = _field(llm_done, Key.TOKENS)
+    if tokens is None and llm_chunks:
+        tokens = sum(_field(e, Key.TOKENS, 0) for e in llm_chunks.values())
+    inter_token_ms = None
+    if tokens is not None and tokens >= 2 and llm_done is not None and first_token is not None:
+        inter_token_ms = (llm_done.t_ns - first_token.t_ns) / 1e6 / (tokens - 1)
+    tokens_per_s = 1000.0 / inter_token_ms if inter_token_ms else None
+
+    first_tts = min(tts_starts) if tts_starts else None
+    tts_ttfb_ms = None
+    if first_tts is not None:
+        tts_ttfb_ms = _ms(_t(tts_starts[first_tts]), _t(first_fragments.get(first_tts)))
+
+    audio_values = [_field(e, Key.AUDIO_MS) for e in tts_segment_done.values()]
+    synth_values = [_field(e, Key.DURATION_MS) for e in tts_segment_done.values()]
+    audio_ms = _sum(audio_values)
+    synth_ms = _sum(synth_values)
+    rtf = synth_ms / audio_ms if synth_ms is not None and audio_ms else None
+
+    played_events = ev.per_segment(TimingKind.SEGMENT_PLAYED)
+    played_audio_ms = _field(turn_played, Key.AUDIO_MS)
+    if played_audio_ms is None and played_events:
+        played_audio_ms = _sum(_field(e, Key.AUDIO_MS) for e in played_events.values())
+
+    segments = _field(llm_done, Key.SEGMENTS_TOTAL)
+    if segments is None:
+        segments = len(llm_chunks)
+    tts_segments = _field(tts_done, Key.SEGMENTS_TOTAL)
+    if tts_segments is None:
+        tts_segments = len(set(tts_segment_done) | set(tts_starts))
+    segments_played = _field(turn_played, Key.COUNT)
+    if segments_played is None:
+        segments_played = len(played_events)
+    cancelled = _field(barge_in, Key.CANCELLED, 0)
+    interrupted = barge_in is not None
+    lost = tts_segments - segments_played - cancelled
+    if not interrupted:
+        reached_tts = {_field(e, Key.TEXT_SEGMENT_INDEX, i) for i, e in tts_starts.items()}
+        lost += sum(1 for i in range(segments) if i not in reached_tts)
+
+    reply = _field(llm_done, Key.TEXT)
+    if reply is None:
+        reply = " ".join(_field(llm_chunks[i], Key.TEXT, "") for i in sorted(llm_chunks)).strip()
+
+    own = [event for items in ev.by_kind.values() for event in items]
+    start_ns, end_ns = _min(e.t_ns for e in own), _max(e.t_ns for e in own)
+    input_errors = sum(1 for e in errors if e.turn_id == turn_id or (
+        e.turn_id < 0 and start_ns is not None and start_ns <= e.t_ns <= end_ns))
+
+    llm_start_ns = _t(llm_start)
+    wall_ms = _ms(llm_start_ns, _t(turn_played))
+    return TurnRecord(
+        turn_id=turn_id,
+        session_id=next((e.session_id for e in own if e.session_id), ""),
+        source=source, complete=complete,
+        transcript=_field(transcript_event, Key.TEXT, ""), reply=reply,
+        asr_latency_ms=_ms(speech_end_ns, _t(asr_done)),
+        eot_delay_ms=_ms(speech_end_ns, _field(speech_ended, Key.DETECTED_NS)),
+        llm_ttft_ms=_ms(llm_start_ns, _t(first_token)),
+        llm_first_chunk_ms=_ms(llm_start_ns, _t(llm_chunks[min(llm_chunks)])) if llm_chunks else None,
+        tts_ttfb_ms=tts_ttfb_ms,
+        first_audio_ms=_ms(speech_end_ns, _t(playback_started)),
+        llm_start_to_first_audio_ms=_ms(llm_start_ns, _t(playback_started)),
+        llm_tokens=tokens, llm_total_ms=_ms(llm_start_ns, _t(llm_done)),
+        inter_token_ms=inter_token_ms, tokens_per_s=tokens_per_s,
+        audio_s=None if audio_ms is None else audio_ms / 1000.0,
+        audio_played_s=None if played_audio_ms is None else played_audio_ms / 1000.0,
+        wall_s=None if wall_ms is None else wall_ms / 1000.0,
+        rtf=rtf,
+        underruns=_field(turn_played, Key.UNDERRUNS), underrun_ms=_field(turn_played, Key.UNDERRUN_MS),
+        segments=segments, tts_segments=tts_segments, segments_played=segments_played,
+        segments_cancelled=cancelled, segments_lost=lost, interrupted=interrupted,
+        barge_in_ms=_field(barge_in, Key.DURATION_MS), input_errors=input_errors,
+        speech_start_ns=_t(speech_started), speech_end_ns=speech_end_ns,
+        eot_detected_ns=_field(speech_ended, Key.DETECTED_NS), transcript_ns=_t(transcript_event),
+        llm_start_ns=llm_start_ns, llm_first_token_ns=_t(first_token), llm_done_ns=_t(llm_done),
+        tts_done_ns=_t(tts_done), playback_started_ns=_t(playback_started), barge_in_ns=_t(barge_in),
+        turn_played_ns=_t(turn_played), chunks=tuple(chunks),
+    )
+
+
+def _build_chunks(ev: _TurnEvents, llm_start_ns: int | None, first_token_ns: int | None) -> list[ChunkRecord]:
+    """One :class:`ChunkRecord` per chunk index seen on the LLM or the TTS side."""
+    llm_chunks = ev.per_segment(TimingKind.LLM_CHUNK)
+    tts_starts = ev.per_segment(TimingKind.TTS_SEGMENT_START)
+    first_fragments = ev.per_segment(TimingKind.TTS_FIRST_FRAGMENT)
+    tts_dones = ev.per_segment(TimingKind.TTS_SEGMENT_DONE)
+    played = ev.per_segment(TimingKind.SEGMENT_PLAYED)
+
+    def chunk_of(audio_segment: int) -> int:
+        return _field(tts_starts.get(audio_segment), Key.TEXT_SEGMENT_INDEX, audio_segment)
+
+    audio_segments: dict[int, list[int]] = defaultdict(list)
+    for seg in sorted(set(tts_starts) | set(first_fragments) | set(tts_dones) | set(played)):
+        audio_segments[chunk_of(seg)].append(seg)
+
+    records = []
+    for index in sorted(set(llm_chunks) | set(audio_segments)):
+        chunk = llm_chunks.get(index)
+        segs = audio_segments.get(index, [])
+        first_seg = segs[0] if segs else None
+        tts_start_ns = _t(tts_starts.get(first_seg)) if first_seg is not None else None
+        first_fragment_ns = _min(_t(first_fragments.get(s)) for s in segs)
+        gen_values = []
+        for s in segs:
+            done = tts_dones.get(s)
+            gen = _field(done, Key.DURATION_MS)
+            gen_values.append(gen if gen is not None else _ms(_t(tts_starts.get(s)), _t(done)))
+        played_segs = [played[s] for s in segs if s in played]
+        play_starts = []
+        for event in played_segs:
+            audio = _field(event, Key.AUDIO_MS)
+            play_starts.append(None if audio is None else event.t_ns - int(audio * 1e6))
+        llm_gen_ms = _field(chunk, Key.DURATION_MS)
+        records.append(ChunkRecord(
+            segment_index=index, tokens=_field(chunk, Key.TOKENS), text=_field(chunk, Key.TEXT, "") or _field(
+                tts_starts.get(first_seg) if first_seg is not None else None, Key.TEXT, ""),
+            llm_ttft_ms=_ms(llm_start_ns, first_token_ns) if index == 0 else None,
+            llm_gen_ms=llm_gen_ms,
+            tts_ttfb_ms=_ms(tts_start_ns, _t(first_fragments.get(first_seg)) if first_seg is not None else None),
+            tts_gen_ms=_sum(gen_values),
+            audio_ms=_sum(_field(tts_dones.get(s), Key.AUDIO_MS) for s in segs),
+            combined_ms=_ms(llm_start_ns, first_fragment_ns),
+            played_audio_ms=_sum(_field(e, Key.AUDIO_MS) for e in played_segs),
+            tts_segments=len(segs), segments_played=len(played_segs),
+            llm_emit_ns=_t(chunk), tts_start_ns=tts_start_ns, tts_first_fragment_ns=first_fragment_ns,
+            tts_done_ns=_max(_t(tts_dones.get(s)) for s in segs),
+            play_start_ns=_min(play_starts), play_end_ns=_max(e.t_ns for e in played_segs),
+        ))
+    return records
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The collector
+
+
+@dataclass
+class _OpenTurn:
+    events: list[TimingEvent] = field(default_factory=list)
+    kinds: set[TimingKind] = field(default_factory=set)
+    played_at_ns: int | None = None  # monitor clock when turn_played arrived
+
+    def closed(self) -> bool:
+        if TimingKind.TURN_PLAYED not in self.kinds:
+            return False
+        return TimingKind.BARGE_IN in self.kinds or {TimingKind.LLM_DONE, TimingKind.TTS_DONE} <= self.kinds
+
+
+class TimingCollector:
+    """Groups timing events by turn and returns each turn's :class:`TurnRecord` once it is over.
+
+    Pure: no dora, no I/O. Feed it with :meth:`add`; it returns the turns that this event completed. Events with
+    turn id -1 (``stream_started``, most ``input_error``s) are kept at session level.
+
+    Args:
+        grace_s: how long (s, monitor clock) a turn whose ``turn_played`` arrived waits for its other closing
+            events before it is built as incomplete.
+        clock_ns: monotonic clock in ns (injected in tests).
+
+    Attributes:
+        input_errors: every ``input_error`` event seen, in arrival order.
+        stream_started: the mic's ``stream_started`` event, if seen.
+    """
+
+    def __init__(self, *, grace_s: float = DEFAULT_GRACE_S, clock_ns: Callable[[], int] = time.monotonic_ns) -> None:
+        self.grace_s = grace_s
+        self.clock_ns = clock_ns
+        self.input_errors: list[TimingEvent] = []
+        self.stream_started: TimingEvent | None = None
+        self._open: dict[int, _OpenTurn] = {}
+        self._done: set[int] = set()
+
+    def add(self, event: TimingEvent) -> list[TurnRecord]:
+        """Take one event; return the turns it (or the grace period) completed, oldest first.
+
+        Raises:
+            SchemaError: the event lacks ``segment_index`` where it needs one, or a field has the wrong type
+                (see :func:`validate_event`). Nothing is recorded then.
+        """
+        validate_event(event)
+        if event.kind is TimingKind.INPUT_ERROR:
+            self.input_errors.append(event)
+        elif event.kind is TimingKind.STREAM_STARTED:
+            self.stream_started = event
+        elif event.turn_id < 0:
+            logger.debug("timing event %s from %s has no turn; ignored", event.kind.value, event.node)
+        elif event.turn_id in self._done:
+            logger.warning("late timing event %s from %s for turn %d, already reported; ignored",
+                           event.kind.value, event.node, event.turn_id)
+        else:
+            turn = self._open.setdefault(event.turn_id, _OpenTurn())
+            turn.events.append(event)
+            turn.kinds.add(event.kind)
+            if event.kind is TimingKind.TURN_PLAYED and turn.played_at_ns is None:
+                turn.played_at_ns = self.clock_ns()
+        return self.poll()
+
+    def poll(self) -> list[TurnRecord]:
+        """Build the turns that are closed, or whose grace period after ``turn_played`` has run out."""
+        now = self.clock_ns()
+        ready = []
+        for turn_id in sorted(self._open):
+            turn = self._open[turn_id]
+            if turn.closed():
+                ready.append((turn_id, True))
+            elif turn.played_at_ns is not None and now - turn.played_at_ns >= self.grace_s * 1e9:
+                ready.append((turn_id, False))
+        return [self._finish(turn_id, complete) for turn_id, complete in ready]
+
+    def flush(self) -> list[TurnRecord]:
+        """Build every open turn now (end of stream), closed or not, oldest first."""
+        return [self._finish(turn_id, self._open[turn_id].closed()) for turn_id in sorted(self._open)]
+
+    @property
+    def open_turns(self) -> list[int]:
+        """Turn ids seen but not yet reported."""
+        return sorted(self._open)
+
+    def error_details(self) -> list[str]:
+        """Every input error as ``"node: detail"``, in arrival order."""
+        return [f"{e.node}: {_field(e, Key.DETAIL, '')}" for e in self.input_errors]
+
+    def _finish(self, turn_id: int, complete: bool) -> TurnRecord:
+        turn = self._open.pop(turn_id)
+        self._done.add(turn_id)
+        if not complete:
+            missing = sorted(k.value for k in {TimingKind.TURN_PLAYED, TimingKind.LLM_DONE, TimingKind.TTS_DONE}
+                             - turn.kinds)
+            logger.info("turn %d reported without %s", turn_id, ", ".join(missing) or "all closing events")
+        return build_turn(turn_id, turn.events, complete=complete, errors=self.input_errors)

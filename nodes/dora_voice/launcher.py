@@ -1,0 +1,135 @@
+"""Run a dataflow YAML with ``dora run`` and collect what it produced (used by the CLI, tests and benchmark).
+
+``dora run`` needs the node console scripts on ``PATH``; :func:`run_dataflow` puts the directory of the running
+Python interpreter first on ``PATH`` so the venv's scripts are found even when the venv is not activated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+"""The checkout this package was installed from (editable install)."""
+
+DATAFLOWS = REPO_ROOT / "dataflows"
+
+
+class LaunchError(RuntimeError):
+    """``dora`` is missing, the YAML does not exist, or the dataflow failed."""
+
+
+@dataclass
+class RunResult:
+    """What one ``dora run`` produced.
+
+    Attributes:
+        returncode: exit status of ``dora run`` (0 when every node finished cleanly).
+        wall_s: seconds the run took.
+        out_dir: folder holding ``dora.log`` (the CLI's output) and the files the nodes wrote.
+        report_path: the monitor's JSONL (``TIMING_REPORT``).
+        output_wav: the speaker's WAV (``AUDIO_OUTPUT``), when asked for.
+        turns: the JSONL records, one per completed turn.
+    """
+
+    returncode: int
+    wall_s: float
+    out_dir: Path
+    report_path: Path
+    output_wav: Path | None
+    turns: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def log(self) -> str:
+        """Everything ``dora run`` printed."""
+        path = self.out_dir / "dora.log"
+        return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+
+
+def node_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for ``dora run``: this one, the interpreter's bin dir first on PATH, plus ``extra``."""
+    env = dict(os.environ)
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    env.setdefault("RUST_BACKTRACE", "0")
+    env.update({k: str(v) for k, v in (extra or {}).items()})
+    return env
+
+
+def dora_executable() -> str:
+    """Path of the ``dora`` CLI.
+
+    Raises:
+        LaunchError: not installed.
+    """
+    candidate = Path(sys.executable).parent / "dora"
+    found = str(candidate) if candidate.exists() else shutil.which("dora")
+    if not found:
+        raise LaunchError("the dora CLI is not installed: run examples/voice-chatbot/setup.sh "
+                          "(or pip install dora-rs-cli==1.1.0)")
+    return found
+
+
+def run_dataflow(yaml_path: Path, out_dir: Path, env: Mapping[str, str] | None = None, *,
+                 timeout_s: float = 600.0, stream_output: bool = False) -> RunResult:
+    """Run ``yaml_path`` to completion with ``dora run`` and read the monitor's report.
+
+    Args:
+        yaml_path: dataflow YAML.
+        out_dir: created if needed; receives ``dora.log`` and ``timing.jsonl`` (unless ``TIMING_REPORT`` is set).
+        env: extra environment for every node (``AUDIO_INPUT``, ``LLM_ENABLE_STREAMING``, ...).
+        timeout_s: passed to ``dora run --stop-after``; the process is also killed 30 s after it.
+        stream_output: also copy dora's output to this process's stderr as it comes.
+
+    Returns:
+        The :class:`RunResult`; a non-zero ``returncode`` is returned, not raised.
+
+    Raises:
+        LaunchError: the YAML or the dora CLI is missing.
+    """
+    yaml_path = Path(yaml_path).resolve()
+    if not yaml_path.is_file():
+        raise LaunchError(f"no dataflow at {yaml_path}")
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    extra = dict(env or {})
+    extra.setdefault("TIMING_REPORT", str(out_dir / "timing.jsonl"))
+    report = Path(extra["TIMING_REPORT"])
+    if report.exists():
+        report.unlink()
+    cmd = [dora_executable(), "run", str(yaml_path), "--stop-after", f"{int(timeout_s)}s"]
+    logger.info("running %s", " ".join(cmd))
+    started = time.perf_counter()
+    with open(out_dir / "dora.log", "w", encoding="utf-8") as log:
+        proc = subprocess.Popen(cmd, cwd=yaml_path.parent, env=node_env(extra), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, errors="replace")
+        assert proc.stdout is not None
+        deadline = time.monotonic() + timeout_s + 30
+        for line in proc.stdout:
+            log.write(line)
+            if stream_output:
+                sys.stderr.write(line)
+            if time.monotonic() > deadline:
+                proc.kill()
+                break
+        returncode = proc.wait()
+    wall_s = time.perf_counter() - started
+    output = extra.get("AUDIO_OUTPUT")
+    return RunResult(returncode, wall_s, out_dir, report, Path(output) if output else None, read_report(report))
+
+
+def read_report(path: Path) -> list[dict[str, Any]]:
+    """The JSONL timing report as a list of per-turn records (empty when the file is missing)."""
+    if not Path(path).exists():
+        return []
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
