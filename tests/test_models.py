@@ -255,7 +255,7 @@ def test_missing_overrides_raise(tmp_path):
     voice.write_bytes(b"x")
     with pytest.raises(ModelError, match=r"v\.onnx\.json does not exist"):
         models.resolve_piper_voice(str(voice), None)
-    with pytest.raises(ModelError, match="TTS_VOICE_CONFIG_PATH=.*no such file"):
+    with pytest.raises(ModelError, match="TTS_VOICE_CONFIG=.*no such file"):
         models.resolve_piper_voice(str(voice), str(absent))
 
 
@@ -315,3 +315,20 @@ def test_cli_help_and_usage_errors(capsys):
     assert "--defaults" in capsys.readouterr().err
     assert models.main(["path", "nope"]) == 1
     assert "unknown model" in capsys.readouterr().err
+
+
+def test_truncated_file_shows_as_damaged(site, cache):
+    spec = split_spec(site)
+    models.prepare_model(spec, cache).write_bytes(b"GGUF")
+    assert models.model_status(spec, cache) == "damaged"
+
+
+def test_marker_keeps_entries_of_other_virtualenvs(tmp_path, site, cache):
+    """Two venvs sharing one cache must not invalidate each other's in-place markers."""
+    spec = inplace_spec(site)
+    models.ensure_model(spec, cache)
+    other = tmp_path / "other-venv-file"
+    other.write_bytes(b"x")
+    models._write_marker(spec, cache, [{"path": str(other), "sha256": "0" * 64, "size": 1, "mtime_ns": 0}])
+    assert models.model_status(spec, cache) == "ready"
+    assert str(other) in (cache / "fake-voice.sha256").read_text()

@@ -83,7 +83,10 @@ else
 fi
 
 # 4. PortAudio for sounddevice (microphone/speaker nodes), Linux only.
-if [[ "$(uname -s)" == Linux ]] && ! ldconfig -p 2>/dev/null | grep -q 'libportaudio\.so\.2'; then
+# Looked up the way sounddevice does it (ctypes.util.find_library), not with "ldconfig -p | grep -q", which
+# pipefail turns into a false "missing" when grep's early exit kills ldconfig with SIGPIPE.
+if [[ "$(uname -s)" == Linux ]] &&
+   ! "$PYBIN" -c 'import ctypes.util, sys; sys.exit(ctypes.util.find_library("portaudio") is None)'; then
   if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
     log "installing libportaudio2 (apt)"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libportaudio2 >/dev/null

@@ -6,10 +6,14 @@ computes a :class:`TurnRecord` (with one :class:`ChunkRecord` per LLM chunk). No
 arrive: a record is built from all the events of its turn at once, so the order in which events from different nodes
 reach the monitor does not matter.
 
-A turn is complete when the speaker's ``turn_played`` has arrived and either ``barge_in`` (an interrupted turn) or
-both ``llm_done`` and ``tts_done``. A turn whose ``turn_played`` arrived but whose other closing events are still
-missing after ``grace_s`` (monitor clock) is built anyway and marked ``complete=False``; :meth:`TimingCollector.flush`
-does the same for every open turn at the end of the stream.
+A turn is complete when every event it needs has arrived: ``turn_played`` (speaker), ``llm_start``/``llm_done``,
+``tts_done``, the transcript (``asr_done`` with the VAD's ``speech_ended``, or ``text_input``), and as many per-chunk
+and per-segment events as the totals on ``llm_done``, ``tts_done`` and ``turn_played`` announce. Every node must
+therefore close each turn with its ``*_done`` event, barge-in or not. When fewer segments were played than
+synthesized and no ``barge_in`` has arrived, or some event never comes, the turn is built ``grace_s`` (monitor clock)
+after its ``turn_played`` arrived; :meth:`TimingCollector.flush` builds every open turn at the end of the stream.
+Turns built while lacking an event are marked ``complete=False``. Events of a turn already reported are logged and
+dropped.
 
 Definitions (all durations in ms unless the name says ``_s``; ``None`` when an event needed is missing):
     * ``asr_latency_ms``: speech_end (last voiced sample, VAD) -> transcript emitted (``asr_done``).
@@ -553,13 +557,41 @@ def _build_chunks(ev: _TurnEvents, llm_start_ns: int | None, first_token_ns: int
 @dataclass
 class _OpenTurn:
     events: list[TimingEvent] = field(default_factory=list)
-    kinds: set[TimingKind] = field(default_factory=set)
     played_at_ns: int | None = None  # monitor clock when turn_played arrived
 
-    def closed(self) -> bool:
-        if TimingKind.TURN_PLAYED not in self.kinds:
-            return False
-        return TimingKind.BARGE_IN in self.kinds or {TimingKind.LLM_DONE, TimingKind.TTS_DONE} <= self.kinds
+    def missing(self) -> tuple[list[str], bool]:
+        """What this turn still lacks: ``(missing event descriptions, maybe_barge_in)``.
+
+        The totals on the closing events say how many per-segment events to expect: ``llm_done.segments_total``
+        chunks, ``tts_done.segments_total`` audio segments, ``turn_played.count`` played segments.
+        ``maybe_barge_in`` is true when fewer segments were played than synthesized and no ``barge_in`` has arrived:
+        either one is still coming or segments were lost; only the grace period can tell.
+        """
+        ev = _TurnEvents(self.events)
+        lacking = [k.value for k in (TimingKind.TURN_PLAYED, TimingKind.LLM_START, TimingKind.LLM_DONE,
+                                     TimingKind.TTS_DONE) if ev.first(k) is None]
+        if ev.first(TimingKind.ASR_DONE) is not None:
+            if ev.first(TimingKind.SPEECH_ENDED) is None:
+                lacking.append(TimingKind.SPEECH_ENDED.value)
+        elif ev.first(TimingKind.TEXT_INPUT) is None:
+            lacking.append("asr_done or text_input")
+        llm_done, tts_done = ev.first(TimingKind.LLM_DONE), ev.first(TimingKind.TTS_DONE)
+        turn_played, barge_in = ev.first(TimingKind.TURN_PLAYED), ev.first(TimingKind.BARGE_IN)
+        if _field(llm_done, Key.TOKENS, 0) > 0 and ev.first(TimingKind.LLM_FIRST_TOKEN) is None:
+            lacking.append(TimingKind.LLM_FIRST_TOKEN.value)
+        chunks = ev.per_segment(TimingKind.LLM_CHUNK)
+        lacking += [f"llm_chunk #{i}" for i in range(_field(llm_done, Key.SEGMENTS_TOTAL, 0)) if i not in chunks]
+        tts_total = _field(tts_done, Key.SEGMENTS_TOTAL, 0)
+        for kind in (TimingKind.TTS_SEGMENT_START, TimingKind.TTS_FIRST_FRAGMENT, TimingKind.TTS_SEGMENT_DONE):
+            seen = ev.per_segment(kind)
+            lacking += [f"{kind.value} #{i}" for i in range(tts_total) if i not in seen]
+        played = _field(turn_played, Key.COUNT, 0)
+        if played > 0 and ev.first(TimingKind.PLAYBACK_STARTED) is None:
+            lacking.append(TimingKind.PLAYBACK_STARTED.value)
+        if barge_in is None and len(ev.per_segment(TimingKind.SEGMENT_PLAYED)) < played:
+            lacking.append(TimingKind.SEGMENT_PLAYED.value)
+        maybe_barge_in = barge_in is None and turn_played is not None and played < tts_total
+        return lacking, maybe_barge_in
 
 
 class TimingCollector:
@@ -606,26 +638,26 @@ class TimingCollector:
         else:
             turn = self._open.setdefault(event.turn_id, _OpenTurn())
             turn.events.append(event)
-            turn.kinds.add(event.kind)
             if event.kind is TimingKind.TURN_PLAYED and turn.played_at_ns is None:
                 turn.played_at_ns = self.clock_ns()
         return self.poll()
 
     def poll(self) -> list[TurnRecord]:
-        """Build the turns that are closed, or whose grace period after ``turn_played`` has run out."""
+        """Build the turns that have every event they need, or whose grace period after ``turn_played`` ran out."""
         now = self.clock_ns()
         ready = []
         for turn_id in sorted(self._open):
             turn = self._open[turn_id]
-            if turn.closed():
+            lacking, maybe_barge_in = turn.missing()
+            if not lacking and not maybe_barge_in:
                 ready.append((turn_id, True))
             elif turn.played_at_ns is not None and now - turn.played_at_ns >= self.grace_s * 1e9:
-                ready.append((turn_id, False))
+                ready.append((turn_id, not lacking))
         return [self._finish(turn_id, complete) for turn_id, complete in ready]
 
     def flush(self) -> list[TurnRecord]:
-        """Build every open turn now (end of stream), closed or not, oldest first."""
-        return [self._finish(turn_id, self._open[turn_id].closed()) for turn_id in sorted(self._open)]
+        """Build every open turn now (end of stream), oldest first; those lacking events are incomplete."""
+        return [self._finish(turn_id, not self._open[turn_id].missing()[0]) for turn_id in sorted(self._open)]
 
     @property
     def open_turns(self) -> list[int]:
@@ -640,7 +672,6 @@ class TimingCollector:
         turn = self._open.pop(turn_id)
         self._done.add(turn_id)
         if not complete:
-            missing = sorted(k.value for k in {TimingKind.TURN_PLAYED, TimingKind.LLM_DONE, TimingKind.TTS_DONE}
-                             - turn.kinds)
-            logger.info("turn %d reported without %s", turn_id, ", ".join(missing) or "all closing events")
+            lacking = turn.missing()[0]
+            logger.info("turn %d reported incomplete, without: %s", turn_id, ", ".join(lacking[:8]))
         return build_turn(turn_id, turn.events, complete=complete, errors=self.input_errors)

@@ -448,12 +448,14 @@ def _check(spec: ModelSpec, cache_dir: Path, *, force: bool, progress: bool) -> 
 
 def model_status(spec: ModelSpec, cache_dir: Path | None = None) -> str:
     """A one-word state, without hashing: ``ready`` (verified, marker valid), ``unverified`` (files present, no
-    valid marker: the next start-up hashes them), ``unprepared`` (packages installed, not assembled yet) or
-    ``missing`` (packages not installed)."""
+    valid marker: the next start-up hashes them), ``damaged`` (a file has the wrong size), ``unprepared``
+    (packages installed, not assembled yet) or ``missing`` (packages not installed)."""
     cache_dir = models_dir() if cache_dir is None else cache_dir
     marker = _read_marker(spec, cache_dir)
     paths = [artifact_path(spec, a, cache_dir) for a in spec.artifacts]
     if all(p is not None and p.is_file() for p in paths):
+        if any(p.stat().st_size != a.size for p, a in zip(paths, spec.artifacts)):  # type: ignore[union-attr]
+            return "damaged"
         ok = all(_marker_ok(marker.get(str(p)), p, a) for p, a in zip(paths, spec.artifacts))
         return "ready" if ok else "unverified"
     return "missing" if missing_packages(spec) else "unprepared"
@@ -518,7 +520,7 @@ def prepare_model(spec: ModelSpec, cache_dir: Path | None = None, *, force: bool
     _write_marker(spec, cache_dir, entries)
     path = model_path(spec, cache_dir)
     assert path is not None
-    logger.info("%s ready: %s", spec.name, path)
+    logger.debug("%s ready: %s", spec.name, path)
     return path
 
 
@@ -699,7 +701,7 @@ def resolve_asr(path_override: str | os.PathLike | None, name: str, *, env: str 
 
 def resolve_piper_voice(model_override: str | os.PathLike | None, config_override: str | os.PathLike | None, *,
                         name: str = DEFAULT_TTS, model_env: str = "TTS_VOICE_PATH",
-                        config_env: str = "TTS_VOICE_CONFIG_PATH", cache_dir: Path | None = None) -> tuple[Path, Path]:
+                        config_env: str = "TTS_VOICE_CONFIG", cache_dir: Path | None = None) -> tuple[Path, Path]:
     """The Piper voice (``.onnx``) and its config (``.onnx.json``) the TTS node loads.
 
     Args:
@@ -778,7 +780,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[4])
     print(f"\ncache: {cache_dir}")
     print("states: ready = verified; unverified = present, hashed at next start-up; "
-          f"unprepared = run '{CLI} prepare NAME'; missing = run '{CLI} install NAME'")
+          f"damaged = run '{CLI} prepare --force NAME';\n        unprepared = run '{CLI} prepare NAME'; "
+          f"missing = run '{CLI} install NAME'")
     if args.verbose:
         for spec in REGISTRY.values():
             print(f"\n{spec.name}: {spec.description}\n  licence: {spec.licence}\n  packages: {' '.join(spec.packages)}")

@@ -1,0 +1,235 @@
+"""Plain-text rendering of turn records: the live per-turn table, the session summary, and the verbose per-turn
+TIMELINE, SUMMARY and CHUNK BREAKDOWN blocks (formats and names from the chunked LLM + TTS integration-test note).
+
+Every function returns a string (lines joined by ``\\n``, no trailing newline); the node and the CLI decide where it
+goes. ASCII only: no ANSI colour, no emoji, no box-drawing characters. Durations print as whole ms; ``-`` marks a
+value that is unknown.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Sequence
+
+from dora_voice_monitor.collector import ChunkRecord, SessionSummary, TurnRecord
+
+RULE_WIDTH = 97
+"""Width of the ``=`` and ``-`` rules (characters)."""
+
+_LIVE_COLUMNS = (  # (header, width)
+    ("turn", 5), ("src", 6), ("asr_latency_ms", 15), ("llm_ttft_ms", 12), ("tts_ttfb_ms", 12),
+    ("first_audio_ms", 15), ("llm_start_to_first_audio_ms", 28), ("segments", 9),
+)
+_CHUNK_COLUMNS = (  # (header, width): the CHUNK BREAKDOWN table
+    ("#", 4), ("Tokens", 8), ("LLM TTFT", 10), ("LLM Gen", 10), ("TTS TTFB", 10), ("TTS Gen", 10), ("Audio", 10),
+    ("Combined", 10), ("Text", 0),
+)
+
+
+def fmt_ms(value: float | None) -> str:
+    """Whole milliseconds, or ``-`` when unknown."""
+    return "-" if value is None else f"{value:.0f}"
+
+
+def fmt_num(value: float | int | None, digits: int = 1) -> str:
+    """A number with ``digits`` decimals (ints as-is), or ``-`` when unknown."""
+    if value is None:
+        return "-"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.{digits}f}"
+
+
+def truncate(text: str, width: int) -> str:
+    """``text`` on one line, cut to ``width`` characters with ``...`` when longer."""
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: max(0, width - 3)] + "..."
+
+
+def clock(t_ns: int) -> str:
+    """``HH:MM:SS.mmm`` local time of a wall-clock ns timestamp."""
+    moment = _dt.datetime.fromtimestamp(t_ns / 1e9)
+    return moment.strftime("%H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
+
+
+def _row(cells: Sequence[str], columns: Sequence[tuple[str, int]]) -> str:
+    parts = [cell.ljust(width) if width else cell for cell, (_h, width) in zip(cells, columns)]
+    return "".join(parts).rstrip()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Live table
+
+
+def live_header() -> str:
+    """Header of the live per-turn table (print once, before the first row)."""
+    header = _row([h for h, _w in _LIVE_COLUMNS], _LIVE_COLUMNS) + "  notes / transcript -> reply"
+    return header + "\n" + "-" * len(header)
+
+
+def _notes(turn: TurnRecord) -> list[str]:
+    notes = []
+    if not turn.complete:
+        notes.append("INCOMPLETE")
+    if turn.interrupted:
+        notes.append(f"barge-in {fmt_ms(turn.barge_in_ms)}ms cancelled={turn.segments_cancelled}")
+    if turn.segments_lost:
+        notes.append(f"LOST={turn.segments_lost}")
+    if turn.underruns:
+        notes.append(f"underruns={turn.underruns} ({fmt_ms(turn.underrun_ms)}ms)")
+    if turn.input_errors:
+        notes.append(f"input_errors={turn.input_errors}")
+    return notes
+
+
+def live_row(turn: TurnRecord, *, text_width: int = 36) -> str:
+    """One line per completed turn: the headline latencies (ms), segments produced/played, transcript and reply.
+
+    ``segments`` is LLM chunks produced / audio segments played.
+    """
+    cells = [
+        str(turn.turn_id), turn.source, fmt_ms(turn.asr_latency_ms), fmt_ms(turn.llm_ttft_ms),
+        fmt_ms(turn.tts_ttfb_ms), fmt_ms(turn.first_audio_ms), fmt_ms(turn.llm_start_to_first_audio_ms),
+        f"{turn.segments}/{turn.segments_played}",
+    ]
+    notes = " ".join(f"[{n}]" for n in _notes(turn))
+    text = f'"{truncate(turn.transcript, text_width)}" -> "{truncate(turn.reply, text_width)}"'
+    return _row(cells, _LIVE_COLUMNS) + "  " + (notes + " " if notes else "") + text
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Session summary
+
+
+def session_summary(summary: SessionSummary) -> str:
+    """The end-of-run summary: p50 / p90 / mean of every metric over turns, segment accounting, input errors."""
+    lines = [
+        "=" * RULE_WIDTH,
+        f"SESSION SUMMARY: {summary.turns} turns ({summary.incomplete_turns} incomplete, "
+        f"{summary.interrupted_turns} interrupted)",
+        "=" * RULE_WIDTH,
+        f"{'metric':<30}{'n':>4}{'p50':>10}{'p90':>10}{'mean':>10}",
+    ]
+    for m in summary.metrics:
+        digits = 3 if m.name == "rtf" else 2 if m.name in ("audio_s", "wall_s") else 1
+        lines.append(f"{m.name:<30}{m.n:>4}{fmt_num(m.p50, digits):>10}{fmt_num(m.p90, digits):>10}"
+                     f"{fmt_num(m.mean, digits):>10}")
+    lines += [
+        "",
+        f"segments: produced {summary.segments} (LLM chunks), synthesized {summary.tts_segments}, "
+        f"played {summary.segments_played}, cancelled {summary.segments_cancelled}, lost {summary.segments_lost}",
+        f"underruns: {summary.underruns}",
+        f"input errors: {len(summary.input_errors)}",
+    ]
+    shown = summary.input_errors[:20]
+    lines += [f"  {truncate(detail, RULE_WIDTH - 2)}" for detail in shown]
+    if len(summary.input_errors) > len(shown):
+        lines.append(f"  ... and {len(summary.input_errors) - len(shown)} more")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Verbose, per turn
+
+
+def timeline(turn: TurnRecord) -> str:
+    """TIMELINE: every event of the turn in time order, ``[HH:MM:SS.mmm] WHO: what``, with the derived latencies."""
+    items: list[tuple[int, int, str]] = []  # (t_ns, order, text): order keeps same-instant lines stable
+
+    def add(t_ns: int | None, text: str) -> None:
+        if t_ns is not None:
+            items.append((t_ns, len(items), text))
+
+    add(turn.speech_start_ns, "VAD: speech started")
+    add(turn.speech_end_ns, "VAD: speech ended (last voiced sample)")
+    add(turn.eot_detected_ns, f"VAD: end of turn detected (+{fmt_ms(turn.eot_delay_ms)}ms)")
+    if turn.source == "voice":
+        add(turn.transcript_ns, f'ASR: "{truncate(turn.transcript, 60)}" (ASR latency: '
+                                f"{fmt_ms(turn.asr_latency_ms)}ms)")
+    else:
+        add(turn.transcript_ns, f'TEXT: "{truncate(turn.transcript, 60)}"')
+    add(turn.llm_start_ns, "LLM: start (prompt submitted)")
+    add(turn.llm_first_token_ns, f"LLM: first token (LLM TTFT: {fmt_ms(turn.llm_ttft_ms)}ms)")
+    for c in turn.chunks:
+        add(c.llm_emit_ns, f"LLM #{c.number}: chunk emitted, {fmt_num(c.tokens)} tokens, {fmt_ms(c.llm_gen_ms)}ms")
+        words = len(c.text.split())
+        add(c.tts_start_ns, f'TTS #{c.number}: sending "{truncate(c.text, 40)}" ({words} words)')
+        add(c.tts_first_fragment_ns, f"TTS #{c.number}: first audio (TTS TTFB: {fmt_ms(c.tts_ttfb_ms)}ms, "
+                                     f"Combined TTFB: {fmt_ms(c.combined_ms)}ms)")
+        add(c.tts_done_ns, f"TTS #{c.number}: segment complete ({fmt_ms(c.tts_gen_ms)}ms, "
+                           f"{fmt_ms(c.audio_ms)}ms audio)")
+        add(c.play_end_ns, f"SPEAKER #{c.number}: played ({fmt_ms(c.played_audio_ms)}ms audio)")
+    add(turn.llm_done_ns, f"LLM: done, {fmt_num(turn.llm_tokens)} tokens, {turn.segments} chunks "
+                          f"({fmt_ms(turn.llm_total_ms)}ms)")
+    add(turn.tts_done_ns, f"TTS: done, {turn.tts_segments} segments")
+    v2v = f"first audio {fmt_ms(turn.first_audio_ms)}ms after speech end, " if turn.first_audio_ms is not None else ""
+    add(turn.playback_started_ns, f"SPEAKER: playback started ({v2v}"
+                                  f"{fmt_ms(turn.llm_start_to_first_audio_ms)}ms after LLM start)")
+    add(turn.barge_in_ns, f"SPEAKER: barge-in, {turn.segments_cancelled} segments cancelled "
+                          f"({fmt_ms(turn.barge_in_ms)}ms)")
+    add(turn.turn_played_ns, f"SPEAKER: turn played ({turn.segments_played} segments, "
+                             f"{fmt_num(turn.underruns)} underruns, {fmt_ms(turn.underrun_ms)}ms underrun)")
+    lines = ["-" * RULE_WIDTH, f"TIMELINE (turn {turn.turn_id})", "-" * RULE_WIDTH]
+    lines += [f"[{clock(t)}] {text}" for t, _o, text in sorted(items)]
+    return "\n".join(lines)
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
+def turn_summary(turn: TurnRecord) -> str:
+    """SUMMARY: totals, first chunk against the averages over all chunks, wall time against audio time."""
+    chunks = turn.chunks
+    first: ChunkRecord | None = chunks[0] if chunks else None
+    tokens = turn.llm_tokens if turn.llm_tokens is not None else sum(c.tokens or 0 for c in chunks)
+
+    def line(label: str, value: str, indent: int = 2) -> str:
+        return " " * indent + f"{label + ':':<{23 - indent}}{value}"
+
+    synth_s = None if turn.rtf is None or turn.audio_s is None else turn.rtf * turn.audio_s
+    speed = (f"{1 / turn.rtf:.1f}x faster than real-time" if turn.rtf else "-")
+    lines = [
+        "=" * RULE_WIDTH, f"SUMMARY (turn {turn.turn_id})", "=" * RULE_WIDTH,
+        line("Total chunks", str(len(chunks))),
+        line("Total LLM tokens", fmt_num(tokens)),
+        line("Total audio", f"{fmt_num(turn.audio_s, 2)} seconds"),
+        line("Total wall time", f"{fmt_num(turn.wall_s, 2)} seconds (LLM start to last sample played)"),
+        line("TTS synthesis", f"{fmt_num(synth_s, 2)} seconds for {fmt_num(turn.audio_s)} seconds of audio "
+                              f"(RTF {fmt_num(turn.rtf, 3)}, {speed})"),
+        "",
+        "  First chunk:",
+        line("LLM TTFT", f"{fmt_ms(first.llm_ttft_ms if first else None)}ms", 4),
+        line("LLM gen time", f"{fmt_ms(first.llm_gen_ms if first else None)}ms", 4),
+        line("TTS TTFB", f"{fmt_ms(first.tts_ttfb_ms if first else None)}ms", 4),
+        line("TTS gen time", f"{fmt_ms(first.tts_gen_ms if first else None)}ms", 4),
+        line("Combined TTFB", f"{fmt_ms(first.combined_ms if first else None)}ms", 4),
+        line("Audio duration", f"{fmt_ms(first.audio_ms if first else None)}ms", 4),
+        "",
+        "  Averages (all chunks):",
+        line("Avg LLM gen", f"{fmt_ms(_mean([c.llm_gen_ms for c in chunks]))}ms", 4),
+        line("Avg TTS TTFB", f"{fmt_ms(_mean([c.tts_ttfb_ms for c in chunks]))}ms", 4),
+        line("Avg TTS gen", f"{fmt_ms(_mean([c.tts_gen_ms for c in chunks]))}ms", 4),
+        line("Avg Combined TTFB", f"{fmt_ms(_mean([c.combined_ms for c in chunks]))}ms", 4),
+        "  (LLM TTFT exists for the first chunk only: later chunks stream on without a new request.)",
+    ]
+    return "\n".join(lines)
+
+
+def chunk_breakdown(turn: TurnRecord, *, text_width: int = 40) -> str:
+    """CHUNK BREAKDOWN: one row per chunk (#, Tokens, LLM TTFT, LLM Gen, TTS TTFB, TTS Gen, Audio, Combined, Text),
+    durations in ms."""
+    lines = ["CHUNK BREAKDOWN:", "-" * RULE_WIDTH, _row([h for h, _w in _CHUNK_COLUMNS], _CHUNK_COLUMNS),
+             "-" * RULE_WIDTH]
+    for c in turn.chunks:
+        lines.append(_row([
+            str(c.number), fmt_num(c.tokens), fmt_ms(c.llm_ttft_ms), fmt_ms(c.llm_gen_ms), fmt_ms(c.tts_ttfb_ms),
+            fmt_ms(c.tts_gen_ms), fmt_ms(c.audio_ms), fmt_ms(c.combined_ms), truncate(c.text, text_width),
+        ], _CHUNK_COLUMNS))
+    return "\n".join(lines)
+
+
+def verbose_turn(turn: TurnRecord) -> str:
+    """TIMELINE, SUMMARY and CHUNK BREAKDOWN of one turn, in that order."""
+    return "\n\n".join([timeline(turn), turn_summary(turn), chunk_breakdown(turn)])

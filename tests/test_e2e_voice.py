@@ -1,0 +1,115 @@
+"""End to end: real recordings through the real voice-chatbot dataflow with ``dora run`` and small real models.
+
+Models: SmolLM2-135M (LLM), Whisper tiny.en (ASR), Piper joe (TTS) — the test set of ``dora-voice-models``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import jiwer
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import TRANSCRIPTS, load_clip
+from dora_voice.launcher import DATAFLOWS, run_dataflow
+from dora_voice.models import TEST_ASR, TEST_LLM
+
+pytestmark = pytest.mark.e2e
+
+RATE = 16_000
+REQUIRED = ("turn_id", "transcript", "reply", "asr_latency_ms", "llm_ttft_ms", "tts_ttfb_ms", "first_audio_ms",
+            "llm_start_to_first_audio_ms", "segments")
+SMALL_MODELS = {"LLM_MODEL": TEST_LLM, "ASR_MODEL": TEST_ASR, "LLM_MAX_TOKENS": "60", "LOG_LEVEL": "INFO"}
+_NUMBERS = {"0": "zero", "1": "one", "2": "two", "3": "three", "4": "four", "5": "five", "6": "six", "7": "seven",
+            "8": "eight", "9": "nine", "10": "ten", "11": "eleven", "12": "twelve"}
+
+
+def normalize(text: str) -> str:
+    words = re.sub(r"[^a-z0-9' ]", " ", text.lower().replace("-", " ")).split()
+    return " ".join(_NUMBERS.get(w, w) for w in words)
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    return jiwer.wer(normalize(reference), normalize(hypothesis))
+
+
+def compose(path: Path, parts: list[np.ndarray]) -> list[tuple[float, float]]:
+    """Write the parts one after another; return (start_s, end_s) of each non-silent part."""
+    spans, t = [], 0.0
+    for part in parts:
+        if np.any(part):
+            spans.append((t, t + len(part) / RATE))
+        t += len(part) / RATE
+    sf.write(path, np.concatenate(parts), RATE, subtype="PCM_16")
+    return spans
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * RATE), dtype=np.float32)
+
+
+def active_seconds(samples: np.ndarray, rate: int, threshold_dbfs: float = -40.0) -> tuple[float, float | None]:
+    """Seconds of 20 ms frames louder than ``threshold_dbfs``, and the time of the first such frame."""
+    frame = int(0.02 * rate)
+    n = len(samples) // frame
+    if n == 0:
+        return 0.0, None
+    rms = np.sqrt(np.mean(samples[: n * frame].reshape(n, frame) ** 2, axis=1) + 1e-12)
+    loud = 20 * np.log10(rms) > threshold_dbfs
+    first = float(np.argmax(loud)) * frame / rate if loud.any() else None
+    return float(loud.sum()) * frame / rate, first
+
+
+def check_turn(turn: dict, reference: str) -> None:
+    missing = [key for key in REQUIRED if turn.get(key) is None]
+    assert not missing, f"turn {turn.get('turn_id')} lacks {missing}: {turn}"
+    assert wer(reference, turn["transcript"]) <= 0.20, (reference, turn["transcript"])
+    assert turn["reply"].strip()
+    # Causality: speech end < transcript < first token < first audio played.
+    assert turn["speech_end_ns"] < turn["transcript_ns"] < turn["llm_first_token_ns"] < turn["playback_started_ns"]
+    assert turn["segments"] >= 1
+    assert turn["segments_lost"] == 0
+    assert turn["segments_played"] == turn["tts_segments"] >= turn["segments"]
+
+
+def test_one_question_streamed_answer(tmp_path: Path) -> None:
+    clip = "librivox-0880.wav"
+    spans = compose(tmp_path / "in.wav", [silence(0.5), load_clip(clip), silence(0.3)])
+    out_wav = tmp_path / "answer.wav"
+    result = run_dataflow(DATAFLOWS / "voice-chatbot.yml", tmp_path,
+                          {**SMALL_MODELS, "AUDIO_INPUT": str(tmp_path / "in.wav"), "AUDIO_OUTPUT": str(out_wav)},
+                          timeout_s=240)
+    assert result.returncode == 0, result.log[-4000:]
+    assert len(result.turns) == 1, result.log[-4000:]
+    turn = result.turns[0]
+    check_turn(turn, TRANSCRIPTS[clip])
+
+    answer, rate = sf.read(out_wav, dtype="float32")
+    loud_s, first_loud_s = active_seconds(answer, rate)
+    assert loud_s >= 0.5
+    # The output WAV is on the input's clock: the answer starts after the user stopped speaking, and the gap
+    # matches the monitor's voice-to-voice figure (first_audio_ms) within a few frames.
+    clip_start_s, clip_end_s = spans[0]
+    assert first_loud_s is not None and first_loud_s > clip_end_s - 0.3
+    measured_ms = (turn["playback_started_ns"] - turn["speech_end_ns"]) / 1e6
+    assert measured_ms == pytest.approx(turn["first_audio_ms"], abs=1.0)
+    # Where the VAD put the end of speech, seen from the output WAV: it must fall inside the spoken clip.
+    implied_speech_end_s = first_loud_s - turn["first_audio_ms"] / 1000
+    assert clip_start_s < implied_speech_end_s < clip_end_s + 0.1
+
+
+def test_two_utterances_two_turns_nothing_lost(tmp_path: Path) -> None:
+    a, b = "goforward.wav", "librivox-0880.wav"
+    compose(tmp_path / "in.wav", [silence(0.5), load_clip(a), silence(2.0), load_clip(b), silence(0.3)])
+    result = run_dataflow(DATAFLOWS / "voice-chatbot.yml", tmp_path,
+                          {**SMALL_MODELS, "AUDIO_INPUT": str(tmp_path / "in.wav"),
+                           "AUDIO_OUTPUT": str(tmp_path / "out.wav"), "BARGE_IN": "false"}, timeout_s=300)
+    assert result.returncode == 0, result.log[-4000:]
+    turns = sorted(result.turns, key=lambda t: t["turn_id"])
+    assert [t["turn_id"] for t in turns] == [0, 1], result.log[-4000:]
+    check_turn(turns[0], TRANSCRIPTS[a])
+    check_turn(turns[1], TRANSCRIPTS[b])
+    assert turns[0]["playback_started_ns"] < turns[1]["playback_started_ns"]

@@ -1,0 +1,99 @@
+"""Schema: every message round-trips through encode/decode; bad payloads and metadata raise SchemaError."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from dora_voice.schema import (
+    AudioChunk, AudioFragment, Key, PlaybackEvent, PlaybackKind, SchemaError, SegmentDone, StreamStarted,
+    TextSegment, TimingEvent, TimingKind, Transcript, Utterance, VadEvent, VadEventKind, audio_to_numpy,
+    text_from_array,
+)
+
+AUDIO = np.linspace(-0.5, 0.5, 2048, dtype=np.float32)
+MESSAGES = [
+    AudioChunk(AUDIO, 16000, 512, 10**18, "s"),
+    StreamStarted(10**18, 16000, "file", "s"),
+    Utterance(AUDIO, 16000, "s", 3, 1, 2, 3),
+    VadEvent(VadEventKind.SPEECH_STARTED, "s", 2, 5, 6),
+    Transcript("hello there", "s", 1, 10, 11, "voice"),
+    TextSegment("Hi.", "s", 1, 0, True, False, 3, 100, 200),
+    TextSegment("", "s", 1, 2, True, True, 0, 100, 300, segments_total=2),
+    AudioFragment(AUDIO, 22050, "s", 1, 0, 1, 0, False, False, True, 400),
+    AudioFragment(AUDIO[:0], 22050, "s", 1, 2, 0, 1, True, True, True, 500, segments_total=2),
+    SegmentDone("s", 1, 0, 600),
+    PlaybackEvent(PlaybackKind.SEGMENT_INTERRUPTED, "s", 1, 0, 0, 0.25, 700),
+    TimingEvent(TimingKind.LLM_CHUNK, "llm", "s", 1, 800, {Key.TOKENS: 4, Key.TEXT: "Hi.", Key.DURATION_MS: 1.5}),
+]
+
+
+def _equal(a, b) -> bool:
+    if isinstance(a, np.ndarray):
+        return np.array_equal(a, b)
+    return a == b
+
+
+@pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
+def test_round_trip(message) -> None:
+    value, meta = message.encode()
+    assert isinstance(value, pa.Array)
+    assert all(isinstance(v, (bool, int, float, str)) for v in meta.values())
+    decoded = type(message).decode(value, meta)
+    for name in message.__dataclass_fields__:
+        assert _equal(getattr(decoded, name), getattr(message, name)), name
+
+
+def test_sample_rate_is_an_int_on_every_audio_message() -> None:
+    for message in MESSAGES:
+        value, meta = message.encode()
+        if pa.types.is_float32(value.type):
+            assert type(meta[Key.SAMPLE_RATE]) is int
+
+
+def test_numpy_scalars_become_python_scalars() -> None:
+    _, meta = TimingEvent(TimingKind.TTS_SEGMENT_DONE, "tts", "s", 1, 5, {Key.AUDIO_MS: np.float32(2.5)}).encode()
+    assert type(meta[Key.AUDIO_MS]) is float
+
+
+@pytest.mark.parametrize("value,match", [
+    (pa.array([0.1], type=pa.float64()), "float32"),
+    (pa.array([np.nan], type=pa.float32()), "NaN"),
+    (pa.array([3.0], type=pa.float32()), "range"),
+    (pa.array([None, 0.1], type=pa.float32()), "null"),
+])
+def test_bad_audio_payloads(value, match) -> None:
+    with pytest.raises(SchemaError, match=match):
+        audio_to_numpy(value)
+
+
+@pytest.mark.parametrize("value,match", [
+    (pa.array([""]), "empty"), (pa.array(["a", "b"]), "exactly one"), (pa.array(["x" * 20001]), "too long"),
+    (pa.array([1]), "string"),
+])
+def test_bad_text_payloads(value, match) -> None:
+    with pytest.raises(SchemaError, match=match):
+        text_from_array(value)
+
+
+@pytest.mark.parametrize("meta,match", [
+    ({}, "turn_id"), ({Key.TURN_ID: "1"}, "int"), ({Key.TURN_ID: True}, "int"),
+])
+def test_bad_metadata(meta, match) -> None:
+    with pytest.raises(SchemaError, match=match):
+        Transcript.decode(pa.array(["hi"]), meta)
+
+
+def test_unknown_event_kinds_raise() -> None:
+    with pytest.raises(SchemaError, match="unknown"):
+        VadEvent.decode(pa.array(["x"]), {Key.EVENT: "sneeze", Key.TURN_ID: 1, Key.T_NS: 1, Key.DETECTED_NS: 1})
+    with pytest.raises(SchemaError, match="unknown"):
+        TimingEvent.decode(pa.array(["x"]), {Key.EVENT: "nope", Key.TURN_ID: 1, Key.T_NS: 1})
+
+
+def test_sample_rate_out_of_range() -> None:
+    value, meta = AudioChunk(AUDIO, 16000, 0, 1, "s").encode()
+    meta[Key.SAMPLE_RATE] = 0
+    with pytest.raises(SchemaError, match="sample_rate"):
+        AudioChunk.decode(value, meta)
