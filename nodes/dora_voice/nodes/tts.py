@@ -1,0 +1,446 @@
+"""TTS node: turns the LLM's reply chunks into audio fragments as soon as the synthesizer produces them.
+
+Inputs:
+    * ``text`` — llm/text :class:`~dora_voice.schema.TextSegment` chunks (``segment_index`` = LLM chunk index).
+    * ``events`` — vad/events :class:`~dora_voice.schema.VadEvent` (optional): ``speech_started`` for turn ``T``
+      is a barge-in that cancels every older turn still being synthesized.
+    * ``playback`` — speaker/playback :class:`~dora_voice.schema.PlaybackEvent` (optional): ``turn_interrupted``
+      for turn ``T`` cancels ``T`` and older turns. Wire whichever of the two the dataflow uses for barge-in.
+
+Outputs ``audio`` (:class:`~dora_voice.schema.AudioFragment`), ``segment_done`` (one
+:class:`~dora_voice.schema.SegmentDone` per LLM chunk once all its audio is synthesized, for LLM pacing) and
+``timing`` (tts_segment_start, tts_first_fragment, tts_segment_done, tts_done).
+
+Per chunk: normalize for speech (markdown, emoji, numbers; ``TTS_NORMALIZE_TEXT``), then with
+``ENABLE_INTERNAL_SEGMENTATION`` split it into TTS segments of at most ``TTS_MAX_SEGMENT_LENGTH`` characters at
+sentence ends (the turn's first chunk may also split at a clause), each synthesized on its own. Segments are
+numbered 0, 1, … per turn by the TTS and carry ``text_segment_index`` = the LLM chunk they came from. With
+``RETURN_FRAGMENT`` each segment's audio leaves in fragments of about ``FRAGMENT_INTERVAL`` seconds as soon as the
+engine yields it (Piper: one chunk per sentence); without it, one fragment per segment.
+
+Turn closing: the turn's last fragment has ``is_final=True`` and ``segments_total``. When the LLM's final chunk has
+no speakable text (empty, only emoji), or the turn is cancelled, the TTS sends an empty fragment that only closes
+the turn: its ``segment_index`` is ``segments_total`` (not a segment) unless it closes a segment cut short by a
+barge-in, in which case it is that segment's last fragment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Mapping
+
+import numpy as np
+import pyarrow as pa
+
+from dora_voice.config import (
+    ConfigError, env_field, load_config, parse_bool, parse_choice, parse_float, parse_int, parse_str,
+)
+from dora_voice.contracts import NodeContract
+from dora_voice.runtime import Emit, NodeCore, UnknownInputError, emit
+from dora_voice.schema import (
+    AudioFragment, Key, Output, PlaybackEvent, PlaybackKind, SchemaError, SegmentDone, TextSegment, TimingKind,
+    VadEvent, VadEventKind,
+)
+from dora_voice.text.normalize import SpeechNormalizer
+from dora_voice.text.segmenter import TextSegmenter
+from dora_voice.tts_engines import TtsEngine
+
+logger = logging.getLogger(__name__)
+
+FIRST_FRAGMENT_HOLD_S = 0.01
+"""Audio (s) kept back when a segment's first engine chunk is shorter than one fragment and goes out at once: the
+segment's last fragment then always has samples (no empty ``is_last_fragment`` message after every short segment)."""
+
+_MAX_CLOSED_TURNS = 1024
+
+
+@dataclass(frozen=True)
+class TtsConfig:
+    """TTS settings."""
+
+    backend: str = env_field("TTS_BACKEND", "piper", parse_choice("piper"), "synthesizer: piper")
+    enable_internal_segmentation: bool = env_field(
+        "ENABLE_INTERNAL_SEGMENTATION", True, parse_bool,
+        "split long LLM chunks into segments at sentence ends (false: one segment per chunk)")
+    max_segment_chars: int = env_field("TTS_MAX_SEGMENT_LENGTH", 100, parse_int(min_value=10, max_value=5000),
+                                       "longest TTS segment before a forced cut, characters")
+    min_segment_chars: int = env_field("TTS_MIN_SEGMENT_LENGTH", 20, parse_int(min_value=0, max_value=5000),
+                                       "shortest TTS segment cut at a sentence end, characters")
+    return_fragment: bool = env_field("RETURN_FRAGMENT", True, parse_bool,
+                                      "emit audio in fragments as it is synthesized (false: one per segment)")
+    fragment_interval_s: float = env_field("FRAGMENT_INTERVAL", 0.3, parse_float(min_value=0.02, max_value=30.0),
+                                           "audio per fragment, seconds")
+    normalize_text: bool = env_field("TTS_NORMALIZE_TEXT", True, parse_bool,
+                                     "spell out numbers/units/abbreviations, drop markdown and emoji")
+    threads: int = env_field("TTS_THREADS", 1, parse_int(min_value=1, max_value=16),
+                             "ONNX Runtime intra-op threads for the voice")
+    voice_path: str = env_field("TTS_VOICE_PATH", "", parse_str,
+                                "Piper .onnx voice; overrides the registry voice piper-joe")
+    voice_config: str = env_field("TTS_VOICE_CONFIG", "", parse_str,
+                                  "the voice's .onnx.json (default: <TTS_VOICE_PATH>.json)")
+    speed: float = env_field("TTS_SPEED", 1.0, parse_float(min_value=0.25, max_value=4.0),
+                             "speaking rate, 1.0 = the voice's default (Piper length_scale is divided by it)")
+    speaker_id: int = env_field("TTS_SPEAKER_ID", 0, parse_int(min_value=0, max_value=10_000),
+                                "speaker of a multi-speaker voice")
+
+    def __post_init__(self) -> None:
+        if self.min_segment_chars > self.max_segment_chars:
+            raise ConfigError(f"TTS_MIN_SEGMENT_LENGTH={self.min_segment_chars} exceeds TTS_MAX_SEGMENT_LENGTH="
+                              f"{self.max_segment_chars}")
+
+
+@dataclass
+class _Turn:
+    """What the TTS knows about one reply."""
+
+    turn_id: int
+    session_id: str
+    is_streaming: bool
+    normalizer: SpeechNormalizer = field(default_factory=SpeechNormalizer)
+    chunks_received: int = 0
+    last_text_segment_index: int = -1
+    final_received: bool = False
+    segments_started: int = 0  # TTS segment indices handed out = segments with audio emitted
+    audio_samples: int = 0
+    cancelled: int = 0  # segments dropped unsynthesized by a barge-in
+    first_received_ns: int = 0
+
+
+@dataclass
+class _Chunk:
+    """One LLM chunk waiting in the work queue, with its TTS segments not yet started."""
+
+    turn: _Turn
+    text_segment_index: int
+    received_ns: int
+    texts: deque[str]
+    is_final: bool
+    speakable: bool  # the chunk had text (segment_done is sent for it)
+
+
+@dataclass
+class _Synthesis:
+    """The segment being synthesized."""
+
+    chunk: _Chunk
+    segment_index: int
+    text: str
+    audio: Iterator[np.ndarray]
+    started_ns: int
+    last_of_turn: bool
+    pending: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    fragments: int = 0
+    samples: int = 0
+
+
+class TtsCore(NodeCore):
+    """Text chunks in, audio fragments out; synthesis advances one engine chunk per :meth:`step`.
+
+    Args:
+        config: TTS settings.
+        engine: the synthesizer (injected; tests pass a scripted fake).
+        clock_ns: wall clock (``time.time_ns``); stamps fragments and timing events and times synthesis.
+
+    Attributes:
+        cancelled_segments: segments dropped unsynthesized by barge-ins, all turns.
+        synthesis_errors: segments whose synthesis raised (logged; the segment ends with what it had).
+    """
+
+    node_id = "tts"
+
+    def __init__(self, config: TtsConfig, engine: TtsEngine, clock_ns=time.time_ns) -> None:
+        super().__init__(clock_ns)
+        self.config = config
+        self.engine = engine
+        self.sample_rate = int(engine.sample_rate)
+        self.fragment_samples = max(1, round(config.fragment_interval_s * self.sample_rate))
+        self.hold_samples = max(1, round(FIRST_FRAGMENT_HOLD_S * self.sample_rate))
+        self.queue: deque[_Chunk] = deque()
+        self.active: _Synthesis | None = None
+        self.turns: dict[int, _Turn] = {}  # open turns
+        self.closed: dict[int, bool] = {}  # recently closed turn -> closed by a barge-in
+        self.cancel_below = -(2 ** 62)  # text for a turn id below this is cancelled on arrival
+        self.cancelled_segments = 0
+        self.synthesis_errors = 0
+
+    # -- dora hooks ------------------------------------------------------------------------------------------
+    def on_input(self, input_id: str, value: pa.Array, metadata: Mapping[str, Any]) -> Iterable[Emit]:
+        if input_id == "text":
+            return self._on_text(TextSegment.decode(value, metadata))
+        if input_id == "events":
+            event = VadEvent.decode(value, metadata)
+            if event.kind is VadEventKind.SPEECH_STARTED:
+                return self._barge_in(event.turn_id, "speech started")
+            return []
+        if input_id == "playback":
+            played = PlaybackEvent.decode(value, metadata)
+            if played.kind is PlaybackKind.TURN_INTERRUPTED:
+                return self._barge_in(played.turn_id + 1, "playback interrupted")
+            return []
+        raise UnknownInputError(f"unknown input id {input_id!r} (expected text, events or playback)")
+
+    def busy(self) -> bool:
+        return self.active is not None or bool(self.queue)
+
+    def step(self) -> Iterable[Emit]:
+        if self.active is not None:
+            return self._advance()
+        if not self.queue:
+            return []
+        chunk = self.queue[0]
+        if not chunk.texts:
+            self.queue.popleft()
+            return self._chunk_done(chunk)
+        return self._start(chunk, chunk.texts.popleft())
+
+    def on_end(self) -> Iterable[Emit]:
+        out: list[Emit] = []
+        while self.busy():
+            out += self.step()
+        for turn in sorted(self.turns.values(), key=lambda t: t.turn_id):
+            logger.warning("turn %d: input ended before the LLM's final chunk; closing the turn", turn.turn_id)
+            out += self._close_turn(turn, turn.segments_started, 0, turn.last_text_segment_index, cancelled=False)
+        return out
+
+    # -- text ------------------------------------------------------------------------------------------------
+    def _on_text(self, segment: TextSegment) -> list[Emit]:
+        if segment.segment_index < 0:
+            raise SchemaError(f"segment_index must be >= 0, got {segment.segment_index}")
+        now = self.clock_ns()
+        self.session_id = segment.session_id or self.session_id
+        turn = self.turns.get(segment.turn_id)
+        if turn is None:
+            if segment.turn_id in self.closed:
+                if self.closed[segment.turn_id]:
+                    logger.debug("turn %d was cancelled; dropping chunk %d", segment.turn_id, segment.segment_index)
+                    return []
+                raise SchemaError(f"turn {segment.turn_id} is already closed (chunk {segment.segment_index} came "
+                                  "after its final chunk)")
+            turn = _Turn(segment.turn_id, segment.session_id, segment.is_streaming, first_received_ns=now)
+            self.turns[segment.turn_id] = turn
+            if segment.turn_id < self.cancel_below:
+                logger.info("turn %d: superseded by newer speech before any audio; closing it", segment.turn_id)
+                return self._close_turn(turn, 0, 0, segment.segment_index, cancelled=True)
+        if turn.final_received:
+            raise SchemaError(f"turn {turn.turn_id}: chunk {segment.segment_index} came after the final chunk")
+        if segment.segment_index != turn.last_text_segment_index + 1:
+            logger.warning("turn %d: chunk %d follows chunk %d", turn.turn_id, segment.segment_index,
+                           turn.last_text_segment_index)
+        text = turn.normalizer.normalize(segment.text) if self.config.normalize_text else " ".join(segment.text.split())
+        texts = self._segments(text, first=turn.chunks_received == 0) if text else []
+        if segment.text.strip() and not texts:
+            logger.info("turn %d: chunk %d has nothing to say after normalization: %r", turn.turn_id,
+                        segment.segment_index, segment.text[:80])
+        turn.chunks_received += 1
+        turn.last_text_segment_index = segment.segment_index
+        turn.final_received = segment.is_final
+        self.queue.append(_Chunk(turn, segment.segment_index, now, deque(texts), segment.is_final,
+                                 speakable=bool(segment.text.strip())))
+        return []
+
+    def _segments(self, text: str, *, first: bool) -> list[str]:
+        """Split one normalized chunk into TTS segments (or keep it whole)."""
+        if not self.config.enable_internal_segmentation:
+            return [text]
+        cfg = self.config
+        # The turn's first chunk may cut at a clause (a short first segment buys latency); later ones only at
+        # sentence ends, for prosody.
+        segmenter = TextSegmenter(cfg.max_segment_chars, cfg.min_segment_chars, first_min_chars=cfg.min_segment_chars,
+                                  first_clause_cut=first)
+        return segmenter.push(text) + segmenter.flush()
+
+    # -- synthesis -------------------------------------------------------------------------------------------
+    def _start(self, chunk: _Chunk, text: str) -> list[Emit]:
+        turn = chunk.turn
+        index = turn.segments_started
+        turn.segments_started += 1
+        now = self.clock_ns()
+        self.active = _Synthesis(chunk, index, text, iter(self.engine.synthesize(text)), now,
+                                 last_of_turn=chunk.is_final and not chunk.texts)
+        logger.debug("turn %d: segment %d (chunk %d): %r", turn.turn_id, index, chunk.text_segment_index, text)
+        out = [self.timing(TimingKind.TTS_SEGMENT_START, turn.turn_id, chunk.received_ns, **{
+            Key.SEGMENT_INDEX: index, Key.TEXT_SEGMENT_INDEX: chunk.text_segment_index, Key.TEXT: text})]
+        return out + self._advance()
+
+    def _advance(self) -> list[Emit]:
+        synth = self.active
+        assert synth is not None
+        try:
+            samples = next(synth.audio)
+        except StopIteration:
+            return self._finish_segment(synth)
+        except Exception:  # noqa: BLE001 - a third-party engine failing on one text must not stop the node
+            self.synthesis_errors += 1
+            logger.exception("turn %d: synthesis of segment %d failed (%r); ending it with the audio it had",
+                             synth.chunk.turn.turn_id, synth.segment_index, synth.text[:200])
+            return self._finish_segment(synth)
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        synth.samples += len(samples)
+        synth.pending = np.concatenate([synth.pending, samples]) if len(synth.pending) else samples
+        return self._drain(synth, final=False)
+
+    def _drain(self, synth: _Synthesis, *, final: bool) -> list[Emit]:
+        """Fragments ready in ``synth.pending``; with ``final``, everything, the last one flagged."""
+        out: list[Emit] = []
+        if self.config.return_fragment:
+            size = self.fragment_samples
+            while len(synth.pending) > size:  # strictly: a non-empty remainder is left to carry is_last_fragment
+                out += self._fragment(synth, synth.pending[:size], last=False)
+                synth.pending = synth.pending[size:]
+            if not final and synth.fragments == 0 and len(synth.pending) > self.hold_samples:
+                cut = len(synth.pending) - self.hold_samples  # first audio of the segment: out now
+                out += self._fragment(synth, synth.pending[:cut], last=False)
+                synth.pending = synth.pending[cut:]
+        if final:
+            out += self._fragment(synth, synth.pending, last=True)
+            synth.pending = np.zeros(0, np.float32)
+        return out
+
+    def _fragment(self, synth: _Synthesis, samples: np.ndarray, *, last: bool) -> list[Emit]:
+        turn = synth.chunk.turn
+        final = last and synth.last_of_turn
+        now = self.clock_ns()
+        fragment = AudioFragment(
+            samples=samples, sample_rate=self.sample_rate, session_id=turn.session_id, turn_id=turn.turn_id,
+            segment_index=synth.segment_index, fragment_index=synth.fragments,
+            text_segment_index=synth.chunk.text_segment_index, is_last_fragment=last, is_final=final,
+            is_streaming=turn.is_streaming, t_ns=now, segments_total=turn.segments_started if final else None)
+        out = [emit(Output.AUDIO, fragment)]
+        if synth.fragments == 0:
+            out.append(self.timing(TimingKind.TTS_FIRST_FRAGMENT, turn.turn_id, now, **{
+                Key.SEGMENT_INDEX: synth.segment_index, Key.TEXT_SEGMENT_INDEX: synth.chunk.text_segment_index}))
+        synth.fragments += 1
+        return out
+
+    def _finish_segment(self, synth: _Synthesis) -> list[Emit]:
+        out = self._drain(synth, final=True)
+        turn, chunk = synth.chunk.turn, synth.chunk
+        now = self.clock_ns()
+        turn.audio_samples += synth.samples
+        audio_ms = synth.samples * 1000 / self.sample_rate
+        synth_ms = (now - synth.started_ns) / 1e6
+        out.append(self.timing(TimingKind.TTS_SEGMENT_DONE, turn.turn_id, now, **{
+            Key.SEGMENT_INDEX: synth.segment_index, Key.TEXT_SEGMENT_INDEX: chunk.text_segment_index,
+            Key.AUDIO_MS: audio_ms, Key.DURATION_MS: synth_ms}))
+        logger.debug("turn %d: segment %d: %.0f ms of audio in %.0f ms, %d fragments", turn.turn_id,
+                     synth.segment_index, audio_ms, synth_ms, synth.fragments)
+        self.active = None
+        if not chunk.texts:
+            self.queue.popleft()
+            out += self._chunk_done(chunk, turn_closed=synth.last_of_turn)
+        return out
+
+    def _chunk_done(self, chunk: _Chunk, *, turn_closed: bool = False) -> list[Emit]:
+        """Every segment of ``chunk`` is synthesized: pacing feedback, and the end of the turn if it was final."""
+        turn = chunk.turn
+        out: list[Emit] = []
+        if chunk.speakable:
+            out.append(emit(Output.SEGMENT_DONE, SegmentDone(turn.session_id, turn.turn_id, chunk.text_segment_index,
+                                                             self.clock_ns())))
+        if chunk.is_final:
+            if turn_closed:
+                out += self._turn_done(turn, cancelled=False)
+            else:  # the final chunk had nothing to say: an empty fragment closes the turn
+                out += self._close_turn(turn, turn.segments_started, 0, chunk.text_segment_index, cancelled=False)
+        return out
+
+    # -- closing and barge-in --------------------------------------------------------------------------------
+    def _close_turn(self, turn: _Turn, segment_index: int, fragment_index: int, text_segment_index: int, *,
+                    cancelled: bool) -> list[Emit]:
+        """Send the empty fragment that closes ``turn`` and forget the turn."""
+        fragment = AudioFragment(
+            samples=np.zeros(0, np.float32), sample_rate=self.sample_rate, session_id=turn.session_id,
+            turn_id=turn.turn_id, segment_index=segment_index, fragment_index=fragment_index,
+            text_segment_index=max(text_segment_index, 0), is_last_fragment=True, is_final=True,
+            is_streaming=turn.is_streaming, t_ns=self.clock_ns(), segments_total=turn.segments_started)
+        return [emit(Output.AUDIO, fragment)] + self._turn_done(turn, cancelled=cancelled)
+
+    def _turn_done(self, turn: _Turn, *, cancelled: bool) -> list[Emit]:
+        self.turns.pop(turn.turn_id, None)
+        self.closed[turn.turn_id] = cancelled
+        while len(self.closed) > _MAX_CLOSED_TURNS:
+            del self.closed[next(iter(self.closed))]
+        now = self.clock_ns()
+        audio_ms = turn.audio_samples * 1000 / self.sample_rate
+        logger.info("turn %d: %d segments, %.1f s of audio, done %.0f ms after its first chunk%s", turn.turn_id,
+                    turn.segments_started, audio_ms / 1000, (now - turn.first_received_ns) / 1e6,
+                    f" (barge-in: {turn.cancelled} segments cancelled)" if cancelled else "")
+        return [self.timing(TimingKind.TTS_DONE, turn.turn_id, now, **{
+            Key.SEGMENTS_TOTAL: turn.segments_started, Key.AUDIO_MS: audio_ms, Key.CANCELLED: turn.cancelled,
+            Key.INTERRUPTED: cancelled})]
+
+    def _barge_in(self, below_turn_id: int, reason: str) -> list[Emit]:
+        """Cancel every open turn with an id below ``below_turn_id``, and any that arrives later.
+
+        Pending segments are dropped and counted; a segment being synthesized is cut where it is; each cancelled
+        turn still gets its closing empty fragment (``is_final``, ``segments_total`` = segments with audio sent).
+        """
+        self.cancel_below = max(self.cancel_below, below_turn_id)
+        out: list[Emit] = []
+        for turn in sorted(self.turns.values(), key=lambda t: t.turn_id):
+            if turn.turn_id >= below_turn_id:
+                continue
+            dropped = sum(len(c.texts) for c in self.queue if c.turn is turn)
+            self.queue = deque(c for c in self.queue if c.turn is not turn)
+            segment_index, fragment_index, text_index = turn.segments_started, 0, turn.last_text_segment_index
+            synth = self.active
+            if synth is not None and synth.chunk.turn is turn:
+                close = getattr(synth.audio, "close", None)
+                if close is not None:
+                    close()
+                turn.audio_samples += synth.samples
+                segment_index, fragment_index = synth.segment_index, synth.fragments
+                text_index = synth.chunk.text_segment_index
+                self.active = None
+            turn.cancelled += dropped
+            self.cancelled_segments += dropped
+            logger.info("turn %d: barge-in (%s): %d pending segments dropped", turn.turn_id, reason, dropped)
+            out += self._close_turn(turn, segment_index, fragment_index, text_index, cancelled=True)
+        return out
+
+
+CONTRACT = NodeContract(
+    path="dora-voice-tts",
+    inputs={
+        "text": "llm/text: TextSegment",
+        "events": "vad/events: VadEvent (speech_started cancels older turns; optional)",
+        "playback": "speaker/playback: PlaybackEvent (turn_interrupted cancels the turn; optional)",
+    },
+    outputs=(Output.AUDIO, Output.SEGMENT_DONE, Output.TIMING),
+    config=TtsConfig,
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the TTS node inside a dora dataflow: load and warm up the voice, then serve."""
+    from dora_voice.logs import setup_logging
+    from dora_voice.models import ModelError
+    from dora_voice.nodes import describe_env
+    from dora_voice.tts_engines import load_engine
+
+    argparse.ArgumentParser(prog=CONTRACT.path, description=__doc__.split("\n\n")[0], epilog=describe_env(TtsConfig),
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
+    setup_logging()
+    try:
+        config = load_config(TtsConfig)
+        engine = load_engine(config.backend, voice_path=config.voice_path or None,
+                             voice_config=config.voice_config or None, threads=config.threads,
+                             speaker_id=config.speaker_id, speed=config.speed)
+    except (ConfigError, ModelError, ValueError) as exc:
+        logger.error("%s: %s", CONTRACT.path, exc)
+        sys.exit(2)
+    engine.warmup()
+    from dora import Node
+
+    from dora_voice.runtime import run_node
+
+    run_node(Node(), TtsCore(config, engine))
+
+
+if __name__ == "__main__":
+    main()

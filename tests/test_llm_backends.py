@@ -1,0 +1,79 @@
+"""LLM backends: the MLX adapter against the documented mlx-lm API (fake module), llama.cpp for real."""
+
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass
+
+import pytest
+
+from dora_voice.llm_backends import LlamaCppBackend, MlxBackend, default_backend_name
+from dora_voice.models import TEST_LLM, resolve_llm
+
+
+@dataclass
+class GenerationResponse:  # mlx_lm.generate.GenerationResponse carries .text (the new text) among others
+    text: str
+    token: int
+
+
+class FakeTokenizer:
+    def __init__(self) -> None:
+        self.templates: list[tuple[list, bool]] = []
+
+    def apply_chat_template(self, messages, add_generation_prompt=False, **kwargs):
+        self.templates.append((messages, add_generation_prompt))
+        return [1, 2, 3]
+
+    def encode(self, text: str) -> list[int]:
+        return list(range(len(text.split())))
+
+
+def fake_mlx_lm(pieces: list[str]):
+    calls: dict = {}
+    tokenizer = FakeTokenizer()
+
+    def load(path):
+        calls["load"] = path
+        return "model", tokenizer
+
+    def stream_generate(model, tok, prompt, max_tokens=256, sampler=None, **kwargs):
+        calls["generate"] = dict(model=model, prompt=prompt, max_tokens=max_tokens, sampler=sampler)
+        for i, piece in enumerate(pieces[:max_tokens]):
+            yield GenerationResponse(piece, i)
+
+    sample_utils = types.SimpleNamespace(make_sampler=lambda temp=0.0, **kw: ("sampler", temp))
+    module = types.SimpleNamespace(load=load, stream_generate=stream_generate, sample_utils=sample_utils)
+    return module, calls, tokenizer
+
+
+def test_mlx_adapter_streams_text_deltas() -> None:
+    module, calls, tokenizer = fake_mlx_lm(["Hel", "lo", "", " there", "."])
+    backend = MlxBackend("/models/qwen-mlx", temperature=0.2, mlx_lm=module)
+    messages = [{"role": "user", "content": "hi"}]
+    assert list(backend.stream(messages, max_tokens=4)) == ["Hel", "lo", " there"]
+    assert calls["load"] == "/models/qwen-mlx"
+    assert calls["generate"]["max_tokens"] == 4 and calls["generate"]["prompt"] == [1, 2, 3]
+    assert calls["generate"]["sampler"] == ("sampler", 0.2)
+    assert tokenizer.templates == [(messages, True)]
+    assert backend.count_tokens("a b c") == 3
+
+
+def test_default_backend_is_llama_cpp_on_linux() -> None:
+    assert default_backend_name() == "llama_cpp"
+
+
+@pytest.fixture(scope="module")
+def llama() -> LlamaCppBackend:
+    return LlamaCppBackend(resolve_llm(None, TEST_LLM), threads=2, context_tokens=1024, temperature=0.0, seed=1)
+
+
+def test_llama_cpp_streams_and_can_be_stopped(llama: LlamaCppBackend) -> None:
+    messages = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Count to ten."}]
+    stream = llama.stream(messages, max_tokens=40)
+    first = [next(stream) for _ in range(3)]
+    assert all(isinstance(t, str) and t for t in first)
+    stream.close()  # barge-in: stop generation mid-way
+    again = list(llama.stream(messages, max_tokens=5))
+    assert 1 <= len(again) <= 5
+    assert llama.count_tokens("hello world") >= 2
