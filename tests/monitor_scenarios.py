@@ -14,10 +14,11 @@ Turn 0, voice, three chunks, everything played:
     turn_played 7260.
 Turn 1, typed, interrupted: text_input 10000, llm_start 10005, first token 10100, chunks at 10300 / 10500,
     llm_done 10600 (16 tokens). TTS 10302 -> 10500 -> 10690 (1800 ms audio), 10700 -> 10800 -> 10900 (1600 ms),
-    tts_done 10905. Playback starts 10550; barge-in at 11000 (1 segment cancelled, 120 ms); turn_played 11010
-    (1 segment).
+    tts_done 10905. Playback starts 10550, segment 0 played by 12350; a barge-in at 12600 (120 ms after the
+    user's speech was detected) cuts segment 1; turn_played at 12600 (1 segment, 2050 ms heard).
 Turn 2, voice, chunk 0 split by the TTS into audio segments 0 and 1, chunk 1 = audio segment 2, which the speaker
     never plays (one segment lost); one underrun of 35 ms; an input error (turn -1) stamped at 21000.
+Turn 3: speech with no transcript (VAD events only) at 30000-30300.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ K = TimingKind
 
 def _ev(kind: TimingKind, node: str, turn_id: int, at_ms: float, **fields) -> TimingEvent:
     return TimingEvent(kind=kind, node=node, session_id=SESSION, turn_id=turn_id,
-                       t_ns=BASE_NS + int(round(at_ms * 1e6)), fields=fields)
+                       t_ns=BASE_NS + round(at_ms * 1e6), fields=fields)
 
 
 def turn0() -> list[TimingEvent]:
@@ -94,9 +95,11 @@ def turn1() -> list[TimingEvent]:
         _ev(K.TTS_FIRST_FRAGMENT, "tts", t, 10800, **{Key.SEGMENT_INDEX: 1}),
         _ev(K.TTS_SEGMENT_DONE, "tts", t, 10900, **{Key.SEGMENT_INDEX: 1, Key.AUDIO_MS: 1600.0, Key.DURATION_MS: 200.0}),
         _ev(K.TTS_DONE, "tts", t, 10905, **{Key.SEGMENTS_TOTAL: 2}),
-        _ev(K.BARGE_IN, "speaker", t, 11000, **{Key.CANCELLED: 1, Key.DURATION_MS: 120.0}),
-        _ev(K.TURN_PLAYED, "speaker", t, 11010, **{Key.COUNT: 1, Key.UNDERRUNS: 0, Key.UNDERRUN_MS: 0.0,
-                                                  Key.AUDIO_MS: 450.0}),
+        _ev(K.SEGMENT_PLAYED, "speaker", t, 12350, **{Key.SEGMENT_INDEX: 0, Key.AUDIO_MS: 1800.0}),
+        # segment 1 is cut while playing: the speaker counts it neither played nor cancelled
+        _ev(K.BARGE_IN, "speaker", t, 12600, **{Key.CANCELLED: 0, Key.DURATION_MS: 120.0}),
+        _ev(K.TURN_PLAYED, "speaker", t, 12600, **{Key.COUNT: 1, Key.UNDERRUNS: 0, Key.UNDERRUN_MS: 0.0,
+                                                  Key.AUDIO_MS: 2050.0, Key.CANCELLED: 0, Key.INTERRUPTED: True}),
     ]
 
 
@@ -130,11 +133,17 @@ def turn2() -> list[TimingEvent]:
         _ev(K.TTS_DONE, "tts", t, 21201, **{Key.SEGMENTS_TOTAL: 3}),
         _ev(K.SEGMENT_PLAYED, "speaker", t, 21720, **{Key.SEGMENT_INDEX: 0, Key.AUDIO_MS: 900.0}),
         _ev(K.SEGMENT_PLAYED, "speaker", t, 22855, **{Key.SEGMENT_INDEX: 1, Key.AUDIO_MS: 1100.0}),
+        # the speaker closed the turn without segment 2 and counts it "cancelled": for the monitor it is lost
         _ev(K.TURN_PLAYED, "speaker", t, 22860, **{Key.COUNT: 2, Key.UNDERRUNS: 1, Key.UNDERRUN_MS: 35.0,
-                                                  Key.AUDIO_MS: 2000.0}),
+                                                  Key.AUDIO_MS: 2000.0, Key.CANCELLED: 1, Key.INTERRUPTED: False}),
     ]
 
 
+def turn3() -> list[TimingEvent]:
+    """Speech the ASR found no words in: VAD events only."""
+    return [_ev(K.SPEECH_STARTED, "vad", 3, 30000), _ev(K.SPEECH_ENDED, "vad", 3, 30300)]
+
+
 def all_turns() -> list[TimingEvent]:
-    """The three turns' events in timestamp order, as a pipeline would stamp them."""
-    return sorted(turn0() + turn1() + turn2(), key=lambda e: e.t_ns)
+    """Every scripted event in timestamp order, as a pipeline would stamp them."""
+    return sorted(turn0() + turn1() + turn2() + turn3(), key=lambda e: e.t_ns)

@@ -4,10 +4,12 @@ Each event leaves on the output named after the node that would stamp it (``vad`
 ``tts``, ``speaker``), in timestamp order, paced at ``SENDER_PACE`` times the scripted gaps.
 
 Environment:
-    SENDER_TURNS: comma-separated turn ids to send (default ``0,1,2``); input errors (turn -1) are always sent.
+    SENDER_TURNS: comma-separated turn ids to send (default ``0,1,2,3``); input errors (turn -1) are always sent.
     SENDER_PACE: pacing factor (default 0.02: the 23 s script takes about 0.5 s).
     SENDER_BAD_MESSAGE: ``true`` to also send one malformed timing message (an ``llm_chunk`` without
         ``segment_index``) before the script.
+    SENDER_AUDIO: ``true`` to send, on output ``audio``, one AudioFragment per ``tts_segment_done`` holding
+        ``audio_ms`` of a 16 kHz tone.
     SENDER_START_FILE: wait (up to 60 s) until this file exists before sending (lets a dynamic node attach first).
 """
 
@@ -18,16 +20,17 @@ import sys
 import time
 from pathlib import Path
 
-from dora import Node
-
 import monitor_scenarios
-from dora_voice.schema import TimingEvent, TimingKind
+import numpy as np
+from dora import Node
+from dora_voice.schema import PIPELINE_SAMPLE_RATE_HZ, AudioFragment, Key, TimingEvent, TimingKind
 
 
 def main() -> None:
-    turns = {int(t) for t in os.environ.get("SENDER_TURNS", "0,1,2").split(",")}
+    turns = {int(t) for t in os.environ.get("SENDER_TURNS", "0,1,2,3").split(",")}
     pace = float(os.environ.get("SENDER_PACE", "0.02"))
     start_file = os.environ.get("SENDER_START_FILE")
+    send_audio = os.environ.get("SENDER_AUDIO", "").lower() == "true"
     node = Node()
     if start_file:
         deadline = time.monotonic() + 60
@@ -46,6 +49,18 @@ def main() -> None:
         previous = event.t_ns
         value, meta = event.encode()
         node.send_output(event.node.replace("-", "_"), value, meta)
+        if send_audio and event.kind is TimingKind.TTS_SEGMENT_DONE:
+            node.send_output("audio", *_fragment(event).encode())
+
+
+def _fragment(done: TimingEvent) -> AudioFragment:
+    """One fragment holding the segment's whole audio: a 220 Hz tone of ``audio_ms`` at 16 kHz."""
+    n = round(done.fields[Key.AUDIO_MS] * PIPELINE_SAMPLE_RATE_HZ / 1000)
+    samples = (0.3 * np.sin(2 * np.pi * 220 * np.arange(n) / PIPELINE_SAMPLE_RATE_HZ)).astype(np.float32)
+    return AudioFragment(samples=samples, sample_rate=PIPELINE_SAMPLE_RATE_HZ, session_id=done.session_id,
+                         turn_id=done.turn_id, segment_index=done.fields[Key.SEGMENT_INDEX], fragment_index=0,
+                         text_segment_index=0, is_last_fragment=True, is_final=False, is_streaming=True,
+                         t_ns=done.t_ns)
 
 
 if __name__ == "__main__":

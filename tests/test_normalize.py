@@ -214,7 +214,7 @@ def test_abbreviations(text: str, expected: str) -> None:
     "The model is GPT-like; it works.",
     "She said \"yes\" (twice).",
     "Use C++ here.",
-    "2+2 is four.",
+    "Plus and minus.",
     "Q and A",
 ])
 def test_plain_text_is_left_alone(text: str) -> None:
@@ -253,11 +253,11 @@ def _sentences(text: str) -> list[str]:
     return ["".join(s) for s in phonemize(text, "en-us")]
 
 
-@pytest.mark.parametrize("text", ["Mr. Smith is here.", "Dr. Jones arrived.", "We met e.g. twice.",
-                                  "The U.S. Army came.", "It costs $29.95 today.", "Pi is 3.14 or so."])
+@pytest.mark.parametrize("text", ["Mr. Smith is here.", "Dr. Jones arrived.", "Ask Prof. Lee now.",
+                                  "Visit St. Louis now.", "The U.S. Army came."])
 def test_espeak_reads_one_sentence_where_there_is_one(text: str) -> None:
-    assert len(_sentences(text)) > 1 or "$" in text or "3.14" in text  # the trap exists without normalization
-    assert len(_sentences(n(text))) == 1
+    assert len(_sentences(text)) == 2  # espeak alone pauses after the abbreviation...
+    assert len(_sentences(n(text))) == 1  # ...not after normalization
 
 
 def test_espeak_reads_no_symbol_names() -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any
 from dora_voice.config import load_config
 from dora_voice.logs import setup_logging
 from dora_voice.runtime import run_node
+
 from dora_voice_monitor.node import TIMING_INPUTS, TIMING_SUFFIX, TTS_AUDIO_INPUT, MonitorConfig, MonitorCore
 
 logger = logging.getLogger(__name__)
@@ -104,14 +106,16 @@ def explain_attach_error(node_id: str, exc: Exception) -> str:
     text = str(exc)
     cause = next((line.strip() for line in text.splitlines() if "no node with ID" in line or "refused" in line),
                  text.splitlines()[0] if text else type(exc).__name__)
+    cause = re.sub(r"^\d+:\s*", "", cause)  # dora numbers the lines of its error chain
     lines = [f"monitor_streaming_timing: cannot attach to a running dataflow as dynamic node {node_id!r}.",
              f"  dora said: {cause}"]
     if "no node with ID" in text:
         lines += [
             f"  A dora daemon is running, but its dataflow has no node {node_id!r}. Either:",
-            f"    - the YAML does not declare it: add the entry below (or pass --node-id), or",
-            "    - a leftover 'dora up' daemon answered instead of your 'dora run' (check 'dora list';",
-            "      remove it with 'dora destroy' and start the dataflow again).",
+            "    - the YAML does not declare it: add the entry below (or pass --node-id), or",
+            "    - another daemon answered: dynamic nodes reach the one daemon on local port 53291, which is a",
+            "      leftover 'dora up' (check 'dora list'; remove it with 'dora destroy', then start the dataflow",
+            "      again) or an older 'dora run' still running.",
         ]
     else:
         lines += [
@@ -185,7 +189,7 @@ def _check_inputs(node: Any, node_id: str, config: MonitorConfig) -> None:
     """Warn when the YAML wires no timing input, or no audio while --save-audio is asked for."""
     try:
         inputs = set((node.node_config() or {}).get("inputs", {}))
-    except Exception:  # noqa: BLE001 - informational only
+    except Exception:  # noqa: BLE001 - the check is advice only; dora raises various errors here
         return
     timing = sorted(i for i in inputs if i.endswith(TIMING_SUFFIX))
     logger.info("attached as %r; timing inputs: %s", node_id, ", ".join(timing) or "none")

@@ -7,38 +7,46 @@ arrive: a record is built from all the events of its turn at once, so the order 
 reach the monitor does not matter.
 
 A turn is complete when every event it needs has arrived: ``turn_played`` (speaker), ``llm_start``/``llm_done``,
-``tts_done``, the transcript (``asr_done`` with the VAD's ``speech_ended``, or ``text_input``), and as many per-chunk
-and per-segment events as the totals on ``llm_done``, ``tts_done`` and ``turn_played`` announce. Every node must
-therefore close each turn with its ``*_done`` event, barge-in or not. When fewer segments were played than
-synthesized and no ``barge_in`` has arrived, or some event never comes, the turn is built ``grace_s`` (monitor clock)
-after its ``turn_played`` arrived; :meth:`TimingCollector.flush` builds every open turn at the end of the stream.
-Turns built while lacking an event are marked ``complete=False``. Events of a turn already reported are logged and
-dropped.
+``tts_done``, the transcript (``asr_done`` with the VAD's ``speech_started``/``speech_ended``, or ``text_input``),
+and as many per-chunk and per-segment events as the totals on ``llm_done``, ``tts_done`` and ``turn_played``
+announce. Every node must therefore close each turn with its ``*_done`` event, barge-in or not. When fewer segments
+were played than synthesized and nothing says the turn was interrupted, or some event never comes, the turn is built
+``grace_s`` (monitor clock) after its ``turn_played`` arrived (dora delivers each sender's messages in order, so in
+practice a late ``barge_in`` cannot follow ``turn_played``; the grace only matters for lost events).
+:meth:`TimingCollector.flush` builds every open turn at the end of the stream. Turns built while lacking an event
+are marked ``complete=False``. Events of a turn already reported are logged and dropped. A turn with VAD events only
+(speech the ASR found no words in) is not a turn of the conversation: :meth:`TimingCollector.flush` lists it in
+:attr:`TimingCollector.unanswered_turns` instead.
 
 Definitions (all durations in ms unless the name says ``_s``; ``None`` when an event needed is missing):
     * ``asr_latency_ms``: speech_end (last voiced sample, VAD) -> transcript emitted (``asr_done``).
     * ``eot_delay_ms``: speech_end -> the VAD decided the turn was over (``speech_ended.detected_ns``).
     * ``llm_ttft_ms``: ``llm_start`` -> ``llm_first_token``.
     * ``llm_first_chunk_ms``: ``llm_start`` -> first chunk emitted.
-    * ``tts_ttfb_ms``: first TTS segment's start -> its first audio fragment.
+    * ``tts_ttfb_ms``: the first TTS segment's text received -> its first audio fragment emitted.
     * ``first_audio_ms`` (voice-to-voice): speech_end -> ``playback_started`` (first sample played); ``None`` for
       typed turns.
     * ``llm_start_to_first_audio_ms``: ``llm_start`` -> ``playback_started`` (the design notes' combined TTFB).
     * ``inter_token_ms``: (``llm_done`` - ``llm_first_token``) / (tokens - 1); wall clock, so it includes any pause the
       LLM takes for pacing. ``tokens_per_s`` is its inverse.
-    * ``audio_s``: audio synthesized (sum of ``tts_segment_done.audio_ms``); ``audio_played_s``: from ``turn_played``.
+    * ``audio_s``: audio synthesized (sum of ``tts_segment_done.audio_ms``); ``audio_played_s``: ``turn_played.audio_ms``
+      (what the listener heard).
     * ``wall_s``: ``llm_start`` -> ``turn_played``.
     * ``rtf``: TTS synthesis time / audio synthesized (sum of ``tts_segment_done.duration_ms`` / ``audio_ms``).
     * ``segments``: LLM chunks (``llm_done.segments_total``, else the chunks seen); ``tts_segments``: audio segments
-      (``tts_done.segments_total``, else those seen; one chunk may become several audio segments).
-    * ``segments_lost``: audio segments neither played (``turn_played.count``) nor cancelled by a barge-in
-      (``barge_in.cancelled``), plus, for uninterrupted turns, LLM chunks that never reached the TTS. Must be 0.
+      (``tts_done.segments_total``, else those seen; one chunk may become several audio segments, and a chunk with
+      nothing speakable none, so LLM chunks are not compared with played segments).
+    * ``interrupted``: a ``barge_in`` event, or ``interrupted=True`` on ``llm_done``, ``tts_done`` or ``turn_played``.
+    * ``segments_cancelled``: interrupted turns only: audio segments not played in full (the one cut, those dropped
+      by the speaker, those synthesized after playback stopped), ``tts_segments - segments_played``.
+    * ``segments_lost``: uninterrupted turns only: ``tts_segments - segments_played`` (the speaker's
+      ``turn_played.cancelled`` there counts segments that never arrived: lost, not cancelled). Must be 0.
 
 Per-chunk definitions (:class:`ChunkRecord`): ``llm_ttft_ms`` exists for the first chunk only (``llm_start`` -> first
-token; when a chunk after the first started generating is not observable from the events); ``llm_gen_ms`` is the
-chunk's ``duration_ms`` as the LLM reported it; TTS figures aggregate the audio segments made from the chunk (mapped
-by ``text_segment_index``; a segment whose ``tts_segment_start`` is missing is assumed to come from the chunk with
-its own index); ``combined_ms`` is ``llm_start`` -> the chunk's first audio fragment.
+token; when a later chunk started generating is not observable); ``llm_gen_ms`` is the chunk's ``duration_ms`` as
+the LLM reports it (previous chunk, or ``llm_start``, to this chunk emitted: it includes the first chunk's TTFT and
+any pacing wait); TTS figures aggregate the audio segments made from the chunk (mapped by ``text_segment_index``);
+``combined_ms`` is ``llm_start`` -> the chunk's first audio fragment.
 """
 
 from __future__ import annotations
@@ -50,19 +58,20 @@ import statistics
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Mapping, Any, Callable, Iterable, Sequence
 
 from dora_voice.schema import Key, SchemaError, TimingEvent, TimingKind
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_GRACE_S = 2.0
-"""How long a turn whose ``turn_played`` arrived waits for its other closing events (s, monitor clock)."""
+"""How long a turn whose ``turn_played`` arrived waits for the rest of its events (s, monitor clock)."""
 
 _FIELD_TYPES: dict[str, type] = {
     Key.SEGMENT_INDEX: int, Key.TEXT_SEGMENT_INDEX: int, Key.SEGMENTS_TOTAL: int, Key.TOKENS: int, Key.COUNT: int,
     Key.UNDERRUNS: int, Key.CANCELLED: int, Key.DETECTED_NS: int, Key.TEXT: str, Key.DETAIL: str,
-    Key.DURATION_MS: float, Key.AUDIO_MS: float, Key.UNDERRUN_MS: float,
+    Key.DURATION_MS: float, Key.AUDIO_MS: float, Key.UNDERRUN_MS: float, Key.INTERRUPTED: bool,
+    Key.SPEECH_START_NS: int, Key.SPEECH_END_NS: int,
 }
 """Type of every timing field the collector reads; a present field of another type is a :class:`SchemaError`."""
 
@@ -91,6 +100,7 @@ def validate_event(event: TimingEvent) -> None:
         if kind is None:
             continue
         ok = (isinstance(value, str) if kind is str
+              else isinstance(value, bool) if kind is bool
               else isinstance(value, int) and not isinstance(value, bool) if kind is int
               else isinstance(value, (int, float)) and not isinstance(value, bool))
         if not ok:
@@ -199,8 +209,8 @@ class TurnRecord:
         turn_id: the pipeline's turn id.
         session_id: the first non-empty session id seen in the turn's events.
         source: ``"voice"`` (VAD/ASR events seen), ``"text"`` (typed query) or ``"unknown"``.
-        complete: every closing event arrived (see module docstring); ``False`` for turns built at flush or after
-            the grace period.
+        complete: every event the turn needs arrived (see module docstring); ``False`` when it was built at
+            :meth:`TimingCollector.flush` or after the grace period with an event missing.
         transcript: what the user said or typed.
         reply: the LLM's reply (``llm_done.text``, else the chunk texts joined).
         input_errors: ``input_error`` events attributed to this turn (its own turn id, or turn id -1 stamped while
@@ -266,6 +276,16 @@ class TurnRecord:
         """A JSON-ready dict of every field, chunks included (floats rounded to 0.001, non-finite -> ``None``)."""
         return _jsonable(dataclasses.asdict(self))
 
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> "TurnRecord":
+        """Rebuild a record from :meth:`to_json` output (e.g. a line of the JSONL report); unknown keys are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in record.items() if k in names and k != "chunks"}
+        chunk_names = {f.name for f in dataclasses.fields(ChunkRecord)}
+        chunks = tuple(ChunkRecord(**{k: v for k, v in c.items() if k in chunk_names})
+                       for c in record.get("chunks") or ())
+        return cls(**values, chunks=chunks)
+
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
@@ -301,12 +321,13 @@ class SessionSummary:
 
     Attributes:
         turns: turns reported.
-        incomplete_turns: turns built without all their closing events.
+        incomplete_turns: turns built without every event they need.
         interrupted_turns: turns stopped by a barge-in.
         metrics: one :class:`MetricStats` per entry of :data:`SUMMARY_METRICS`.
         segments / tts_segments / segments_played / segments_cancelled / segments_lost: summed over turns.
         underruns: summed over turns.
         input_errors: every ``input_error`` detail seen, ``"node: detail"``, in arrival order.
+        unanswered_turns: turn ids with speech but no transcript (see :attr:`TimingCollector.unanswered_turns`).
     """
 
     turns: int
@@ -320,6 +341,7 @@ class SessionSummary:
     segments_lost: int
     underruns: int
     input_errors: tuple[str, ...]
+    unanswered_turns: tuple[int, ...] = ()
 
 
 SUMMARY_METRICS = (
@@ -339,7 +361,8 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
-def summarize(turns: Sequence[TurnRecord], input_errors: Sequence[str] = ()) -> SessionSummary:
+def summarize(turns: Sequence[TurnRecord], input_errors: Sequence[str] = (),
+              unanswered_turns: Sequence[int] = ()) -> SessionSummary:
     """Aggregate turn records into a :class:`SessionSummary` (p50/p90/mean per metric, segment totals)."""
     metrics = []
     for name in SUMMARY_METRICS:
@@ -356,7 +379,7 @@ def summarize(turns: Sequence[TurnRecord], input_errors: Sequence[str] = ()) -> 
         segments_played=sum(t.segments_played for t in turns),
         segments_cancelled=sum(t.segments_cancelled for t in turns),
         segments_lost=sum(t.segments_lost for t in turns), underruns=sum(t.underruns or 0 for t in turns),
-        input_errors=tuple(input_errors),
+        input_errors=tuple(input_errors), unanswered_turns=tuple(unanswered_turns),
     )
 
 
@@ -365,7 +388,11 @@ def summarize(turns: Sequence[TurnRecord], input_errors: Sequence[str] = ()) -> 
 
 
 class _TurnEvents:
-    """All events of one turn, indexed for lookup. Singletons resolve to the earliest ``t_ns``."""
+    """All events of one turn, indexed for lookup.
+
+    Singletons (``first``) resolve to the earliest ``t_ns``; per-segment events are keyed by ``segment_index``
+    (LLM chunk index for ``llm_chunk``, audio segment index for the TTS and speaker events).
+    """
 
     def __init__(self, events: Iterable[TimingEvent]) -> None:
         self.by_kind: dict[TimingKind, list[TimingEvent]] = defaultdict(list)
@@ -373,20 +400,49 @@ class _TurnEvents:
             self.by_kind[event.kind].append(event)
         for items in self.by_kind.values():
             items.sort(key=lambda e: e.t_ns)
+        self.llm_chunks = self._per_segment(TimingKind.LLM_CHUNK)
+        self.tts_starts = self._per_segment(TimingKind.TTS_SEGMENT_START)
+        self.first_fragments = self._per_segment(TimingKind.TTS_FIRST_FRAGMENT)
+        self.tts_dones = self._per_segment(TimingKind.TTS_SEGMENT_DONE)
+        self.played = self._per_segment(TimingKind.SEGMENT_PLAYED)
 
     def first(self, kind: TimingKind) -> TimingEvent | None:
         items = self.by_kind.get(kind)
         return items[0] if items else None
 
-    def all(self, kind: TimingKind) -> list[TimingEvent]:
-        return self.by_kind.get(kind, [])
+    def all_events(self) -> list[TimingEvent]:
+        return [event for items in self.by_kind.values() for event in items]
 
-    def per_segment(self, kind: TimingKind) -> dict[int, TimingEvent]:
-        """Events of ``kind`` keyed by ``segment_index`` (the earliest one when repeated)."""
+    def _per_segment(self, kind: TimingKind) -> dict[int, TimingEvent]:
         out: dict[int, TimingEvent] = {}
-        for event in self.all(kind):
+        for event in self.by_kind.get(kind, []):
             out.setdefault(int(event.fields[Key.SEGMENT_INDEX]), event)
         return out
+
+    def chunk_of(self, audio_segment: int) -> int:
+        """The LLM chunk an audio segment was made from: the ``text_segment_index`` of any of its TTS events (its
+        own index when none carries one)."""
+        for events in (self.tts_starts, self.tts_dones, self.first_fragments, self.played):
+            chunk = _field(events.get(audio_segment), Key.TEXT_SEGMENT_INDEX)
+            if chunk is not None:
+                return chunk
+        return audio_segment
+
+    def interrupted(self) -> bool:
+        """A barge-in stopped the turn: a ``barge_in`` event, or ``interrupted`` on a closing event."""
+        return self.first(TimingKind.BARGE_IN) is not None or any(
+            _field(self.first(kind), Key.INTERRUPTED, False)
+            for kind in (TimingKind.LLM_DONE, TimingKind.TTS_DONE, TimingKind.TURN_PLAYED))
+
+    def tts_ttfb_ms(self, audio_segment: int) -> float | None:
+        """An audio segment's text received -> first fragment emitted (ms)."""
+        return _ms(_t(self.tts_starts.get(audio_segment)), _t(self.first_fragments.get(audio_segment)))
+
+    def tts_gen_ms(self, audio_segment: int) -> float | None:
+        """An audio segment's synthesis time: its reported ``duration_ms``, else start -> done (ms)."""
+        done = self.tts_dones.get(audio_segment)
+        reported = _field(done, Key.DURATION_MS)
+        return reported if reported is not None else _ms(_t(self.tts_starts.get(audio_segment)), _t(done))
 
 
 def build_turn(turn_id: int, events: Iterable[TimingEvent], *, complete: bool,
@@ -396,7 +452,7 @@ def build_turn(turn_id: int, events: Iterable[TimingEvent], *, complete: bool,
     Args:
         turn_id: the turn.
         events: the turn's events (``turn_id`` equal to ``turn_id``), input errors excluded.
-        complete: whether the turn's closing events all arrived.
+        complete: whether every event the turn needs arrived.
         errors: ``input_error`` events that may concern this turn: those with this turn id count, and those with
             turn id -1 count when stamped between the turn's first and last event.
     """
@@ -407,151 +463,112 @@ def build_turn(turn_id: int, events: Iterable[TimingEvent], *, complete: bool,
     llm_done, tts_done = ev.first(TimingKind.LLM_DONE), ev.first(TimingKind.TTS_DONE)
     playback_started, turn_played = ev.first(TimingKind.PLAYBACK_STARTED), ev.first(TimingKind.TURN_PLAYED)
     barge_in = ev.first(TimingKind.BARGE_IN)
-
-    chunks = _build_chunks(ev, _t(llm_start), _t(first_token))
-    llm_chunks = ev.per_segment(TimingKind.LLM_CHUNK)
-    tts_segment_done = ev.per_segment(TimingKind.TTS_SEGMENT_DONE)
-    tts_starts = ev.per_segment(TimingKind.TTS_SEGMENT_START)
-    first_fragments = ev.per_segment(TimingKind.TTS_FIRST_FRAGMENT)
-
-    speech_end_ns = _t(speech_ended)
+    llm_start_ns = _t(llm_start)
+    speech_end_ns = _t(speech_ended) if speech_ended else _field(asr_done, Key.SPEECH_END_NS)
+    speech_start_ns = _t(speech_started) if speech_started else _field(speech_ended, Key.SPEECH_START_NS)
     transcript_event = asr_done or text_input
-    source = "voice" if (speech_ended or asr_done) else "text" if text_input else "unknown"
 
     tokens = _field(llm_done, Key.TOKENS)
-    if tokens is None and llm_chunks:
-        tokens = sum(_field(e, Key.TOKENS, 0) for e in llm_chunks.values())
+    if tokens is None and ev.llm_chunks:
+        tokens = sum(_field(e, Key.TOKENS, 0) for e in ev.llm_chunks.values())
     inter_token_ms = None
     if tokens is not None and tokens >= 2 and llm_done is not None and first_token is not None:
         inter_token_ms = (llm_done.t_ns - first_token.t_ns) / 1e6 / (tokens - 1)
-    tokens_per_s = 1000.0 / inter_token_ms if inter_token_ms else None
 
-    first_tts = min(tts_starts) if tts_starts else None
-    tts_ttfb_ms = None
-    if first_tts is not None:
-        tts_ttfb_ms = _ms(_t(tts_starts[first_tts]), _t(first_fragments.get(first_tts)))
-
-    audio_values = [_field(e, Key.AUDIO_MS) for e in tts_segment_done.values()]
-    synth_values = [_field(e, Key.DURATION_MS) for e in tts_segment_done.values()]
-    audio_ms = _sum(audio_values)
-    synth_ms = _sum(synth_values)
-    rtf = synth_ms / audio_ms if synth_ms is not None and audio_ms else None
-
-    played_events = ev.per_segment(TimingKind.SEGMENT_PLAYED)
+    audio_ms = _sum(_field(e, Key.AUDIO_MS) for e in ev.tts_dones.values())
+    synth_ms = _sum(_field(e, Key.DURATION_MS) for e in ev.tts_dones.values())
     played_audio_ms = _field(turn_played, Key.AUDIO_MS)
-    if played_audio_ms is None and played_events:
-        played_audio_ms = _sum(_field(e, Key.AUDIO_MS) for e in played_events.values())
+    if played_audio_ms is None:
+        played_audio_ms = _sum(_field(e, Key.AUDIO_MS) for e in ev.played.values())
 
-    segments = _field(llm_done, Key.SEGMENTS_TOTAL)
-    if segments is None:
-        segments = len(llm_chunks)
-    tts_segments = _field(tts_done, Key.SEGMENTS_TOTAL)
-    if tts_segments is None:
-        tts_segments = len(set(tts_segment_done) | set(tts_starts))
-    segments_played = _field(turn_played, Key.COUNT)
-    if segments_played is None:
-        segments_played = len(played_events)
-    cancelled = _field(barge_in, Key.CANCELLED, 0)
-    interrupted = barge_in is not None
-    lost = tts_segments - segments_played - cancelled
-    if not interrupted:
-        reached_tts = {_field(e, Key.TEXT_SEGMENT_INDEX, i) for i, e in tts_starts.items()}
-        lost += sum(1 for i in range(segments) if i not in reached_tts)
+    segments = _field(llm_done, Key.SEGMENTS_TOTAL, len(ev.llm_chunks))
+    tts_segments = _field(tts_done, Key.SEGMENTS_TOTAL, len(set(ev.tts_dones) | set(ev.tts_starts)))
+    segments_played = _field(turn_played, Key.COUNT, len(ev.played))
+    interrupted = ev.interrupted()
+    # Stopped turns: whatever was not played in full was dropped on purpose (cut, discarded, or synthesized after
+    # playback stopped). Otherwise every synthesized segment must be played.
+    cancelled = max(0, tts_segments - segments_played) if interrupted else 0
+    lost = 0 if interrupted else tts_segments - segments_played
 
     reply = _field(llm_done, Key.TEXT)
     if reply is None:
-        reply = " ".join(_field(llm_chunks[i], Key.TEXT, "") for i in sorted(llm_chunks)).strip()
+        reply = " ".join(_field(ev.llm_chunks[i], Key.TEXT, "") for i in sorted(ev.llm_chunks)).strip()
 
-    own = [event for items in ev.by_kind.values() for event in items]
+    own = ev.all_events()
     start_ns, end_ns = _min(e.t_ns for e in own), _max(e.t_ns for e in own)
     input_errors = sum(1 for e in errors if e.turn_id == turn_id or (
         e.turn_id < 0 and start_ns is not None and start_ns <= e.t_ns <= end_ns))
-
-    llm_start_ns = _t(llm_start)
     wall_ms = _ms(llm_start_ns, _t(turn_played))
+
     return TurnRecord(
         turn_id=turn_id,
         session_id=next((e.session_id for e in own if e.session_id), ""),
-        source=source, complete=complete,
-        transcript=_field(transcript_event, Key.TEXT, ""), reply=reply,
+        source="voice" if (speech_ended or asr_done) else "text" if text_input else "unknown",
+        complete=complete,
+        transcript=_field(transcript_event, Key.TEXT) or _field(llm_start, Key.TEXT, ""), reply=reply,
         asr_latency_ms=_ms(speech_end_ns, _t(asr_done)),
         eot_delay_ms=_ms(speech_end_ns, _field(speech_ended, Key.DETECTED_NS)),
         llm_ttft_ms=_ms(llm_start_ns, _t(first_token)),
-        llm_first_chunk_ms=_ms(llm_start_ns, _t(llm_chunks[min(llm_chunks)])) if llm_chunks else None,
-        tts_ttfb_ms=tts_ttfb_ms,
+        llm_first_chunk_ms=_ms(llm_start_ns, _t(ev.llm_chunks[min(ev.llm_chunks)])) if ev.llm_chunks else None,
+        tts_ttfb_ms=ev.tts_ttfb_ms(min(ev.tts_starts)) if ev.tts_starts else None,
         first_audio_ms=_ms(speech_end_ns, _t(playback_started)),
         llm_start_to_first_audio_ms=_ms(llm_start_ns, _t(playback_started)),
         llm_tokens=tokens, llm_total_ms=_ms(llm_start_ns, _t(llm_done)),
-        inter_token_ms=inter_token_ms, tokens_per_s=tokens_per_s,
+        inter_token_ms=inter_token_ms, tokens_per_s=1000.0 / inter_token_ms if inter_token_ms else None,
         audio_s=None if audio_ms is None else audio_ms / 1000.0,
         audio_played_s=None if played_audio_ms is None else played_audio_ms / 1000.0,
         wall_s=None if wall_ms is None else wall_ms / 1000.0,
-        rtf=rtf,
+        rtf=synth_ms / audio_ms if synth_ms is not None and audio_ms else None,
         underruns=_field(turn_played, Key.UNDERRUNS), underrun_ms=_field(turn_played, Key.UNDERRUN_MS),
         segments=segments, tts_segments=tts_segments, segments_played=segments_played,
         segments_cancelled=cancelled, segments_lost=lost, interrupted=interrupted,
         barge_in_ms=_field(barge_in, Key.DURATION_MS), input_errors=input_errors,
-        speech_start_ns=_t(speech_started), speech_end_ns=speech_end_ns,
+        speech_start_ns=speech_start_ns, speech_end_ns=speech_end_ns,
         eot_detected_ns=_field(speech_ended, Key.DETECTED_NS), transcript_ns=_t(transcript_event),
         llm_start_ns=llm_start_ns, llm_first_token_ns=_t(first_token), llm_done_ns=_t(llm_done),
         tts_done_ns=_t(tts_done), playback_started_ns=_t(playback_started), barge_in_ns=_t(barge_in),
-        turn_played_ns=_t(turn_played), chunks=tuple(chunks),
+        turn_played_ns=_t(turn_played), chunks=tuple(_build_chunks(ev, llm_start_ns, _t(first_token))),
     )
 
 
 def _build_chunks(ev: _TurnEvents, llm_start_ns: int | None, first_token_ns: int | None) -> list[ChunkRecord]:
-    """One :class:`ChunkRecord` per chunk index seen on the LLM or the TTS side."""
-    llm_chunks = ev.per_segment(TimingKind.LLM_CHUNK)
-    tts_starts = ev.per_segment(TimingKind.TTS_SEGMENT_START)
-    first_fragments = ev.per_segment(TimingKind.TTS_FIRST_FRAGMENT)
-    tts_dones = ev.per_segment(TimingKind.TTS_SEGMENT_DONE)
-    played = ev.per_segment(TimingKind.SEGMENT_PLAYED)
-
-    def chunk_of(audio_segment: int) -> int:
-        return _field(tts_starts.get(audio_segment), Key.TEXT_SEGMENT_INDEX, audio_segment)
-
-    audio_segments: dict[int, list[int]] = defaultdict(list)
-    for seg in sorted(set(tts_starts) | set(first_fragments) | set(tts_dones) | set(played)):
-        audio_segments[chunk_of(seg)].append(seg)
+    """One :class:`ChunkRecord` per chunk index seen on the LLM or the TTS side, in order."""
+    audio_segments: dict[int, list[int]] = defaultdict(list)  # chunk -> its audio segments, in order
+    for seg in sorted(set(ev.tts_starts) | set(ev.first_fragments) | set(ev.tts_dones) | set(ev.played)):
+        audio_segments[ev.chunk_of(seg)].append(seg)
 
     records = []
-    for index in sorted(set(llm_chunks) | set(audio_segments)):
-        chunk = llm_chunks.get(index)
+    for index in sorted(set(ev.llm_chunks) | set(audio_segments)):
+        chunk = ev.llm_chunks.get(index)
         segs = audio_segments.get(index, [])
-        first_seg = segs[0] if segs else None
-        tts_start_ns = _t(tts_starts.get(first_seg)) if first_seg is not None else None
-        first_fragment_ns = _min(_t(first_fragments.get(s)) for s in segs)
-        gen_values = []
-        for s in segs:
-            done = tts_dones.get(s)
-            gen = _field(done, Key.DURATION_MS)
-            gen_values.append(gen if gen is not None else _ms(_t(tts_starts.get(s)), _t(done)))
-        played_segs = [played[s] for s in segs if s in played]
-        play_starts = []
-        for event in played_segs:
-            audio = _field(event, Key.AUDIO_MS)
-            play_starts.append(None if audio is None else event.t_ns - int(audio * 1e6))
-        llm_gen_ms = _field(chunk, Key.DURATION_MS)
+        first_seg = segs[0] if segs else -1
+        played = [ev.played[s] for s in segs if s in ev.played]
+        play_starts = [None if _field(e, Key.AUDIO_MS) is None else e.t_ns - int(_field(e, Key.AUDIO_MS) * 1e6)
+                       for e in played]
+        first_fragment_ns = _min(_t(ev.first_fragments.get(s)) for s in segs)
         records.append(ChunkRecord(
-            segment_index=index, tokens=_field(chunk, Key.TOKENS), text=_field(chunk, Key.TEXT, "") or _field(
-                tts_starts.get(first_seg) if first_seg is not None else None, Key.TEXT, ""),
+            segment_index=index, tokens=_field(chunk, Key.TOKENS),
+            text=_field(chunk, Key.TEXT) or _field(ev.tts_starts.get(first_seg), Key.TEXT, ""),
             llm_ttft_ms=_ms(llm_start_ns, first_token_ns) if index == 0 else None,
-            llm_gen_ms=llm_gen_ms,
-            tts_ttfb_ms=_ms(tts_start_ns, _t(first_fragments.get(first_seg)) if first_seg is not None else None),
-            tts_gen_ms=_sum(gen_values),
-            audio_ms=_sum(_field(tts_dones.get(s), Key.AUDIO_MS) for s in segs),
+            llm_gen_ms=_field(chunk, Key.DURATION_MS),
+            tts_ttfb_ms=ev.tts_ttfb_ms(first_seg),
+            tts_gen_ms=_sum(ev.tts_gen_ms(s) for s in segs),
+            audio_ms=_sum(_field(ev.tts_dones.get(s), Key.AUDIO_MS) for s in segs),
             combined_ms=_ms(llm_start_ns, first_fragment_ns),
-            played_audio_ms=_sum(_field(e, Key.AUDIO_MS) for e in played_segs),
-            tts_segments=len(segs), segments_played=len(played_segs),
-            llm_emit_ns=_t(chunk), tts_start_ns=tts_start_ns, tts_first_fragment_ns=first_fragment_ns,
-            tts_done_ns=_max(_t(tts_dones.get(s)) for s in segs),
-            play_start_ns=_min(play_starts), play_end_ns=_max(e.t_ns for e in played_segs),
+            played_audio_ms=_sum(_field(e, Key.AUDIO_MS) for e in played),
+            tts_segments=len(segs), segments_played=len(played),
+            llm_emit_ns=_t(chunk), tts_start_ns=_t(ev.tts_starts.get(first_seg)),
+            tts_first_fragment_ns=first_fragment_ns, tts_done_ns=_max(_t(ev.tts_dones.get(s)) for s in segs),
+            play_start_ns=_min(play_starts), play_end_ns=_max(e.t_ns for e in played),
         ))
     return records
 
 
 # --------------------------------------------------------------------------------------------------------------
 # The collector
+
+
+_VAD_KINDS = {TimingKind.SPEECH_STARTED, TimingKind.SPEECH_ENDED}
 
 
 @dataclass
@@ -571,26 +588,28 @@ class _OpenTurn:
         lacking = [k.value for k in (TimingKind.TURN_PLAYED, TimingKind.LLM_START, TimingKind.LLM_DONE,
                                      TimingKind.TTS_DONE) if ev.first(k) is None]
         if ev.first(TimingKind.ASR_DONE) is not None:
-            if ev.first(TimingKind.SPEECH_ENDED) is None:
-                lacking.append(TimingKind.SPEECH_ENDED.value)
+            lacking += [k.value for k in (TimingKind.SPEECH_STARTED, TimingKind.SPEECH_ENDED) if ev.first(k) is None]
         elif ev.first(TimingKind.TEXT_INPUT) is None:
             lacking.append("asr_done or text_input")
         llm_done, tts_done = ev.first(TimingKind.LLM_DONE), ev.first(TimingKind.TTS_DONE)
-        turn_played, barge_in = ev.first(TimingKind.TURN_PLAYED), ev.first(TimingKind.BARGE_IN)
+        turn_played = ev.first(TimingKind.TURN_PLAYED)
         if _field(llm_done, Key.TOKENS, 0) > 0 and ev.first(TimingKind.LLM_FIRST_TOKEN) is None:
             lacking.append(TimingKind.LLM_FIRST_TOKEN.value)
-        chunks = ev.per_segment(TimingKind.LLM_CHUNK)
-        lacking += [f"llm_chunk #{i}" for i in range(_field(llm_done, Key.SEGMENTS_TOTAL, 0)) if i not in chunks]
+        lacking += [f"llm_chunk #{i}" for i in range(_field(llm_done, Key.SEGMENTS_TOTAL, 0))
+                    if i not in ev.llm_chunks]
         tts_total = _field(tts_done, Key.SEGMENTS_TOTAL, 0)
-        for kind in (TimingKind.TTS_SEGMENT_START, TimingKind.TTS_FIRST_FRAGMENT, TimingKind.TTS_SEGMENT_DONE):
-            seen = ev.per_segment(kind)
+        for kind, seen in ((TimingKind.TTS_SEGMENT_START, ev.tts_starts),
+                           (TimingKind.TTS_FIRST_FRAGMENT, ev.first_fragments),
+                           (TimingKind.TTS_SEGMENT_DONE, ev.tts_dones)):
             lacking += [f"{kind.value} #{i}" for i in range(tts_total) if i not in seen]
+        if _field(turn_played, Key.INTERRUPTED, False) and ev.first(TimingKind.BARGE_IN) is None:
+            lacking.append(TimingKind.BARGE_IN.value)  # the speaker reports a barge-in before the turn it stopped
         played = _field(turn_played, Key.COUNT, 0)
         if played > 0 and ev.first(TimingKind.PLAYBACK_STARTED) is None:
             lacking.append(TimingKind.PLAYBACK_STARTED.value)
-        if barge_in is None and len(ev.per_segment(TimingKind.SEGMENT_PLAYED)) < played:
+        if not ev.interrupted() and len(ev.played) < played:
             lacking.append(TimingKind.SEGMENT_PLAYED.value)
-        maybe_barge_in = barge_in is None and turn_played is not None and played < tts_total
+        maybe_barge_in = not ev.interrupted() and turn_played is not None and played < tts_total
         return lacking, maybe_barge_in
 
 
@@ -608,6 +627,7 @@ class TimingCollector:
     Attributes:
         input_errors: every ``input_error`` event seen, in arrival order.
         stream_started: the mic's ``stream_started`` event, if seen.
+        unanswered_turns: turn ids that had VAD events only when :meth:`flush` ran.
     """
 
     def __init__(self, *, grace_s: float = DEFAULT_GRACE_S, clock_ns: Callable[[], int] = time.monotonic_ns) -> None:
@@ -615,6 +635,7 @@ class TimingCollector:
         self.clock_ns = clock_ns
         self.input_errors: list[TimingEvent] = []
         self.stream_started: TimingEvent | None = None
+        self.unanswered_turns: list[int] = []
         self._open: dict[int, _OpenTurn] = {}
         self._done: set[int] = set()
 
@@ -656,8 +677,20 @@ class TimingCollector:
         return [self._finish(turn_id, complete) for turn_id, complete in ready]
 
     def flush(self) -> list[TurnRecord]:
-        """Build every open turn now (end of stream), oldest first; those lacking events are incomplete."""
-        return [self._finish(turn_id, not self._open[turn_id].missing()[0]) for turn_id in sorted(self._open)]
+        """Build every open turn now (end of stream), oldest first; those lacking events are incomplete.
+
+        Turns with VAD events only go to :attr:`unanswered_turns` instead.
+        """
+        turns = []
+        for turn_id in sorted(self._open):
+            if {e.kind for e in self._open[turn_id].events} <= _VAD_KINDS:
+                del self._open[turn_id]
+                self._done.add(turn_id)
+                self.unanswered_turns.append(turn_id)
+                logger.info("turn %d: speech without a transcript; not a turn of the conversation", turn_id)
+            else:
+                turns.append(self._finish(turn_id, not self._open[turn_id].missing()[0]))
+        return turns
 
     @property
     def open_turns(self) -> list[int]:

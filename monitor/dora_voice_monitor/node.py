@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, TextIO
 
 import pyarrow as pa
-
 from dora_voice.config import env_field, load_config, parse_bool, parse_optional_path
 from dora_voice.contracts import NodeContract
 from dora_voice.logs import setup_logging
 from dora_voice.runtime import Emit, NodeCore, UnknownInputError, run_node
 from dora_voice.schema import AudioFragment, TimingEvent
+
 from dora_voice_monitor import report
 from dora_voice_monitor.collector import DEFAULT_GRACE_S, TimingCollector, TurnRecord, summarize
 from dora_voice_monitor.sinks import JsonlWriter, PlotTarget, WavCollector
@@ -149,7 +149,8 @@ class MonitorCore(NodeCore):
                             self.collector.open_turns)
         else:
             self._report(self.collector.flush())
-        self._write(report.session_summary(summarize(self.turns, self.collector.error_details())))
+        self._write(report.session_summary(summarize(self.turns, self.collector.error_details(),
+                                                     self.collector.unanswered_turns)))
         for sink in (self._jsonl, self._audio):
             if sink is not None:
                 sink.close()

@@ -2,8 +2,10 @@
 
 One horizontal time axis in ms from :attr:`~dora_voice_monitor.collector.TurnRecord.origin_ns` (the end of speech for
 voice turns, ``llm_start`` for typed ones). One row for the user's input (speech, ASR) and one row per chunk, each
-with three bars: LLM generation, TTS synthesis and playback. Vertical markers: speech end, first token, first
-audio played. Uses matplotlib's Agg backend (no display needed).
+with three bars: LLM generation (the chunk's ``llm_gen_ms`` before it was emitted), TTS (text queued, then
+synthesis, with a tick at the first audio fragment) and playback (estimated from each segment's end and audio
+length). Vertical markers: speech end, LLM start, first token, first audio played, barge-in. Uses matplotlib's
+Agg backend (no display needed).
 """
 
 from __future__ import annotations
@@ -13,16 +15,17 @@ from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
-from matplotlib.patches import Patch  # noqa: E402
+matplotlib.use("Agg")  # before pyplot: no display needed
+import matplotlib.pyplot as plt
+from matplotlib.patches import Patch
 
-from dora_voice_monitor.collector import TurnRecord  # noqa: E402
-from dora_voice_monitor.report import truncate  # noqa: E402
+from dora_voice_monitor.collector import TurnRecord
+from dora_voice_monitor.report import truncate
 
 logger = logging.getLogger(__name__)
 
-_COLOURS = {"speech": "#9e9e9e", "asr": "#8d6e63", "llm": "#1f77b4", "tts": "#ff7f0e", "play": "#2ca02c"}
+_COLOURS = {"speech": "#9e9e9e", "asr": "#8d6e63", "llm": "#1f77b4", "tts_wait": "#ffd8b0", "tts": "#ff7f0e",
+            "play": "#2ca02c"}
 _BAR_H = 0.24  # bar height, in row units
 
 
@@ -67,7 +70,10 @@ def plot_turn_timeline(turn: TurnRecord, path: str | Path) -> Path:
         gen_start = (None if chunk.llm_emit_ns is None or chunk.llm_gen_ms is None
                      else chunk.llm_emit_ns - int(chunk.llm_gen_ms * 1e6))
         bar(ax, row, -_BAR_H, gen_start, chunk.llm_emit_ns, _COLOURS["llm"])
-        bar(ax, row, 0, chunk.tts_start_ns, chunk.tts_done_ns, _COLOURS["tts"])
+        synth_start = (None if chunk.tts_done_ns is None or chunk.tts_gen_ms is None
+                       else max(chunk.tts_done_ns - int(chunk.tts_gen_ms * 1e6), chunk.tts_start_ns or 0))
+        bar(ax, row, 0, chunk.tts_start_ns, synth_start, _COLOURS["tts_wait"])  # text queued at the TTS
+        bar(ax, row, 0, synth_start, chunk.tts_done_ns, _COLOURS["tts"])
         if chunk.tts_first_fragment_ns is not None:
             ax.plot([ms(chunk.tts_first_fragment_ns)], [row], marker="|", markersize=12, color="black")
         bar(ax, row, _BAR_H, chunk.play_start_ns, chunk.play_end_ns, _COLOURS["play"])
@@ -97,13 +103,14 @@ def plot_turn_timeline(turn: TurnRecord, path: str | Path) -> Path:
         parts.append(f"first audio {turn.first_audio_ms:.0f} ms after speech end")
     if turn.llm_start_to_first_audio_ms is not None:
         parts.append(f"{turn.llm_start_to_first_audio_ms:.0f} ms after LLM start")
-    parts.append(f"{turn.segments} chunks, {turn.segments_played} segments played"
+    parts.append(f"{turn.segments} chunks, {turn.segments_played} of {turn.tts_segments} segments played"
                  + (", interrupted" if turn.interrupted else ""))
     title = f"turn {turn.turn_id} ({turn.source}): " + "; ".join(parts)
     ax.set_title(title, fontsize=10)
     ax.legend(handles=[Patch(color=_COLOURS[k], label=label) for k, label in (
-        ("speech", "speech"), ("asr", "ASR"), ("llm", "LLM generation"), ("tts", "TTS synthesis (| first audio)"),
-        ("play", "playback"))], loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.3 / rows), fontsize=8, ncol=5,
+        ("speech", "speech"), ("asr", "ASR"), ("llm", "LLM generation"), ("tts_wait", "TTS queue"),
+        ("tts", "TTS synthesis (| first audio)"), ("play", "playback"))],
+        loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.3 / rows), fontsize=8, ncol=6,
         frameon=False)
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)

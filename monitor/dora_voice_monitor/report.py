@@ -18,7 +18,7 @@ RULE_WIDTH = 97
 
 _LIVE_COLUMNS = (  # (header, width)
     ("turn", 5), ("src", 6), ("asr_latency_ms", 15), ("llm_ttft_ms", 12), ("tts_ttfb_ms", 12),
-    ("first_audio_ms", 15), ("llm_start_to_first_audio_ms", 28), ("segments", 9),
+    ("first_audio_ms", 15), ("llm_start_to_first_audio_ms", 28), ("chunks", 7), ("segments", 9),
 )
 _CHUNK_COLUMNS = (  # (header, width): the CHUNK BREAKDOWN table
     ("#", 4), ("Tokens", 8), ("LLM TTFT", 10), ("LLM Gen", 10), ("TTS TTFB", 10), ("TTS Gen", 10), ("Audio", 10),
@@ -31,7 +31,7 @@ def fmt_ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
-def fmt_num(value: float | int | None, digits: int = 1) -> str:
+def fmt_num(value: float | None, digits: int = 1) -> str:
     """A number with ``digits`` decimals (ints as-is), or ``-`` when unknown."""
     if value is None:
         return "-"
@@ -83,14 +83,16 @@ def _notes(turn: TurnRecord) -> list[str]:
 
 
 def live_row(turn: TurnRecord, *, text_width: int = 36) -> str:
-    """One line per completed turn: the headline latencies (ms), segments produced/played, transcript and reply.
+    """One line per completed turn: the headline latencies (ms), segments, transcript and reply.
 
-    ``segments`` is LLM chunks produced / audio segments played.
+    ``chunks`` is the LLM chunks produced; ``segments`` is audio segments synthesized/played (the TTS may split a
+    chunk into several segments). Notes flag incomplete and interrupted turns, lost segments, underruns and input
+    errors.
     """
     cells = [
         str(turn.turn_id), turn.source, fmt_ms(turn.asr_latency_ms), fmt_ms(turn.llm_ttft_ms),
         fmt_ms(turn.tts_ttfb_ms), fmt_ms(turn.first_audio_ms), fmt_ms(turn.llm_start_to_first_audio_ms),
-        f"{turn.segments}/{turn.segments_played}",
+        str(turn.segments), f"{turn.tts_segments}/{turn.segments_played}",
     ]
     notes = " ".join(f"[{n}]" for n in _notes(turn))
     text = f'"{truncate(turn.transcript, text_width)}" -> "{truncate(turn.reply, text_width)}"'
@@ -105,8 +107,8 @@ def session_summary(summary: SessionSummary) -> str:
     """The end-of-run summary: p50 / p90 / mean of every metric over turns, segment accounting, input errors."""
     lines = [
         "=" * RULE_WIDTH,
-        f"SESSION SUMMARY: {summary.turns} turns ({summary.incomplete_turns} incomplete, "
-        f"{summary.interrupted_turns} interrupted)",
+        (f"SESSION SUMMARY: {summary.turns} turn{'' if summary.turns == 1 else 's'} "
+         f"({summary.incomplete_turns} incomplete, {summary.interrupted_turns} interrupted)"),
         "=" * RULE_WIDTH,
         f"{'metric':<30}{'n':>4}{'p50':>10}{'p90':>10}{'mean':>10}",
     ]
@@ -116,9 +118,11 @@ def session_summary(summary: SessionSummary) -> str:
                      f"{fmt_num(m.mean, digits):>10}")
     lines += [
         "",
-        f"segments: produced {summary.segments} (LLM chunks), synthesized {summary.tts_segments}, "
-        f"played {summary.segments_played}, cancelled {summary.segments_cancelled}, lost {summary.segments_lost}",
+        (f"segments: produced {summary.segments} (LLM chunks), synthesized {summary.tts_segments}, "
+         f"played {summary.segments_played}, cancelled {summary.segments_cancelled}, lost {summary.segments_lost}"),
         f"underruns: {summary.underruns}",
+        f"utterances without a transcript: {len(summary.unanswered_turns)}"
+        + (f" (turns {', '.join(map(str, summary.unanswered_turns))})" if summary.unanswered_turns else ""),
         f"input errors: {len(summary.input_errors)}",
     ]
     shown = summary.input_errors[:20]
@@ -196,7 +200,7 @@ def turn_summary(turn: TurnRecord) -> str:
         line("Total LLM tokens", fmt_num(tokens)),
         line("Total audio", f"{fmt_num(turn.audio_s, 2)} seconds"),
         line("Total wall time", f"{fmt_num(turn.wall_s, 2)} seconds (LLM start to last sample played)"),
-        line("TTS synthesis", f"{fmt_num(synth_s, 2)} seconds for {fmt_num(turn.audio_s)} seconds of audio "
+        line("TTS synthesis", f"{fmt_num(synth_s, 2)} seconds for {fmt_num(turn.audio_s, 2)} seconds of audio "
                               f"(RTF {fmt_num(turn.rtf, 3)}, {speed})"),
         "",
         "  First chunk:",

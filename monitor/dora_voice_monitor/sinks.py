@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from dora_voice.schema import AudioFragment
+
 from dora_voice_monitor.collector import TurnRecord
 
 logger = logging.getLogger(__name__)

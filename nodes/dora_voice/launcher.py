@@ -117,6 +117,7 @@ def run_dataflow(yaml_path: Path, out_dir: Path, env: Mapping[str, str] | None =
         deadline = time.monotonic() + timeout_s + 30
         for line in proc.stdout:
             log.write(line)
+            log.flush()
             if stream_output:
                 sys.stderr.write(line)
             if time.monotonic() > deadline:

@@ -152,10 +152,18 @@ def load_engine(backend: str, *, voice_path: str | os.PathLike | None = None,
         threads / speaker_id / speed: see :class:`PiperEngine`.
 
     Raises:
-        ValueError: unknown backend or bad engine option.
-        dora_voice.models.ModelError: voice missing or corrupt.
+        ValueError: unknown backend or bad engine option (threads, speed, speaker_id).
+        dora_voice.models.ModelError: voice missing, or a file that does not load as a Piper voice.
     """
+    from dora_voice.models import ModelError
+
     if backend != "piper":
         raise ValueError(f"unknown TTS backend {backend!r} (expected piper)")
     model_path, config_path = resolve_voice_paths(voice_path, voice_config)
-    return PiperEngine(model_path, config_path, threads=threads, speaker_id=speaker_id, speed=speed)
+    try:
+        return PiperEngine(model_path, config_path, threads=threads, speaker_id=speaker_id, speed=speed)
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - onnxruntime/json/KeyError on a file that is not a Piper voice
+        raise ModelError(f"cannot load Piper voice {model_path} with config {config_path}: "
+                         f"{type(exc).__name__}: {exc}") from exc

@@ -203,7 +203,10 @@ class DeviceCapture(NodeCore):
     and every output sample ``k`` is stamped ``anchor + k / 16000 s``: a sample clock, free of read jitter. If all
     estimates for ``REANCHOR_BLOCKS`` blocks in a row are later than the clock by more than ``REANCHOR_MS`` (the
     device clock runs slow, or an overflow lost samples), the anchor moves to the earliest of them.
-    On the PulseAudio null sink the estimate agreed with the speaker's playback clock within about 10 ms (loopback).
+    Blocking reads give no ADC time (PortAudio only passes it to callbacks), and the stream's reported input
+    latency is not subtracted: on the PulseAudio null sink (loopback through its monitor) subtracting it (64 ms)
+    put sounds ~50 ms before the speaker played them; without it they land ~12 ms after the speaker's
+    ``playback_started`` estimate.
     """
 
     node_id = "mic"
@@ -274,14 +277,15 @@ class DeviceCapture(NodeCore):
         if self._resampler is not None:
             block = self._resampler.resample_chunk(np.ascontiguousarray(block, dtype=np.float32))
         self._append(block)
-        while self._pending_len >= self.block_samples:
-            chunk = self._pending[: self.block_samples].copy()
-            self._pending_len -= self.block_samples
-            self._pending[: self._pending_len] = self._pending[self.block_samples: self.block_samples + self._pending_len]
-            out.append(emit(Output.AUDIO, AudioChunk(samples=chunk, sample_rate=RATE_HZ, sample_offset=self.sample_offset,
-                                                     t_ns=_ns_at(self.anchor_ns, self.sample_offset),
-                                                     session_id=self.session_id)))
-            self.sample_offset += self.block_samples
+        n = self.block_samples
+        while self._pending_len >= n:
+            chunk = self._pending[:n].copy()
+            self._pending_len -= n
+            self._pending[: self._pending_len] = self._pending[n: n + self._pending_len]
+            out.append(emit(Output.AUDIO, AudioChunk(
+                samples=chunk, sample_rate=RATE_HZ, sample_offset=self.sample_offset,
+                t_ns=_ns_at(self.anchor_ns, self.sample_offset), session_id=self.session_id)))
+            self.sample_offset += n
         return out
 
     def _append(self, samples: np.ndarray) -> None:
@@ -336,10 +340,11 @@ def _stop_requested(node: Any) -> bool:
             return True
 
 
-def _send_all(node: Any, outputs: list[Emit] | tuple[Emit, ...], declared: set[str] | None) -> None:
+def _send_all(node: Any, outputs: list[Emit] | tuple[Emit, ...]) -> None:
+    """Send each output. An output the YAML does not declare (``timing`` without a monitor) is dropped by dora 1.1
+    without an error (measured), so no filtering is needed here."""
     for output_id, value, meta in outputs:
-        if declared is None or output_id in declared:
-            node.send_output(output_id, value, meta)
+        node.send_output(output_id, value, meta)
 
 
 def _argument_parser() -> argparse.ArgumentParser:
@@ -370,7 +375,6 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"dora-voice-mic: {exc}") from None
 
     from dora import Node  # noqa: PLC0415 - only the node process needs dora
-    from dora_voice.runtime import _declared_outputs  # noqa: PLC0415 - shared YAML-output lookup
 
     if config.audio_input is not None:
         try:
@@ -378,16 +382,14 @@ def main(argv: list[str] | None = None) -> None:
         except (FileNotFoundError, ValueError) as exc:
             raise SystemExit(f"dora-voice-mic: AUDIO_INPUT: {exc}") from None
         node = Node()
-        declared = _declared_outputs(node)
         for output in replay.run():
-            _send_all(node, (output,), declared)
+            _send_all(node, (output,))
             if _stop_requested(node):
                 logger.info("mic: stop requested after %d blocks", replay.blocks_sent)
                 break
         return
 
     node = Node()
-    declared = _declared_outputs(node)
     try:
         stream = open_input_stream(config)
     except audio.AudioDeviceError as exc:
@@ -396,7 +398,7 @@ def main(argv: list[str] | None = None) -> None:
     capture = DeviceCapture(stream, block_ms=config.block_ms, session_id=config.session_id)
     try:
         while not _stop_requested(node):
-            _send_all(node, capture.read_block(), declared)
+            _send_all(node, capture.read_block())
     finally:
         stream.stop()
         stream.close()

@@ -2,10 +2,12 @@
 
 Inputs:
     * ``text`` — llm/text :class:`~dora_voice.schema.TextSegment` chunks (``segment_index`` = LLM chunk index).
-    * ``events`` — vad/events :class:`~dora_voice.schema.VadEvent` (optional): ``speech_started`` for turn ``T``
-      is a barge-in that cancels every older turn still being synthesized.
-    * ``playback`` — speaker/playback :class:`~dora_voice.schema.PlaybackEvent` (optional): ``turn_interrupted``
-      for turn ``T`` cancels ``T`` and older turns. Wire whichever of the two the dataflow uses for barge-in.
+    * ``events`` — barge-in (optional), from either source, told apart by the ``event`` key:
+      speaker/playback :class:`~dora_voice.schema.PlaybackEvent` ``turn_interrupted`` for turn ``T`` cancels ``T``
+      and older turns (recommended: the speaker has already applied its minimum-speech and echo guards); or
+      vad/events :class:`~dora_voice.schema.VadEvent` ``speech_started`` for turn ``T`` cancels every older turn
+      (raw VAD: a cough, or the assistant's own voice on an open microphone, cancels too). Other playback and VAD
+      events are ignored.
 
 Outputs ``audio`` (:class:`~dora_voice.schema.AudioFragment`), ``segment_done`` (one
 :class:`~dora_voice.schema.SegmentDone` per LLM chunk once all its audio is synthesized, for LLM pacing) and
@@ -13,7 +15,8 @@ Outputs ``audio`` (:class:`~dora_voice.schema.AudioFragment`), ``segment_done`` 
 
 Per chunk: normalize for speech (markdown, emoji, numbers; ``TTS_NORMALIZE_TEXT``), then with
 ``ENABLE_INTERNAL_SEGMENTATION`` split it into TTS segments of at most ``TTS_MAX_SEGMENT_LENGTH`` characters at
-sentence ends (the turn's first chunk may also split at a clause), each synthesized on its own. Segments are
+sentence ends (the turn's first segment may end at a clause, and is cut at ``TTS_FIRST_SEGMENT_MAX_LENGTH`` when
+the text runs on without punctuation), each synthesized on its own. Segments are
 numbered 0, 1, … per turn by the TTS and carry ``text_segment_index`` = the LLM chunk they came from. With
 ``RETURN_FRAGMENT`` each segment's audio leaves in fragments of about ``FRAGMENT_INTERVAL`` seconds as soon as the
 engine yields it (Piper: one chunk per sentence); without it, one fragment per segment.
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import time
 from collections import deque
@@ -57,6 +61,9 @@ FIRST_FRAGMENT_HOLD_S = 0.01
 segment's last fragment then always has samples (no empty ``is_last_fragment`` message after every short segment)."""
 
 _MAX_CLOSED_TURNS = 1024
+_ENDS_AT_PAUSE = re.compile(r"[.!?\u2026,;:][\"')\]\u201d\u2019]*$")
+_PLAYBACK_KINDS = frozenset(k.value for k in PlaybackKind)
+_VAD_KINDS = frozenset(k.value for k in VadEventKind)
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,9 @@ class TtsConfig:
         "split long LLM chunks into segments at sentence ends (false: one segment per chunk)")
     max_segment_chars: int = env_field("TTS_MAX_SEGMENT_LENGTH", 100, parse_int(min_value=10, max_value=5000),
                                        "longest TTS segment before a forced cut, characters")
+    first_max_segment_chars: int = env_field(
+        "TTS_FIRST_SEGMENT_MAX_LENGTH", 50, parse_int(min_value=10, max_value=5000),
+        "longest first segment of a turn when no clause or sentence ends within TTS_MAX_SEGMENT_LENGTH, characters")
     min_segment_chars: int = env_field("TTS_MIN_SEGMENT_LENGTH", 20, parse_int(min_value=0, max_value=5000),
                                        "shortest TTS segment cut at a sentence end, characters")
     return_fragment: bool = env_field("RETURN_FRAGMENT", True, parse_bool,
@@ -173,16 +183,8 @@ class TtsCore(NodeCore):
         if input_id == "text":
             return self._on_text(TextSegment.decode(value, metadata))
         if input_id == "events":
-            event = VadEvent.decode(value, metadata)
-            if event.kind is VadEventKind.SPEECH_STARTED:
-                return self._barge_in(event.turn_id, "speech started")
-            return []
-        if input_id == "playback":
-            played = PlaybackEvent.decode(value, metadata)
-            if played.kind is PlaybackKind.TURN_INTERRUPTED:
-                return self._barge_in(played.turn_id + 1, "playback interrupted")
-            return []
-        raise UnknownInputError(f"unknown input id {input_id!r} (expected text, events or playback)")
+            return self._on_event(value, metadata)
+        raise UnknownInputError(f"unknown input id {input_id!r} (expected text or events)")
 
     def busy(self) -> bool:
         return self.active is not None or bool(self.queue)
@@ -206,6 +208,21 @@ class TtsCore(NodeCore):
             logger.warning("turn %d: input ended before the LLM's final chunk; closing the turn", turn.turn_id)
             out += self._close_turn(turn, turn.segments_started, 0, turn.last_text_segment_index, cancelled=False)
         return out
+
+    def _on_event(self, value: pa.Array, metadata: Mapping[str, Any]) -> list[Emit]:
+        """A barge-in signal from the speaker (turn_interrupted) or the VAD (speech_started); others ignored."""
+        raw = metadata.get(Key.EVENT)
+        if raw in _PLAYBACK_KINDS:
+            played = PlaybackEvent.decode(value, metadata)
+            if played.kind is PlaybackKind.TURN_INTERRUPTED:
+                return self._barge_in(played.turn_id + 1, "speaker interrupted playback")
+            return []
+        if raw in _VAD_KINDS:
+            event = VadEvent.decode(value, metadata)
+            if event.kind is VadEventKind.SPEECH_STARTED:
+                return self._barge_in(event.turn_id, "speech started")
+            return []
+        raise SchemaError(f"unknown event {raw!r}: expected a playback or VAD event")
 
     # -- text ------------------------------------------------------------------------------------------------
     def _on_text(self, segment: TextSegment) -> list[Emit]:
@@ -244,15 +261,46 @@ class TtsCore(NodeCore):
         return []
 
     def _segments(self, text: str, *, first: bool) -> list[str]:
-        """Split one normalized chunk into TTS segments (or keep it whole)."""
+        """Split one normalized chunk into TTS segments (or keep it whole).
+
+        Later segments end at sentence ends (prosody), at most ``TTS_MAX_SEGMENT_LENGTH`` long. The turn's first
+        segment is special (as RealtimeTTS keeps first-fragment thresholds apart), because Piper's time to first
+        audio grows with the length of the first sentence it synthesizes: see :meth:`_first_segment`.
+        """
         if not self.config.enable_internal_segmentation:
             return [text]
         cfg = self.config
-        # The turn's first chunk may cut at a clause (a short first segment buys latency); later ones only at
-        # sentence ends, for prosody.
+        head: list[str] = []
+        if first:
+            head = [self._first_segment(text)]
+            text = text.lstrip()[len(head[0]):].lstrip()
+            if not text:
+                return head
         segmenter = TextSegmenter(cfg.max_segment_chars, cfg.min_segment_chars, first_min_chars=cfg.min_segment_chars,
-                                  first_clause_cut=first)
-        return segmenter.push(text) + segmenter.flush()
+                                  first_clause_cut=False)
+        return head + segmenter.push(text) + segmenter.flush()
+
+    def _first_segment(self, text: str) -> str:
+        """The turn's first segment: a prefix of ``text`` (stripped).
+
+        The earliest clause or sentence end at least ``TTS_MIN_SEGMENT_LENGTH`` long and at most
+        ``TTS_FIRST_SEGMENT_MAX_LENGTH`` long; else the earliest such end within ``TTS_MAX_SEGMENT_LENGTH`` (a
+        natural pause is worth a little latency: the speaker pauses between segments); else, for text that runs
+        on without punctuation, a cut at a space within ``TTS_FIRST_SEGMENT_MAX_LENGTH``.
+        """
+        cfg = self.config
+        whole = text.strip()
+
+        def first_piece(max_chars: int) -> str:
+            low = min(cfg.min_segment_chars, max_chars)
+            cutter = TextSegmenter(max_chars, low, first_min_chars=low, first_clause_cut=True)
+            return (cutter.push(text) + cutter.flush())[0]
+
+        short = first_piece(min(cfg.first_max_segment_chars, cfg.max_segment_chars))
+        if short == whole or _ENDS_AT_PAUSE.search(short):
+            return short
+        natural = first_piece(cfg.max_segment_chars)
+        return natural if natural == whole or _ENDS_AT_PAUSE.search(natural) else short
 
     # -- synthesis -------------------------------------------------------------------------------------------
     def _start(self, chunk: _Chunk, text: str) -> list[Emit]:
@@ -408,8 +456,8 @@ CONTRACT = NodeContract(
     path="dora-voice-tts",
     inputs={
         "text": "llm/text: TextSegment",
-        "events": "vad/events: VadEvent (speech_started cancels older turns; optional)",
-        "playback": "speaker/playback: PlaybackEvent (turn_interrupted cancels the turn; optional)",
+        "events": "speaker/playback: PlaybackEvent (turn_interrupted cancels the turn), or vad/events: VadEvent "
+                  "(speech_started cancels older turns); optional",
     },
     outputs=(Output.AUDIO, Output.SEGMENT_DONE, Output.TIMING),
     config=TtsConfig,

@@ -253,7 +253,7 @@ def _abbreviations(text: str) -> str:
     def dr_st(m: re.Match[str]) -> str:
         nxt = m.group(3)
         after_name = m.start() > 0 and bool(re.search(r"[A-Z][a-z]+\s$", text[:m.start()]))
-        if nxt is not None and nxt[:1].isupper() and not after_name:
+        if nxt is not None and nxt[:1].isupper():  # "St. Louis", "Dr. Who" (also "Visit St. Louis")
             return "Doctor" if m.group(1) == "Dr" else "Saint"
         if after_name:
             return ("Drive" if m.group(1) == "Dr" else "Street") + _keep_period(m, 3)

@@ -1,0 +1,1117 @@
+"""speaker node: plays the TTS fragments strictly in order, to a device or into a WAV on the input's clock.
+
+Inputs:
+    ``audio`` (tts/audio): :class:`~dora_voice.schema.AudioFragment`.
+    ``stream_started`` (mic/stream_started): :class:`~dora_voice.schema.StreamStarted`; the file sink's origin.
+    ``events`` (vad/events): :class:`~dora_voice.schema.VadEvent`; drives barge-in.
+
+Outputs:
+    ``playback``: :class:`~dora_voice.schema.PlaybackEvent`: ``segment_played`` per segment heard whole;
+        on a barge-in ``segment_interrupted`` (heard_fraction) for the segment cut, then ``turn_interrupted`` (the
+        LLM and TTS drop the rest of the turn); ``turn_done`` last for every turn, finished or cancelled.
+    ``timing``: ``playback_started`` (t_ns = when the turn's first sample leaves), ``segment_played``,
+        ``turn_played`` (count = segments played, underruns, underrun_ms, audio_ms, cancelled, interrupted),
+        ``barge_in`` (cancelled segments; duration_ms = speech_started detection -> playback stopped).
+
+One output timeline. Both sinks expose a timeline of output sample positions; position ``p`` leaves the speaker
+at ``sink.position_to_ns(p)``. The core places each fragment at ``max(due, earliest)``: ``due`` is where it
+should follow the audio before it (the end of the previous fragment of its segment, that end plus
+``SENTENCE_PAUSE_MS`` for a new segment, the end of the previous turn plus the pause for a new turn), and
+``earliest`` is the first position that has not left yet (file sink: ``(now - origin) * rate``; device sink: the
+writer thread's next block). Nothing overlaps; silence fills every gap. A fragment that lands after its ``due``
+inside a started turn is an underrun: counted, and the gap added to ``underrun_ms``.
+
+Joins: fragments of one segment are contiguous pieces of one waveform and are joined unchanged. A segment is faded
+in and out over ``CROSSFADE_MS`` (raised cosine); where an underrun cuts a segment, the audio before the gap is
+faded out (as far as it has not left yet) and the audio after it faded in. So no join jumps by more than the audio
+itself does.
+
+Ordering: fragments are placed in (turn_id, segment_index, fragment_index) order through a per-turn reorder
+buffer. A duplicate, or a fragment whose place has already passed, is rejected (counted as a bad input). A
+fragment of a finished or cancelled turn is discarded and counted (``fragments_discarded``). The audio of a newer
+turn closes an older turn that is still incomplete (dora delivers one sender's messages in order, so its missing
+fragments will not come): what it lacks is counted as cancelled and logged.
+
+Barge-in (``BARGE_IN``): a ``speech_started`` VadEvent starts a candidate interruption; once ``now - onset >=
+BARGE_IN_MIN_SPEECH_MS`` with no ``speech_ended`` in between, every turn that has started playing is stopped at
+the earliest position that has not left, with a ``BARGE_IN_FADE_MS`` fade; all audio placed after that and every
+later fragment of those turns are discarded. The core checks the condition between events (``busy``/``step``).
+``ECHO_GUARD=half_duplex`` ignores speech whose onset falls while the speaker is audible or within
+``ECHO_TAIL_MS`` (300 ms) after, since an open microphone hears the speaker (no echo cancellation here). ``auto``
+means ``off`` when AUDIO_INPUT or AUDIO_OUTPUT is a file (no acoustic path), else ``half_duplex``.
+
+Segment reports (``segment_played``, ``turn_done``) are sent when the listener has heard the audio (the play head
+passed it). With the file sink and nothing able to interrupt any more (barge-in off, or ``events`` closed) they are
+sent as soon as the audio is placed, stamped with the future instant it plays, so a file run ends without waiting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import logging
+import sys
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Protocol
+
+import numpy as np
+import pyarrow as pa
+
+from dora_voice import audio
+from dora_voice.config import (
+    ConfigError, env_field, env_vars, load_config, parse_bool, parse_choice, parse_int, parse_optional_path,
+    parse_str,
+)
+from dora_voice.contracts import NodeContract
+from dora_voice.logs import setup_logging
+from dora_voice.runtime import Emit, NodeCore, emit, run_node
+from dora_voice.schema import (
+    PIPELINE_SAMPLE_RATE_HZ, AudioFragment, Key, Output, PlaybackEvent, PlaybackKind, SchemaError, StreamStarted,
+    TimingKind, VadEvent, VadEventKind,
+)
+
+logger = logging.getLogger(__name__)
+
+_NS_PER_S = 1_000_000_000
+ECHO_TAIL_MS = 300
+"""Half-duplex echo guard: speech starting this long (ms) after the speaker fell silent is still ignored."""
+MAX_PENDING_FRAGMENTS = 512
+"""Reorder buffer bound per turn (fragments); more waiting fragments means one went missing upstream."""
+DEVICE_BLOCK_MS = 10
+"""Device writer block (ms): the granularity of barge-in and underrun detection."""
+POLL_S = 0.005
+"""Longest the core sleeps in :meth:`SpeakerCore.step` between checks (s)."""
+
+
+class EchoGuard(str, enum.Enum):
+    """How speech heard while the speaker plays is treated for barge-in."""
+
+    AUTO = "auto"
+    OFF = "off"
+    HALF_DUPLEX = "half_duplex"
+
+
+@dataclass(frozen=True)
+class SpeakerConfig:
+    """speaker settings, from the environment (see :func:`dora_voice.config.load_config`)."""
+
+    audio_output: Path | None = env_field(
+        "AUDIO_OUTPUT", None, parse_optional_path,
+        "WAV file to write what the listener hears (same clock as the mic input); empty = play on a device")
+    audio_output_device: str = env_field(
+        "AUDIO_OUTPUT_DEVICE", "", parse_str, "sounddevice output device, index or name; empty = system default")
+    audio_input: Path | None = env_field(
+        "AUDIO_INPUT", None, parse_optional_path, "the mic's input file; read only to resolve ECHO_GUARD=auto")
+    sample_rate_hz: int = env_field(
+        "SPEAKER_SAMPLE_RATE", 0, parse_int(min_value=0, max_value=192_000),
+        "output rate in Hz; 0 = the first fragment's rate (file) or the device's default rate (device)")
+    sentence_pause_ms: int = env_field(
+        "SENTENCE_PAUSE_MS", 120, parse_int(min_value=0, max_value=5000), "pause in ms between segments of a turn")
+    crossfade_ms: int = env_field(
+        "CROSSFADE_MS", 8, parse_int(min_value=0, max_value=200), "fade in/out in ms at segment joins and gaps")
+    barge_in: bool = env_field("BARGE_IN", True, parse_bool, "stop playback when the user starts speaking")
+    barge_in_min_speech_ms: int = env_field(
+        "BARGE_IN_MIN_SPEECH_MS", 200, parse_int(min_value=0, max_value=10_000),
+        "speech must last this long (ms, onset to now, no speech_ended) to interrupt")
+    barge_in_fade_ms: int = env_field(
+        "BARGE_IN_FADE_MS", 20, parse_int(min_value=0, max_value=1000), "fade-out in ms when playback is interrupted")
+    echo_guard: str = env_field(
+        "ECHO_GUARD", "auto", parse_choice("auto", "off", "half_duplex"),
+        "auto|off|half_duplex: half_duplex ignores speech starting while the speaker plays (+300 ms); "
+        "auto = off with a file input or output, else half_duplex")
+
+    def __post_init__(self) -> None:
+        if self.sample_rate_hz and self.sample_rate_hz < 8000:
+            raise ConfigError(f"SPEAKER_SAMPLE_RATE={self.sample_rate_hz}: must be 0 or >= 8000 Hz")
+
+    @property
+    def effective_echo_guard(self) -> EchoGuard:
+        """ECHO_GUARD with ``auto`` resolved."""
+        guard = EchoGuard(self.echo_guard)
+        if guard is not EchoGuard.AUTO:
+            return guard
+        return EchoGuard.OFF if (self.audio_output or self.audio_input) else EchoGuard.HALF_DUPLEX
+
+
+CONTRACT = NodeContract(
+    path="dora-voice-speaker",
+    inputs={
+        Output.AUDIO: "tts/audio: AudioFragment (float32 mono, any rate)",
+        Output.STREAM_STARTED: "mic/stream_started: StreamStarted (origin of the file sink's clock)",
+        Output.EVENTS: "vad/events: VadEvent (speech_started / speech_ended, for barge-in)",
+    },
+    outputs=(Output.PLAYBACK, Output.TIMING),
+    config=SpeakerConfig,
+)
+
+
+# ================================================================================================================
+# Sinks
+
+
+class Sink(Protocol):
+    """An output timeline of sample positions at ``rate`` Hz. Positions only grow; nothing is placed twice.
+
+    Attributes:
+        rate: output rate in Hz; 0 until :meth:`open`.
+        end: position after the last placed sample.
+        virtual: True when nobody listens in real time (a file): reports need not wait for the play head.
+    """
+
+    rate: int
+    end: int
+    virtual: bool
+
+    def open(self, rate_hz: int) -> None:
+        """Fix the output rate (Hz) and start. Called once."""
+
+    def set_origin(self, origin_ns: int) -> bool:
+        """Wall clock of position 0 (file sink); False when already set or not applicable."""
+
+    def earliest_position(self, now_ns: int) -> int:
+        """First position that has not left the speaker at ``now_ns`` (where new audio can still go)."""
+
+    def played_position(self, now_ns: int) -> int:
+        """Position the listener hears at ``now_ns``."""
+
+    def position_to_ns(self, position: int) -> int:
+        """Wall clock at which ``position`` leaves the speaker."""
+
+    def place(self, due: int, samples: np.ndarray, now_ns: int) -> int:
+        """Put ``samples`` (owned float32, shape ``(n,)``) at ``max(due, earliest_position(now_ns))``; return it."""
+
+    def fade_tail(self, end: int, n: int) -> None:
+        """Fade out the ``n`` samples before ``end``, as far as they have not left yet."""
+
+    def truncate(self, at: int, fade: int, now_ns: int) -> tuple[int, int]:
+        """Stop playback at ``at`` (raised to what has not left): fade over ``fade`` samples, drop the rest.
+
+        Returns:
+            ``(stop, end)``: the position where the fade starts and the new :attr:`end`.
+        """
+
+    def take_underflows(self) -> int:
+        """Output underflows reported by the device since the last call."""
+
+    def checkpoint(self) -> None:
+        """Persist what has been placed (file sink)."""
+
+    def close(self) -> None:
+        """Let placed audio finish (device) or write it (file), then release. Idempotent."""
+
+
+class FileSink:
+    """Writes what the listener hears to a WAV file, on the same wall clock as the mic input.
+
+    Position 0 is the origin: the mic's ``stream_start_ns``, or the first fragment's arrival when no mic stream
+    exists. A fragment arriving at wall time ``t`` can start no earlier than ``(t - origin) * rate``: the virtual
+    play head. Samples are kept in memory and the WAV (16-bit PCM) is rewritten on every :meth:`checkpoint`
+    (turn ends) and on :meth:`close`, atomically, so an interrupted run leaves a usable file.
+
+    The fade before an underrun gap is applied even when its samples are behind the virtual play head: this sink
+    stands for a device with at least ``CROSSFADE_MS`` of output buffer.
+
+    Args:
+        path: the WAV to write.
+        rate_hz: output rate (Hz), or 0 to :meth:`open` it at the first fragment's rate.
+    """
+
+    virtual = True
+
+    def __init__(self, path: str | Path, rate_hz: int = 0) -> None:
+        self.path = Path(path)
+        self.rate = 0
+        self.end = 0
+        self.origin_ns: int | None = None
+        self._buf = np.zeros(0, dtype=np.float32)
+        self._closed = False
+        if rate_hz:
+            self.open(rate_hz)
+
+    def open(self, rate_hz: int) -> None:
+        self.rate = int(rate_hz)
+        self._buf = np.zeros(self.rate * 30, dtype=np.float32)
+
+    def set_origin(self, origin_ns: int) -> bool:
+        if self.origin_ns is not None:
+            return False
+        self.origin_ns = int(origin_ns)
+        return True
+
+    def earliest_position(self, now_ns: int) -> int:
+        return max(0, (now_ns - (self.origin_ns or 0)) * self.rate // _NS_PER_S)
+
+    played_position = earliest_position
+
+    def position_to_ns(self, position: int) -> int:
+        return (self.origin_ns or 0) + position * _NS_PER_S // self.rate
+
+    def place(self, due: int, samples: np.ndarray, now_ns: int) -> int:
+        start = max(due, self.earliest_position(now_ns), self.end)
+        stop = start + samples.shape[0]
+        if stop > self._buf.shape[0]:
+            grown = np.zeros(max(stop, 2 * self._buf.shape[0]), dtype=np.float32)
+            grown[: self.end] = self._buf[: self.end]
+            self._buf = grown
+        self._buf[start:stop] = samples
+        self.end = max(self.end, stop)
+        return start
+
+    def fade_tail(self, end: int, n: int) -> None:
+        lo = max(0, end - n)
+        if end > lo:
+            audio.fade_out(self._buf[lo:end], end - lo, inplace=True)
+
+    def truncate(self, at: int, fade: int, now_ns: int) -> tuple[int, int]:
+        at = max(at, self.earliest_position(now_ns))
+        if at >= self.end:
+            return at, self.end
+        hi = min(self.end, at + fade)
+        if hi > at:
+            self._buf[at:hi] *= audio.fade_curve(fade, rising=False)[: hi - at]
+        self._buf[hi: self.end] = 0.0
+        self.end = hi
+        return at, hi
+
+    def take_underflows(self) -> int:
+        return 0
+
+    def samples(self) -> np.ndarray:
+        """What has been placed so far: shape ``(end,)`` float32 (a view)."""
+        return self._buf[: self.end]
+
+    def checkpoint(self) -> None:
+        audio.write_wav(self.path, self._buf[: self.end], self.rate or PIPELINE_SAMPLE_RATE_HZ)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.checkpoint()
+        logger.info("speaker: wrote %s (%.2f s at %d Hz)", self.path, self.end / max(self.rate, 1), self.rate)
+
+
+class DeviceSink:
+    """Plays on a sounddevice ``OutputStream`` from a writer thread doing blocking ``write`` of 10 ms blocks.
+
+    The writer writes continuously (silence when nothing is placed), so output position ``p`` leaves at
+    ``anchor + p / rate`` with one anchor. The anchor is estimated after each blocking write: the device buffer
+    is then full, so the block just written leaves after ``stream.latency``; the smallest estimate wins, and a
+    write that blocks for more than 3 blocks (PulseAudio holds the first writes ~0.7-1.8 s on a null sink before
+    it starts consuming) restarts the estimate. Placed audio is a queue of ``(start, samples)`` chunks that the
+    writer copies into its block under a lock; barge-in truncates that queue, so it takes effect at the next block
+    (audio already in the device buffer, ``stream.latency``, still plays). When the queued audio ends inside a
+    block (a gap follows), the writer fades it out so a late fragment does not click.
+
+    Args:
+        device: ``AUDIO_OUTPUT_DEVICE`` value ("" = default).
+        block_ms: writer block, ms.
+        fade_ms: fade applied by the writer when placed audio stops mid-block, ms.
+        stream_factory: ``factory(rate_hz, block_frames) -> stream`` with ``start/write/stop/close`` and
+            ``latency`` (s); default opens a sounddevice ``OutputStream`` (tests pass a fake).
+        clock_ns: wall clock.
+
+    Raises:
+        AudioDeviceError (from :meth:`open`): no output device; the message names ``AUDIO_OUTPUT=out.wav``.
+    """
+
+    virtual = False
+    STALL_BLOCKS = 3
+
+    def __init__(self, device: str = "", *, block_ms: int = DEVICE_BLOCK_MS, fade_ms: int = 8,
+                 stream_factory: Callable[[int, int], Any] | None = None,
+                 clock_ns: Callable[[], int] = time.time_ns) -> None:
+        self.device = device
+        self.block_ms = block_ms
+        self.fade_ms = fade_ms
+        self.stream_factory = stream_factory or self._open_stream
+        self.clock_ns = clock_ns
+        self.rate = 0
+        self.end = 0
+        self.stream: Any = None
+        self._lock = threading.Lock()
+        self._chunks: deque[list[Any]] = deque()  # [start, samples]
+        self._head = 0  # next position the writer copies
+        self._anchor_ns: int | None = None
+        self._provisional_anchor_ns = 0
+        self._steady_writes = 0
+        self._underflows = 0
+        self._underflows_total = 0
+        self._running = False
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._error: BaseException | None = None
+
+    # -- set-up ---------------------------------------------------------------------------------------------------
+    def _open_stream(self, rate_hz: int, block: int) -> Any:
+        try:
+            device, info = audio.find_device(self.device, "output")
+            sd = audio.import_sounddevice()
+            try:
+                return sd.OutputStream(samplerate=rate_hz, channels=1, dtype="float32", device=device,
+                                       blocksize=block, latency="low")
+            except sd.PortAudioError as exc:
+                raise audio.AudioDeviceError(f"cannot open output device {info.get('name')!r}: {exc}") from None
+        except audio.AudioDeviceError as exc:
+            raise audio.AudioDeviceError(
+                f"{exc}. List the devices with `python -m sounddevice` (or `dora-voice-speaker --list-devices`) "
+                "and set AUDIO_OUTPUT_DEVICE, or write the answer to a file with AUDIO_OUTPUT=out.wav."
+            ) from None
+
+    @staticmethod
+    def default_rate(device: str = "") -> int:
+        """The output device's default sample rate in Hz. Raises AudioDeviceError like :meth:`open`."""
+        try:
+            _device, info = audio.find_device(device, "output")
+        except audio.AudioDeviceError as exc:
+            raise audio.AudioDeviceError(f"{exc}; or write the answer to a file with AUDIO_OUTPUT=out.wav") from None
+        return int(info["default_samplerate"])
+
+    def open(self, rate_hz: int) -> None:
+        self.rate = int(rate_hz)
+        self._block = max(1, self.rate * self.block_ms // 1000)
+        self.stream = self.stream_factory(self.rate, self._block)
+        self.stream.start()
+        self._provisional_anchor_ns = self.clock_ns() + int(self._latency_s() * _NS_PER_S)
+        self._running = True
+        self._thread = threading.Thread(target=self._writer, name="speaker-writer", daemon=True)
+        self._thread.start()
+        logger.info("speaker: playing at %d Hz, %d-sample blocks, device latency %.1f ms", self.rate, self._block,
+                    self._latency_s() * 1000)
+
+    def _latency_s(self) -> float:
+        latency = getattr(self.stream, "latency", 0.0)
+        return float(latency[1] if isinstance(latency, (tuple, list)) else latency)
+
+    # -- writer thread --------------------------------------------------------------------------------------------
+    def _fill(self, block: np.ndarray) -> None:
+        """Copy the placed audio for ``[head, head + len(block))`` into ``block`` (zeros elsewhere). Lock held."""
+        block.fill(0.0)
+        lo, hi = self._head, self._head + block.shape[0]
+        chunks = self._chunks
+        while chunks and chunks[0][0] + chunks[0][1].shape[0] <= lo:
+            chunks.popleft()
+        data_end = lo
+        for start, samples in chunks:
+            if start >= hi:
+                break
+            a, b = max(start, lo), min(start + samples.shape[0], hi)
+            block[a - lo: b - lo] = samples[a - start: b - start]
+            data_end = b
+        more = bool(chunks) and chunks[-1][0] + chunks[-1][1].shape[0] > hi
+        if lo < data_end < hi and not more:
+            n = min(self.rate * self.fade_ms // 1000, data_end - lo)
+            if n > 0 and abs(block[data_end - lo - 1]) > 1e-4:
+                audio.fade_out(block[data_end - lo - n: data_end - lo], n, inplace=True)
+
+    def _writer(self) -> None:
+        block = np.zeros(self._block, dtype=np.float32)
+        block_ns = self._block * _NS_PER_S // self.rate
+        latency_ns = int(self._latency_s() * _NS_PER_S)
+        try:
+            while self._running:
+                with self._lock:
+                    self._fill(block)
+                    self._head += block.shape[0]
+                    head = self._head
+                before = self.clock_ns()
+                underflowed = self.stream.write(block)
+                after = self.clock_ns()
+                if underflowed:
+                    self._underflows += 1
+                    self._underflows_total += 1
+                if after - before >= block_ns // 2:  # blocked: the device buffer is full
+                    estimate = after + latency_ns - head * _NS_PER_S // self.rate
+                    if self._anchor_ns is None or after - before > self.STALL_BLOCKS * block_ns:
+                        if self._anchor_ns is not None:
+                            logger.info("speaker: the device held a write for %.0f ms; output clock re-anchored",
+                                        (after - before) / 1e6)
+                        self._anchor_ns = estimate
+                        self._steady_writes = 0
+                    else:
+                        self._anchor_ns = min(self._anchor_ns, estimate)
+                        self._steady_writes += 1
+        except BaseException as exc:  # noqa: BLE001 - reported by close() and the core
+            self._error = exc
+            logger.error("speaker: device writer stopped: %s", exc)
+
+    # -- Sink interface -------------------------------------------------------------------------------------------
+    def set_origin(self, origin_ns: int) -> bool:
+        return False
+
+    @property
+    def settled(self) -> bool:
+        """True once the device consumes blocks steadily (10 blocking writes since the start or the last stall)."""
+        return self._steady_writes >= 10
+
+    @property
+    def anchor_ns(self) -> int:
+        """Wall clock at which position 0 left (estimated)."""
+        return self._anchor_ns if self._anchor_ns is not None else self._provisional_anchor_ns
+
+    def earliest_position(self, now_ns: int) -> int:
+        with self._lock:
+            return self._head
+
+    def played_position(self, now_ns: int) -> int:
+        return max(0, (now_ns - self.anchor_ns) * self.rate // _NS_PER_S)
+
+    def position_to_ns(self, position: int) -> int:
+        return self.anchor_ns + position * _NS_PER_S // self.rate
+
+    def place(self, due: int, samples: np.ndarray, now_ns: int) -> int:
+        with self._lock:
+            start = max(due, self._head, self.end)
+            if samples.shape[0]:
+                self._chunks.append([start, samples])
+                self.end = start + samples.shape[0]
+            return start
+
+    def fade_tail(self, end: int, n: int) -> None:
+        with self._lock:
+            lo = max(end - n, self._head)
+            for start, samples in self._chunks:
+                a, b = max(start, lo), min(start + samples.shape[0], end)
+                if b > a:
+                    curve = audio.fade_curve(n, rising=False)[n - (end - a): n - (end - b)]
+                    samples[a - start: b - start] *= curve
+
+    def truncate(self, at: int, fade: int, now_ns: int) -> tuple[int, int]:
+        with self._lock:
+            at = max(at, self._head)
+            if at >= self.end:
+                return at, self.end
+            hi = min(self.end, at + fade)
+            curve = audio.fade_curve(fade, rising=False)
+            kept: deque[list[Any]] = deque()
+            for start, samples in self._chunks:
+                if start >= hi:
+                    break
+                stop = start + samples.shape[0]
+                if stop > at:
+                    a, b = max(start, at), min(stop, hi)
+                    samples = samples[: b - start]
+                    samples[a - start: b - start] *= curve[a - at: b - at]
+                kept.append([start, samples])
+            self._chunks = kept
+            self.end = hi
+            return at, hi
+
+    def take_underflows(self) -> int:
+        n, self._underflows = self._underflows, 0
+        return n
+
+    def checkpoint(self) -> None:
+        if self._error is not None:
+            raise audio.AudioDeviceError(f"the output stream failed: {self._error}")
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Wait until the placed audio has left (at most ``timeout_s``), then stop the writer and the stream."""
+        if self._closed or self.stream is None:
+            return
+        self._closed = True
+        deadline = time.monotonic() + timeout_s
+        while self._thread is not None and self._thread.is_alive() and time.monotonic() < deadline:
+            if self.played_position(self.clock_ns()) >= self.end + self._block:
+                break
+            time.sleep(0.01)
+        self._running = False
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+        try:
+            self.stream.stop()
+            self.stream.close()
+        finally:
+            logger.info("speaker: device closed (%d output underflows)", self._underflows_total)
+
+
+# ================================================================================================================
+# The pure core
+
+
+@dataclass
+class _Segment:
+    index: int
+    text_index: int
+    start: int = -1  # position of the first placed sample; -1 before any
+    end: int = -1  # position after the last placed sample
+    samples: int = 0
+    complete: bool = False  # its last fragment has been placed
+    reported: bool = False
+    in_rate: int = 0
+    resampler: Any = None
+
+
+@dataclass
+class _Turn:
+    turn_id: int
+    session_id: str
+    pending: dict[tuple[int, int], AudioFragment] = field(default_factory=dict)
+    next_segment: int = 0
+    next_fragment: int = 0
+    segments_total: int | None = None
+    segments: list[_Segment] = field(default_factory=list)
+    first_pos: int = -1
+    end_pos: int = -1
+    audio_samples: int = 0
+    underruns: int = 0
+    underrun_samples: int = 0
+    played: int = 0
+    missing: int = 0  # segments that never arrived (turn closed incomplete)
+
+    @property
+    def placement_done(self) -> bool:
+        return self.segments_total is not None and self.next_segment >= self.segments_total
+
+    @property
+    def started(self) -> bool:
+        return self.first_pos >= 0
+
+    def known_segments(self) -> int:
+        """Segments this turn has, as far as is known (segments_total, or the highest index seen)."""
+        if self.segments_total is not None:
+            return self.segments_total
+        seen = [seg for seg, _frag in self.pending] + [s.index for s in self.segments]
+        return max(seen) + 1 if seen else 0
+
+
+@dataclass
+class _Speech:
+    onset_ns: int
+    detected_ns: int
+    turn_id: int
+
+
+class SpeakerCore(NodeCore):
+    """Ordering, placement, pauses, fades, underruns and barge-in over a :class:`Sink` (no dora inside).
+
+    Args:
+        config: speaker settings.
+        sink: :class:`FileSink` or :class:`DeviceSink` (or a test double with the same interface).
+        clock_ns: wall clock; tests inject a fake.
+        sleep: ``sleep(seconds)`` used by :meth:`step` to wait for the next deadline (at most :data:`POLL_S`).
+
+    Counters: ``fragments_discarded`` (fragments of finished/cancelled turns), ``speech_ignored`` (speech dropped by
+    the echo guard), ``barge_ins``, and ``input_errors`` (rejected messages, from :class:`NodeCore`).
+    """
+
+    node_id = "speaker"
+
+    def __init__(self, config: SpeakerConfig, sink: Sink, *, clock_ns: Callable[[], int] = time.time_ns,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        super().__init__(clock_ns)
+        self.config = config
+        self.sink = sink
+        self.sleep = sleep
+        self.echo_guard = config.effective_echo_guard
+        self._turns: OrderedDict[int, _Turn] = OrderedDict()
+        self._floor = 0  # turns below this id are finished or cancelled
+        self._max_started = -1  # highest turn id that has started playing
+        self._speech: _Speech | None = None
+        self._events_closed = False
+        self._audible: deque[list[int]] = deque()  # [start_ns, end_ns] runs of placed audio, for the echo guard
+        self.fragments_discarded = 0
+        self.speech_ignored = 0
+        self.barge_ins = 0
+        self.turns_done = 0
+        self._ended = False
+
+    # -- helpers ------------------------------------------------------------------------------------------------------
+    def _samples(self, ms: float) -> int:
+        return int(round(ms * self.sink.rate / 1000))
+
+    def _ms(self, samples: int) -> float:
+        return samples * 1000.0 / self.sink.rate if self.sink.rate else 0.0
+
+    def _can_interrupt(self) -> bool:
+        return self.config.barge_in and not self._events_closed and not self._ended
+
+    def _reports_wait(self) -> bool:
+        """Whether segment reports wait for the play head (else they go out when placed)."""
+        return not self.sink.virtual or self._can_interrupt()
+
+    def _playback(self, kind: PlaybackKind, turn: _Turn, segment: int, text_segment: int, heard: float,
+                  t_ns: int) -> Emit:
+        return emit(Output.PLAYBACK, PlaybackEvent(kind=kind, session_id=turn.session_id, turn_id=turn.turn_id,
+                                                   segment_index=segment, text_segment_index=text_segment,
+                                                   heard_fraction=float(min(1.0, max(0.0, heard))), t_ns=t_ns))
+
+    # -- inputs -------------------------------------------------------------------------------------------------------
+    def on_input(self, input_id: str, value: pa.Array, metadata: Mapping[str, Any]) -> Iterable[Emit]:
+        if input_id == Output.AUDIO:
+            return self._on_fragment(AudioFragment.decode(value, metadata))
+        if input_id == Output.STREAM_STARTED:
+            return self._on_stream_started(StreamStarted.decode(value, metadata))
+        if input_id == Output.EVENTS:
+            return self._on_vad(VadEvent.decode(value, metadata))
+        return super().on_input(input_id, value, metadata)
+
+    def on_input_closed(self, input_id: str) -> Iterable[Emit]:
+        if input_id == Output.EVENTS:
+            self._events_closed = True
+            self._speech = None
+            return self._report(self.clock_ns())
+        return ()
+
+    def _on_stream_started(self, msg: StreamStarted) -> list[Emit]:
+        if self.sink.set_origin(msg.stream_start_ns):
+            logger.info("speaker: output clock origin = mic stream start (%s)", msg.source)
+        elif self.sink.virtual:
+            logger.warning("speaker: stream_started ignored: the output clock origin was already set")
+        if msg.session_id and not self.session_id:
+            self.session_id = msg.session_id
+        return []
+
+    def _on_vad(self, event: VadEvent) -> list[Emit]:
+        now = self.clock_ns()
+        if event.kind is VadEventKind.SPEECH_ENDED:
+            if self._speech is not None and event.t_ns >= self._speech.onset_ns:
+                self._speech = None
+            return []
+        if not self.config.barge_in:
+            return []
+        if self.echo_guard is EchoGuard.HALF_DUPLEX and self._audible_at(event.t_ns):
+            self.speech_ignored += 1
+            logger.info("speaker: speech at %d ignored for barge-in (half-duplex echo guard, %d so far)",
+                        event.t_ns, self.speech_ignored)
+            return []
+        self._speech = _Speech(onset_ns=event.t_ns, detected_ns=event.detected_ns, turn_id=event.turn_id)
+        return self._check_barge_in(now)
+
+    def _audible_at(self, t_ns: int) -> bool:
+        tail = ECHO_TAIL_MS * 1_000_000
+        return any(start <= t_ns <= end + tail for start, end in self._audible)
+
+    def _note_audible(self, start_ns: int, end_ns: int, now_ns: int) -> None:
+        tail = ECHO_TAIL_MS * 1_000_000
+        if self._audible and start_ns <= self._audible[-1][1] + tail:
+            self._audible[-1][1] = max(self._audible[-1][1], end_ns)
+        else:
+            self._audible.append([start_ns, end_ns])
+        while len(self._audible) > 1 and self._audible[0][1] + 10 * _NS_PER_S < now_ns:
+            self._audible.popleft()
+
+    # -- fragments ----------------------------------------------------------------------------------------------------
+    def _on_fragment(self, frag: AudioFragment) -> list[Emit]:
+        if frag.turn_id < 0 or frag.segment_index < 0 or frag.fragment_index < 0:
+            raise SchemaError(f"negative turn/segment/fragment index in fragment {self._key(frag)}")
+        if frag.segments_total is not None and frag.segments_total < 0:
+            raise SchemaError(f"segments_total {frag.segments_total} < 0")
+        now = self.clock_ns()
+        if frag.session_id:
+            self.session_id = frag.session_id
+        if frag.turn_id < self._floor or frag.turn_id < self._max_started:
+            self.fragments_discarded += 1
+            logger.debug("speaker: fragment %s of a finished or cancelled turn discarded (%d so far)",
+                         self._key(frag), self.fragments_discarded)
+            return []
+        if not self.sink.rate:
+            self.sink.open(self.config.sample_rate_hz or frag.sample_rate)
+        if self.sink.set_origin(now):
+            logger.info("speaker: no mic stream: output clock origin = first fragment's arrival")
+        turn = self._turns.get(frag.turn_id)
+        if turn is None:
+            turn = _Turn(turn_id=frag.turn_id, session_id=frag.session_id or self.session_id)
+        self._enqueue(turn, frag)
+        if frag.turn_id not in self._turns:
+            self._turns[frag.turn_id] = turn
+            self._turns = OrderedDict(sorted(self._turns.items()))
+        out: list[Emit] = []
+        out += self._close_stalled(frag.turn_id, now)
+        out += self._place_ready(now)
+        out += self._check_barge_in(now)
+        out += self._report(now)
+        return out
+
+    @staticmethod
+    def _key(frag: AudioFragment) -> str:
+        return f"(turn {frag.turn_id}, segment {frag.segment_index}, fragment {frag.fragment_index})"
+
+    def _enqueue(self, turn: _Turn, frag: AudioFragment) -> None:
+        """Validate ``frag`` against its turn and put it in the reorder buffer. Raises SchemaError."""
+        key = (frag.segment_index, frag.fragment_index)
+        if key in turn.pending or key < (turn.next_segment, turn.next_fragment):
+            raise SchemaError(f"duplicate or late fragment {self._key(frag)} rejected")
+        total = turn.segments_total
+        marker = False
+        if frag.is_final:
+            claimed = frag.segments_total
+            if claimed is None:  # infer: an empty first fragment closes the turn; else it is the last segment
+                claimed = frag.segment_index if frag.samples.size == 0 and frag.fragment_index == 0 \
+                    else frag.segment_index + 1
+            marker = frag.samples.size == 0 and frag.segment_index >= claimed  # closes the turn, not a segment
+            if total is not None and claimed != total:
+                raise SchemaError(f"fragment {self._key(frag)} says segments_total={claimed}, turn said {total}")
+            if (not marker and frag.segment_index >= claimed) or turn.next_segment > claimed \
+                    or any(seg >= claimed for seg, _f in turn.pending):
+                raise SchemaError(f"final fragment {self._key(frag)}: segments_total={claimed} does not cover "
+                                  "the segments seen")
+            total = claimed
+        elif total is not None and frag.segment_index >= total:
+            raise SchemaError(f"fragment {self._key(frag)} beyond segments_total={total}")
+        if len(turn.pending) >= MAX_PENDING_FRAGMENTS and not marker:
+            raise SchemaError(f"reorder buffer of turn {turn.turn_id} full ({MAX_PENDING_FRAGMENTS}); "
+                              f"waiting for segment {turn.next_segment} fragment {turn.next_fragment}")
+        turn.segments_total = total
+        if not marker:
+            turn.pending[key] = frag
+
+    def _close_stalled(self, newest_turn: int, now: int) -> list[Emit]:
+        """Close the turns older than ``newest_turn`` that still wait for fragments (they will not come)."""
+        out: list[Emit] = []
+        for turn in list(self._turns.values()):
+            if turn.turn_id >= newest_turn:
+                break
+            self._place_turn(turn, now, out)
+            if turn.placement_done:
+                continue
+            known = turn.known_segments()
+            if self._open_segment(turn):
+                seg = turn.segments[-1]
+                seg.complete = True
+                seg.resampler = None
+                if seg.samples:
+                    self.sink.fade_tail(seg.end, self._samples(self.config.crossfade_ms))
+            turn.missing = max(0, known - len(turn.segments))
+            logger.warning("speaker: turn %d closed incomplete: waiting for segment %d fragment %d, %d segment(s) "
+                           "missing, %d buffered fragment(s) discarded (turn %d started or the stream ended)",
+                           turn.turn_id, turn.next_segment, turn.next_fragment, turn.missing, len(turn.pending),
+                           newest_turn)
+            self.fragments_discarded += len(turn.pending)
+            turn.pending.clear()
+            turn.segments_total = turn.next_segment = len(turn.segments)
+            turn.next_fragment = 0
+        return out
+
+    @staticmethod
+    def _open_segment(turn: _Turn) -> bool:
+        return bool(turn.segments) and not turn.segments[-1].complete
+
+    def _place_ready(self, now: int) -> list[Emit]:
+        out: list[Emit] = []
+        for turn in list(self._turns.values()):
+            self._place_turn(turn, now, out)
+            if not turn.placement_done:
+                break  # later turns wait for this one
+        return out
+
+    def _place_turn(self, turn: _Turn, now: int, out: list[Emit]) -> None:
+        while not turn.placement_done:
+            frag = turn.pending.pop((turn.next_segment, turn.next_fragment), None)
+            if frag is None:
+                return
+            self._place(turn, frag, now, out)
+
+    def _place(self, turn: _Turn, frag: AudioFragment, now: int, out: list[Emit]) -> None:
+        """Resample, fade and place one in-order fragment; update the turn's bookkeeping."""
+        sink = self.sink
+        last = frag.is_last_fragment or frag.is_final
+        if frag.fragment_index == 0:
+            turn.segments.append(_Segment(index=frag.segment_index, text_index=frag.text_segment_index))
+        seg = turn.segments[-1]
+        samples = self._convert(seg, frag, last)
+        fade_n = self._samples(self.config.crossfade_ms)
+        if samples.shape[0]:
+            first_of_segment = seg.samples == 0
+            if turn.started:
+                pause = self._samples(self.config.sentence_pause_ms) if first_of_segment else 0
+                due = turn.end_pos + pause
+            else:
+                due = sink.end + self._samples(self.config.sentence_pause_ms) if sink.end else 0
+            gap = turn.started and sink.earliest_position(now) > due
+            if first_of_segment or gap:
+                audio.fade_in(samples, fade_n, inplace=True)
+            if gap and not first_of_segment:
+                sink.fade_tail(turn.end_pos, fade_n)
+            if last:
+                audio.fade_out(samples, fade_n, inplace=True)
+            start = sink.place(due, samples, now)
+            if turn.started and start > due:
+                turn.underruns += 1
+                turn.underrun_samples += start - due
+                logger.info("speaker: underrun in turn %d before segment %d fragment %d: %.1f ms gap",
+                            turn.turn_id, frag.segment_index, frag.fragment_index, self._ms(start - due))
+            if not turn.started:
+                turn.first_pos = start
+                self._max_started = max(self._max_started, turn.turn_id)
+                out.append(self.timing(TimingKind.PLAYBACK_STARTED, turn.turn_id, sink.position_to_ns(start),
+                                       **{Key.SEGMENT_INDEX: frag.segment_index}))
+            if seg.start < 0:
+                seg.start = start
+            seg.end = start + samples.shape[0]
+            seg.samples += samples.shape[0]
+            turn.end_pos = seg.end
+            turn.audio_samples += samples.shape[0]
+            self._note_audible(sink.position_to_ns(start), sink.position_to_ns(seg.end), now)
+        elif last and seg.samples:
+            sink.fade_tail(seg.end, fade_n)
+        if last:
+            seg.complete = True
+            seg.resampler = None
+            turn.next_segment += 1
+            turn.next_fragment = 0
+        else:
+            turn.next_fragment += 1
+
+    def _convert(self, seg: _Segment, frag: AudioFragment, last: bool) -> np.ndarray:
+        """The fragment at the output rate, as an owned, writable float32 array."""
+        if frag.sample_rate == self.sink.rate:
+            return np.array(frag.samples, dtype=np.float32, copy=True)
+        if seg.in_rate and seg.in_rate != frag.sample_rate:
+            raise SchemaError(f"sample_rate changed within segment {frag.segment_index} of turn {frag.turn_id}: "
+                              f"{seg.in_rate} -> {frag.sample_rate} Hz")
+        if seg.resampler is None:
+            seg.in_rate = frag.sample_rate
+            seg.resampler = audio.resample_stream(frag.sample_rate, self.sink.rate)
+        out = seg.resampler.resample_chunk(np.ascontiguousarray(frag.samples, dtype=np.float32), last=last)
+        return np.array(out, dtype=np.float32, copy=True)
+
+    # -- reports ------------------------------------------------------------------------------------------------------
+    def _report(self, now: int, *, flush: bool = False) -> list[Emit]:
+        """Report segments the play head has passed (all of them when ``flush``) and finish complete turns."""
+        out: list[Emit] = []
+        if not self.sink.rate:
+            return out
+        wait = self._reports_wait() and not flush
+        head = self.sink.played_position(now) if wait else None
+        for turn in list(self._turns.values()):
+            for seg in turn.segments:
+                if seg.reported:
+                    continue
+                if not seg.complete or (head is not None and seg.samples and seg.end > head):
+                    break
+                self._segment_played(turn, seg, now, out)
+            if turn.placement_done and all(s.reported for s in turn.segments):
+                self._finish(turn, now, out, interrupted=False, cancelled=turn.missing)
+                continue
+            break
+        return out
+
+    def _segment_played(self, turn: _Turn, seg: _Segment, now: int, out: list[Emit]) -> None:
+        """Report ``seg`` as heard. A segment without audio (the TTS closed it empty) is not reported: nothing
+        of it was heard."""
+        seg.reported = True
+        if not seg.samples:
+            logger.debug("speaker: turn %d segment %d had no audio", turn.turn_id, seg.index)
+            return
+        turn.played += 1
+        t_ns = self.sink.position_to_ns(seg.end)
+        out.append(self._playback(PlaybackKind.SEGMENT_PLAYED, turn, seg.index, seg.text_index, 1.0, t_ns))
+        out.append(self.timing(TimingKind.SEGMENT_PLAYED, turn.turn_id, t_ns, **{
+            Key.SEGMENT_INDEX: seg.index, Key.TEXT_SEGMENT_INDEX: seg.text_index, Key.AUDIO_MS: self._ms(seg.samples)}))
+
+    def _finish(self, turn: _Turn, now: int, out: list[Emit], *, interrupted: bool, cancelled: int,
+                heard_samples: int | None = None, t_ns: int | None = None) -> None:
+        heard = turn.audio_samples if heard_samples is None else heard_samples
+        if t_ns is None:
+            t_ns = self.sink.position_to_ns(turn.end_pos) if turn.started else now
+        out.append(self._playback(PlaybackKind.TURN_DONE, turn, -1, -1,
+                                  heard / turn.audio_samples if turn.audio_samples else 1.0, t_ns))
+        out.append(self.timing(TimingKind.TURN_PLAYED, turn.turn_id, t_ns, **{
+            Key.COUNT: turn.played, Key.UNDERRUNS: turn.underruns, Key.UNDERRUN_MS: self._ms(turn.underrun_samples),
+            Key.AUDIO_MS: self._ms(heard), Key.CANCELLED: cancelled, Key.INTERRUPTED: interrupted}))
+        logger.info("speaker: turn %d %s: %d segment(s) played, %d cancelled, %.0f ms audio, %d underrun(s) "
+                    "(%.1f ms)", turn.turn_id, "interrupted" if interrupted else "done", turn.played, cancelled,
+                    self._ms(heard), turn.underruns, self._ms(turn.underrun_samples))
+        del self._turns[turn.turn_id]
+        self._floor = max(self._floor, turn.turn_id + 1)
+        self.turns_done += 1
+        self.sink.checkpoint()
+
+    # -- barge-in -----------------------------------------------------------------------------------------------------
+    def _check_barge_in(self, now: int) -> list[Emit]:
+        speech = self._speech
+        if speech is None or not self._can_interrupt():
+            return []
+        if now - speech.onset_ns < self.config.barge_in_min_speech_ms * 1_000_000:
+            return []
+        stop_at = self.sink.earliest_position(now)
+        victims = [t for t in self._turns.values() if t.started and (t.end_pos > stop_at or not t.placement_done)]
+        if not victims:
+            return []  # nothing audible to interrupt; the speech stays a candidate while it lasts
+        self._speech = None
+        self.barge_ins += 1
+        stop, end = self.sink.truncate(stop_at, self._samples(self.config.barge_in_fade_ms), now)
+        stopped_ns = max(now, self.sink.position_to_ns(end))
+        if self._audible:
+            self._audible[-1][1] = min(self._audible[-1][1], stopped_ns)
+        out: list[Emit] = []
+        for turn in victims:
+            interrupted_segments = 0
+            heard = 0
+            for seg in turn.segments:
+                if seg.reported:
+                    heard += seg.samples
+                    continue
+                if seg.start < 0 or seg.start >= stop:
+                    continue  # never heard: cancelled
+                if seg.complete and seg.end <= stop:
+                    self._segment_played(turn, seg, now, out)
+                    heard += seg.samples
+                    continue
+                heard_here = min(stop, seg.end) - seg.start
+                heard += heard_here
+                interrupted_segments += 1
+                seg.reported = True
+                out.append(self._playback(PlaybackKind.SEGMENT_INTERRUPTED, turn, seg.index, seg.text_index,
+                                          heard_here / seg.samples if seg.samples else 0.0, stopped_ns))
+            cancelled = max(0, turn.known_segments() - turn.played - interrupted_segments)
+            out.append(self._playback(PlaybackKind.TURN_INTERRUPTED, turn, -1, -1,
+                                      heard / turn.audio_samples if turn.audio_samples else 0.0, stopped_ns))
+            out.append(self.timing(TimingKind.BARGE_IN, turn.turn_id, stopped_ns, **{
+                Key.CANCELLED: cancelled, Key.DURATION_MS: (stopped_ns - speech.detected_ns) / 1e6,
+                Key.SPEECH_START_NS: speech.onset_ns, Key.DETECTED_NS: speech.detected_ns}))
+            logger.info("speaker: barge-in on turn %d: stopped %.0f ms after speech was detected; %d segment(s) "
+                        "cancelled", turn.turn_id, (stopped_ns - speech.detected_ns) / 1e6, cancelled)
+            self.fragments_discarded += len(turn.pending)
+            turn.pending.clear()
+            self._finish(turn, now, out, interrupted=True, cancelled=cancelled, heard_samples=heard, t_ns=stopped_ns)
+        return out
+
+    # -- cooperative loop ---------------------------------------------------------------------------------------------
+    def _unreported(self) -> bool:
+        return any(not s.reported for t in self._turns.values() for s in t.segments if s.complete)
+
+    def busy(self) -> bool:
+        if not self.sink.rate:
+            return False
+        if self._reports_wait() and self._unreported():
+            return True
+        return (self._speech is not None and self._can_interrupt()
+                and any(t.started for t in self._turns.values()))
+
+    def step(self) -> list[Emit]:
+        now = self.clock_ns()
+        out = self._device_underflows(now)
+        out += self._check_barge_in(now)
+        out += self._report(now)
+        if out:
+            return out
+        wait_ns = int(POLL_S * _NS_PER_S)
+        if self._speech is not None:
+            wait_ns = min(wait_ns, self._speech.onset_ns + self.config.barge_in_min_speech_ms * 1_000_000 - now)
+        for turn in self._turns.values():
+            for seg in turn.segments:
+                if seg.complete and not seg.reported:
+                    wait_ns = min(wait_ns, self.sink.position_to_ns(seg.end) - now)
+                    break
+            break
+        if wait_ns > 0:
+            self.sleep(wait_ns / _NS_PER_S)
+        return []
+
+    def _device_underflows(self, now: int) -> list[Emit]:
+        n = self.sink.take_underflows()
+        if not n:
+            return []
+        head = self.sink.played_position(now)
+        for turn in self._turns.values():
+            if turn.started and turn.first_pos <= head < turn.end_pos + self._samples(DEVICE_BLOCK_MS):
+                turn.underruns += n
+                turn.underrun_samples += n * self._samples(DEVICE_BLOCK_MS)
+                logger.warning("speaker: %d output underflow(s) in turn %d", n, turn.turn_id)
+                break
+        return []
+
+    def on_end(self) -> list[Emit]:
+        """The stream ended: close incomplete turns, report everything, and close the sink."""
+        now = self.clock_ns()
+        self._ended = True
+        out: list[Emit] = []
+        if self._turns:
+            newest = max(self._turns) + 1
+            out += self._close_stalled(newest, now)
+        out += self._report(now, flush=True)
+        if self.fragments_discarded or self.speech_ignored:
+            logger.info("speaker: %d fragment(s) of finished turns discarded, %d speech onset(s) ignored by the "
+                        "echo guard", self.fragments_discarded, self.speech_ignored)
+        self.sink.close()
+        return out
+
+
+# ================================================================================================================
+# dora adapter
+
+
+def _argument_parser() -> argparse.ArgumentParser:
+    lines = [f"  {name} (default {default!r}): {help_}" for name, (default, help_) in env_vars(SpeakerConfig).items()]
+    parser = argparse.ArgumentParser(
+        prog="dora-voice-speaker", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="dora-voice speaker node: plays TTS fragments in order on a device, or writes them to a WAV "
+                    "on the mic's clock. Configured by environment variables (no arguments under dora).",
+        epilog="environment variables:\n" + "\n".join(lines) + "\n  LOG_LEVEL (default 'INFO'): logging level",
+    )
+    parser.add_argument("--list-devices", action="store_true", help="print the audio devices and exit")
+    return parser
+
+
+def build_sink(config: SpeakerConfig) -> Sink:
+    """The sink ``config`` asks for; a device sink is opened now (its stream start can take a second or two).
+
+    Raises:
+        AudioDeviceError: no usable output device (the message names AUDIO_OUTPUT=out.wav).
+        OSError: the AUDIO_OUTPUT file cannot be written.
+    """
+    if config.audio_output is not None:
+        sink = FileSink(config.audio_output, config.sample_rate_hz)
+        sink.checkpoint()  # an unwritable path fails now, not after the first answer
+        return sink
+    sink = DeviceSink(config.audio_output_device, fade_ms=config.crossfade_ms or 8)
+    sink.open(config.sample_rate_hz or DeviceSink.default_rate(config.audio_output_device))
+    return sink
+
+
+def _wired_inputs(node: Any) -> set[str] | None:
+    """Input ids this node has in the running dataflow's YAML, or ``None`` when dora does not say.
+
+    dora 1.1's ``node_config()`` is this node's YAML entry (``{"inputs": {...}, "outputs": [...]}``, measured).
+    """
+    try:
+        config = node.node_config()
+    except Exception:  # noqa: BLE001 - dynamic node or another dora version: unknown
+        return None
+    inputs = config.get("inputs") if isinstance(config, dict) else None
+    return {str(i) for i in inputs} if isinstance(inputs, dict) else None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console script ``dora-voice-speaker``: ``--list-devices`` / ``--help``, else run as a dora node."""
+    args = _argument_parser().parse_args(argv)
+    setup_logging()
+    if args.list_devices:
+        try:
+            print(audio.describe_devices())
+        except audio.AudioDeviceError as exc:
+            raise SystemExit(f"dora-voice-speaker: {exc}") from None
+        return
+    try:
+        config = load_config(SpeakerConfig)
+    except ConfigError as exc:
+        raise SystemExit(f"dora-voice-speaker: {exc}") from None
+    from dora import Node  # noqa: PLC0415 - only the node process needs dora
+
+    node = Node()
+    try:
+        sink = build_sink(config)
+    except (audio.AudioDeviceError, OSError) as exc:
+        logger.error("speaker: %s", exc)
+        raise SystemExit(f"dora-voice-speaker: {exc}") from None
+    core = SpeakerCore(config, sink)
+    wired = _wired_inputs(node)
+    if wired is not None and Output.EVENTS not in wired:
+        core.on_input_closed(Output.EVENTS)  # no VAD in this dataflow: nothing can interrupt
+    logger.info("speaker: %s, barge-in %s (min speech %d ms), echo guard %s",
+                f"writing {config.audio_output}" if config.audio_output else "device output",
+                "on" if config.barge_in else "off", config.barge_in_min_speech_ms, core.echo_guard.value)
+    try:
+        run_node(node, core)
+    finally:
+        sink.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
