@@ -229,3 +229,9 @@ def test_token_budget_history_stays_under_budget() -> None:
         history.add(turn, "u", "a")
         assert history._tokens() <= 100
     assert history.exchanges[-1].turn_id == 19
+
+
+def test_zero_history_turns_means_no_memory() -> None:
+    history = ConversationHistory("sys", HistoryStrategy.SLIDING, max_turns=0)
+    history.add(0, "u", "a")
+    assert history.messages("next") == [{"role": "system", "content": "sys"}, {"role": "user", "content": "next"}]

@@ -45,15 +45,15 @@ class ConversationHistory:
     Args:
         system_prompt: first message of every prompt.
         strategy: see the module docstring.
-        max_turns: turns kept by ``fixed`` and ``sliding`` (>= 1).
+        max_turns: turns kept by ``fixed`` and ``sliding`` (0 = no memory: every turn starts fresh).
         max_tokens: token budget of ``token_budget``.
         count_tokens: tokenizer length function, for ``token_budget``.
     """
 
     def __init__(self, system_prompt: str, strategy: HistoryStrategy, *, max_turns: int = 8, max_tokens: int = 1024,
                  count_tokens: Callable[[str], int] | None = None) -> None:
-        if max_turns < 1:
-            raise ValueError("max_turns must be >= 1")
+        if max_turns < 0:
+            raise ValueError("max_turns must be >= 0")
         self.system_prompt = system_prompt
         self.strategy = strategy
         self.max_turns = max_turns
@@ -91,7 +91,9 @@ class ConversationHistory:
         return sum(self.count_tokens(ex.user) + self.count_tokens(ex.assistant) + 8 for ex in self.exchanges)
 
     def _trim(self) -> None:
-        if self.strategy is HistoryStrategy.FIXED:
+        if self.max_turns == 0 and self.strategy is not HistoryStrategy.TOKEN_BUDGET:
+            self.exchanges.clear()
+        elif self.strategy is HistoryStrategy.FIXED:
             del self.exchanges[: max(0, len(self.exchanges) - self.max_turns)]
         elif self.strategy is HistoryStrategy.SLIDING:
             if len(self.exchanges) > self.max_turns:

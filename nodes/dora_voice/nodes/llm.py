@@ -80,8 +80,8 @@ class LlmConfig:
                                         "longest wait for TTS feedback before generating on, s")
     history_strategy: str = env_field("HISTORY_STRATEGY", "sliding", parse_choice(*(s.value for s in HistoryStrategy)),
                                       "fixed | sliding | token_budget (see history.py)")
-    history_turns: int = env_field("LLM_HISTORY_TURNS", 8, parse_int(min_value=1, max_value=1000),
-                                   "turns kept by fixed/sliding")
+    history_turns: int = env_field("LLM_HISTORY_TURNS", 8, parse_int(min_value=0, max_value=1000),
+                                   "turns kept by fixed/sliding (0 = no memory)")
     history_tokens: int = env_field("LLM_HISTORY_TOKENS", 1024, parse_int(min_value=16, max_value=131072),
                                     "token budget of token_budget")
 

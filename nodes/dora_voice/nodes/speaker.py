@@ -301,11 +301,15 @@ class DeviceSink:
     The writer writes continuously (silence when nothing is placed), so output position ``p`` leaves at
     ``anchor + p / rate`` with one anchor. The anchor is estimated after each blocking write: the device buffer
     is then full, so the block just written leaves after ``stream.latency``; the smallest estimate wins, and a
-    write that blocks for more than 3 blocks (PulseAudio holds the first writes ~0.7-1.8 s on a null sink before
+    write that blocks for more than 3 blocks (PulseAudio holds the first writes 0.5-1.8 s on a null sink before
     it starts consuming) restarts the estimate. Placed audio is a queue of ``(start, samples)`` chunks that the
-    writer copies into its block under a lock; barge-in truncates that queue, so it takes effect at the next block
-    (audio already in the device buffer, ``stream.latency``, still plays). When the queued audio ends inside a
-    block (a gap follows), the writer fades it out so a late fragment does not click.
+    writer copies into its block under a lock; barge-in fades and truncates that queue under the same lock, so it
+    takes effect at the next block (audio already in the device buffer, ``stream.latency``, still plays). When the
+    queued audio ends inside a block (a gap follows), the writer fades it out so a late fragment does not click.
+
+    Measured on a PulseAudio null sink (tests/test_audio_device.py, loopback through the monitor): a tone is heard
+    ~12 ms after its ``playback_started`` estimate; barge-in goes silent ~42 ms after the decision (20 ms fade +
+    20 ms device latency), within ~6 ms of its estimate.
 
     Args:
         device: ``AUDIO_OUTPUT_DEVICE`` value ("" = default).

@@ -1,7 +1,7 @@
 """Text-input node: typed or scripted queries straight into the LLM (no mic, VAD or ASR).
 
-Sends one query, waits until the speaker reports the answer played (``playback`` input, ``turn_done``), then
-sends the next; exits after the last answer. Queries come from ``TEXT_INPUT_QUERIES`` (separated by ``|``) or
+Sends one query, waits until the speaker reports the answer played (``playback`` input, ``turn_done``, whose
+``t_ns`` is when its last sample leaves), then sends the next; exits after the last answer. Queries come from ``TEXT_INPUT_QUERIES`` (separated by ``|``) or
 ``TEXT_INPUT_FILE`` (one per line, ``#`` comments skipped). Used by ``test_streaming_pipeline.yml`` and the
 benchmark. Without a ``playback`` input wired, queries are sent ``TEXT_INPUT_INTERVAL_S`` apart.
 """
@@ -108,7 +108,9 @@ class TextInputCore(NodeCore):
         event = PlaybackEvent.decode(value, metadata)
         if event.kind is PlaybackKind.TURN_DONE and event.session_id in ("", self.session_id):
             self.done = max(self.done, event.turn_id + 1)
-            self.next_at_ns = self.clock_ns() + int(self.interval_s * 1e9)
+            # t_ns is when the last sample leaves the speaker (with a file sink: on its virtual clock, possibly
+            # still ahead of now), so the next query never talks over the previous answer.
+            self.next_at_ns = max(self.clock_ns(), event.t_ns) + int(self.interval_s * 1e9)
         return []
 
     def on_input_closed(self, input_id: str) -> Iterable[Emit]:
