@@ -125,6 +125,7 @@ def test_percentages(text: str, expected: str) -> None:
     ("~5 minutes", "about five minutes"),
     ("2x faster", "two times faster"),
     ("3 * 4", "three times four"),
+    ("2^10 bytes", "two to the power of ten bytes"),
     ("3-5 minutes", "three to five minutes"),
     ("call 555-123-4567", "call five five five, one two three, four five six seven"),
 ])

@@ -471,21 +471,6 @@ def test_build_sink_fails_early_on_an_unwritable_output(tmp_path) -> None:
     assert isinstance(sink, FileSink) and (tmp_path / "out.wav").exists()  # an empty WAV from the start
 
 
-def test_wired_inputs_reads_the_yaml_entry() -> None:
-    class FakeNode:
-        def __init__(self, config):
-            self.config = config
-
-        def node_config(self):
-            if isinstance(self.config, Exception):
-                raise self.config
-            return self.config
-
-    wired = speaker._wired_inputs(FakeNode({"inputs": {"audio": {"source": "tts/audio"}}, "outputs": ["timing"]}))
-    assert wired == {"audio"}
-    assert speaker._wired_inputs(FakeNode(RuntimeError("dynamic node"))) is None
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # device sink against a fake output stream
 
@@ -498,6 +483,7 @@ class FakeOutputStream:
         self.written: list[np.ndarray] = []
         self.lock = threading.Lock()
         self.started = self.closed = False
+        self.underflow_after_samples: int | None = None  # report one underflow once this much audio went out
 
     def start(self) -> None:
         self.started = True
@@ -505,7 +491,11 @@ class FakeOutputStream:
     def write(self, data: np.ndarray) -> bool:
         with self.lock:
             self.written.append(np.array(data, copy=True))
+            audible = sum(int(np.count_nonzero(b)) for b in self.written)
         time.sleep(data.shape[0] / self.rate)
+        if self.underflow_after_samples is not None and audible >= self.underflow_after_samples:
+            self.underflow_after_samples = None
+            return True
         return False
 
     def stop(self) -> None:
@@ -587,12 +577,25 @@ def test_speaker_core_over_the_device_sink_reports_after_playing() -> None:
     while core.busy():
         outputs += core.step()
     waited = time.monotonic() - t0
-    outputs += core.on_end()
+    outputs += core.on_end()  # closes the sink once everything placed has been written
     kinds = [PlaybackEvent.decode(v, m).kind for o, v, m in outputs if o == Output.PLAYBACK]
     assert kinds == [PlaybackKind.SEGMENT_PLAYED, PlaybackKind.TURN_DONE]
     assert 0.15 < waited < 1.5
     out = stream.output()
     assert np.count_nonzero(out) >= 3100  # the 0.2 s tone (faded ends) reached the stream
+
+
+def test_device_underflows_count_as_underruns_of_the_playing_turn() -> None:
+    sink, stream = open_device_sink()
+    core = SpeakerCore(load_config(SpeakerConfig, {"BARGE_IN": "false"}), sink)
+    stream.underflow_after_samples = 800  # 50 ms into the turn's audio
+    outputs = core.handle(Output.AUDIO, *fragment(0, 0, 0, sine(440, 0.3), final=True, total=1))
+    while core.busy():
+        outputs += core.step()
+    outputs += core.on_end()
+    (turn,) = [TimingEvent.decode(v, m) for o, v, m in outputs if o == Output.TIMING
+               and TimingEvent.decode(v, m).kind is TimingKind.TURN_PLAYED]
+    assert turn.fields[Key.UNDERRUNS] == 1 and turn.fields[Key.UNDERRUN_MS] == pytest.approx(10)
 
 
 def test_device_errors_name_the_file_alternative(monkeypatch) -> None:

@@ -177,10 +177,21 @@ class MonitorCore(NodeCore):
         self.out.flush()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Console script ``dora-voice-monitor``: run the monitor as a node of the dataflow."""
+    import argparse
+
     from dora import Node
 
+    from dora_voice.config import ConfigError
+    from dora_voice.nodes import describe_env
+
+    argparse.ArgumentParser(prog=CONTRACT.path, description=(__doc__ or "").split("\n\n")[0],
+                            epilog=describe_env(MonitorConfig),
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     setup_logging()
-    config = load_config(MonitorConfig)
+    try:
+        config = load_config(MonitorConfig)
+    except ConfigError as exc:
+        sys.exit(f"{CONTRACT.path}: {exc}")
     run_node(Node(), MonitorCore(config))

@@ -68,7 +68,7 @@ from dora_voice.config import (
 )
 from dora_voice.contracts import NodeContract
 from dora_voice.logs import setup_logging
-from dora_voice.runtime import Emit, NodeCore, emit, run_node
+from dora_voice.runtime import Emit, NodeCore, declared_inputs, emit, run_node
 from dora_voice.schema import (
     PIPELINE_SAMPLE_RATE_HZ, AudioFragment, Key, Output, PlaybackEvent, PlaybackKind, SchemaError, StreamStarted,
     TimingKind, VadEvent, VadEventKind,
@@ -300,12 +300,13 @@ class DeviceSink:
 
     The writer writes continuously (silence when nothing is placed), so output position ``p`` leaves at
     ``anchor + p / rate`` with one anchor. The anchor is estimated after each blocking write: the device buffer
-    is then full, so the block just written leaves after ``stream.latency``; the smallest estimate wins, and a
-    write that blocks for more than 3 blocks (PulseAudio holds the first writes 0.5-1.8 s on a null sink before
-    it starts consuming) restarts the estimate. Placed audio is a queue of ``(start, samples)`` chunks that the
-    writer copies into its block under a lock; barge-in fades and truncates that queue under the same lock, so it
-    takes effect at the next block (audio already in the device buffer, ``stream.latency``, still plays). When the
-    queued audio ends inside a block (a gap follows), the writer fades it out so a late fragment does not click.
+    is then full, so the block just written leaves after ``stream.latency``; the smallest estimate wins. A write
+    that blocks for more than 3 blocks (PulseAudio holds the first writes 0.5-1.8 s on a null sink before it
+    starts consuming), or an output underflow, restarts the estimate. Placed audio is a queue of
+    ``(start, samples)`` chunks that the writer copies into its block under a lock; barge-in fades and truncates
+    that queue under the same lock, so it takes effect at the next block (audio already in the device buffer,
+    ``stream.latency``, still plays). When the queued audio ends inside a block (a gap follows), the writer fades
+    it out so a late fragment does not click.
 
     Measured on a PulseAudio null sink (tests/test_audio_device.py, loopback through the monitor): a tone is heard
     ~12 ms after its ``playback_started`` estimate; barge-in goes silent ~42 ms after the decision (20 ms fade +
@@ -416,6 +417,7 @@ class DeviceSink:
         block = np.zeros(self._block, dtype=np.float32)
         block_ns = self._block * _NS_PER_S // self.rate
         latency_ns = int(self._latency_s() * _NS_PER_S)
+        reanchor = False
         try:
             while self._running:
                 with self._lock:
@@ -425,17 +427,20 @@ class DeviceSink:
                 before = self.clock_ns()
                 underflowed = self.stream.write(block)
                 after = self.clock_ns()
-                if underflowed:
+                if underflowed:  # the device ran dry: its timeline slipped, re-anchor on the next blocking write
                     self._underflows += 1
                     self._underflows_total += 1
+                    reanchor = True
                 if after - before >= block_ns // 2:  # blocked: the device buffer is full
                     estimate = after + latency_ns - head * _NS_PER_S // self.rate
-                    if self._anchor_ns is None or after - before > self.STALL_BLOCKS * block_ns:
+                    if self._anchor_ns is None or reanchor or after - before > self.STALL_BLOCKS * block_ns:
                         if self._anchor_ns is not None:
-                            logger.info("speaker: the device held a write for %.0f ms; output clock re-anchored",
-                                        (after - before) / 1e6)
+                            logger.info("speaker: output clock re-anchored by %+.1f ms (%s)",
+                                        (estimate - self._anchor_ns) / 1e6,
+                                        "after an underflow" if reanchor else "the device held a write")
                         self._anchor_ns = estimate
                         self._steady_writes = 0
+                        reanchor = False
                     else:
                         self._anchor_ns = min(self._anchor_ns, estimate)
                         self._steady_writes += 1
@@ -514,13 +519,16 @@ class DeviceSink:
             raise audio.AudioDeviceError(f"the output stream failed: {self._error}")
 
     def close(self, timeout_s: float = 30.0) -> None:
-        """Wait until the placed audio has left (at most ``timeout_s``), then stop the writer and the stream."""
+        """Wait until the placed audio has been written and has left (at most ``timeout_s``), then stop the writer
+        and the stream."""
         if self._closed or self.stream is None:
             return
         self._closed = True
         deadline = time.monotonic() + timeout_s
         while self._thread is not None and self._thread.is_alive() and time.monotonic() < deadline:
-            if self.played_position(self.clock_ns()) >= self.end + self._block:
+            with self._lock:
+                written = self._head >= self.end + self._block
+            if written and self.played_position(self.clock_ns()) >= self.end + self._block:
                 break
             time.sleep(0.01)
         self._running = False
@@ -1069,19 +1077,6 @@ def build_sink(config: SpeakerConfig) -> Sink:
     return sink
 
 
-def _wired_inputs(node: Any) -> set[str] | None:
-    """Input ids this node has in the running dataflow's YAML, or ``None`` when dora does not say.
-
-    dora 1.1's ``node_config()`` is this node's YAML entry (``{"inputs": {...}, "outputs": [...]}``, measured).
-    """
-    try:
-        config = node.node_config()
-    except Exception:  # noqa: BLE001 - dynamic node or another dora version: unknown
-        return None
-    inputs = config.get("inputs") if isinstance(config, dict) else None
-    return {str(i) for i in inputs} if isinstance(inputs, dict) else None
-
-
 def main(argv: list[str] | None = None) -> None:
     """Console script ``dora-voice-speaker``: ``--list-devices`` / ``--help``, else run as a dora node."""
     args = _argument_parser().parse_args(argv)
@@ -1105,7 +1100,7 @@ def main(argv: list[str] | None = None) -> None:
         logger.error("speaker: %s", exc)
         raise SystemExit(f"dora-voice-speaker: {exc}") from None
     core = SpeakerCore(config, sink)
-    wired = _wired_inputs(node)
+    wired = declared_inputs(node)
     if wired is not None and Output.EVENTS not in wired:
         core.on_input_closed(Output.EVENTS)  # no VAD in this dataflow: nothing can interrupt
     logger.info("speaker: %s, barge-in %s (min speech %d ms), echo guard %s",

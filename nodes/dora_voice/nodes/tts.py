@@ -50,6 +50,7 @@ from dora_voice.schema import (
     AudioFragment, Key, Output, PlaybackEvent, PlaybackKind, SchemaError, SegmentDone, TextSegment, TimingKind,
     VadEvent, VadEventKind,
 )
+from dora_voice.text import normalize
 from dora_voice.text.normalize import SpeechNormalizer
 from dora_voice.text.segmenter import TextSegmenter
 from dora_voice.tts_engines import TtsEngine
@@ -188,6 +189,16 @@ class TtsCore(NodeCore):
 
     def busy(self) -> bool:
         return self.active is not None or bool(self.queue)
+
+    def on_input_closed(self, input_id: str) -> Iterable[Emit]:
+        if input_id == "text":
+            self.text_closed = True
+        return ()
+
+    def finished(self) -> bool:
+        # The ``events`` input comes back from the speaker, which itself waits for our audio to end: exit once
+        # the LLM is done and everything it sent has been synthesized (the loop then runs on_end).
+        return getattr(self, "text_closed", False) and not self.busy()
 
     def step(self) -> Iterable[Emit]:
         if self.active is not None:
@@ -483,6 +494,8 @@ def main(argv: list[str] | None = None) -> None:
         logger.error("%s: %s", CONTRACT.path, exc)
         sys.exit(2)
     engine.warmup()
+    if config.normalize_text:
+        normalize.warm_up()
     from dora import Node
 
     from dora_voice.runtime import run_node

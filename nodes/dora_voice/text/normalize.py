@@ -17,9 +17,10 @@ Choices (see ``tests/test_normalize.py`` for every rule pinned down):
     * Headings, bullets and numbered list items become plain sentences (a period is added where a line has no
       closing punctuation, so each item gets its own pause); list numbers are dropped.
     * Emoji and other pictographs are removed.
-    * Numbers use the ``inflect`` library (MIT) for cardinals, ordinals and decimals; years (four digits,
-      1100-2099, no thousands separator) are read as years ("nineteen eighty", "two thousand five", "twenty
-      twenty-five"), currency as "twenty-nine dollars and ninety-five cents".
+    * Numbers use the ``inflect`` library (MIT; imported on first use, see :func:`warm_up`) for cardinals,
+      ordinals and decimals; years (four digits, 1100-2099, no thousands separator) are read as years
+      ("nineteen eighty", "two thousand five", "twenty twenty-five"), currency as "twenty-nine dollars and
+      ninety-five cents".
 
 Sources: the rules follow the traps listed in STYLE.md and espeak-ng's observed readings (``piper_phonemize``).
 """
@@ -29,9 +30,10 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import inflect
+if TYPE_CHECKING:
+    import inflect
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,16 @@ _FENCE = re.compile(r"```|~~~")
 
 @functools.lru_cache(maxsize=1)
 def _inflect() -> inflect.engine:
+    # Imported on first use: inflect's import costs about 2 s of CPU here (typeguard instruments it), which a
+    # ``--help`` or a config error should not pay. The TTS node calls :func:`warm_up` at start-up instead.
+    import inflect
+
     return inflect.engine()
+
+
+def warm_up() -> None:
+    """Load the number-spelling library now (about 2 s on the 2-core machines) rather than inside the first turn."""
+    normalize_for_speech("1")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -197,6 +208,7 @@ _SYMBOLS: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
     (re.compile(r"(?<![\w~])~(?=\s?\d)\s?"), "about "),
     (re.compile(r"(?<=\d)\s*[*\u00d7]\s*(?=\d)"), " times "),
     (re.compile(r"(?<=\d)x\b"), " times"),
+    (re.compile(r"(?<=\d)\s*\^\s*(?=\d)"), " to the power of "),
     (re.compile(r"\u00b1"), " plus or minus "),
     (re.compile(r"\s&\s"), " and "),
 ]
