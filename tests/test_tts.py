@@ -323,6 +323,19 @@ def test_input_end_closes_a_turn_that_never_got_its_final_chunk(clock: FakeClock
     assert out.audio[-1].segments_total == 1
 
 
+def test_node_finishes_once_the_llm_is_done_and_everything_is_synthesized(clock: FakeClock) -> None:
+    core, _ = make(clock)
+    send(core, ("text", chunk("Hello there.", 0)))
+    assert not core.finished()
+    core.on_input_closed("events")
+    core.on_input_closed("text")
+    assert core.busy() and not core.finished()  # queued text is still synthesized first
+    out = drain(core)
+    out.add(list(core.on_end()))
+    assert core.finished()
+    check_turn(out)
+
+
 # -- timing -----------------------------------------------------------------------------------------------------
 
 

@@ -178,6 +178,7 @@ class TtsCore(NodeCore):
         self.cancel_below = -(2 ** 62)  # text for a turn id below this is cancelled on arrival
         self.cancelled_segments = 0
         self.synthesis_errors = 0
+        self.text_closed = False  # the LLM finished: no more text will come
 
     # -- dora hooks ------------------------------------------------------------------------------------------
     def on_input(self, input_id: str, value: pa.Array, metadata: Mapping[str, Any]) -> Iterable[Emit]:
@@ -198,7 +199,7 @@ class TtsCore(NodeCore):
     def finished(self) -> bool:
         # The ``events`` input comes back from the speaker, which itself waits for our audio to end: exit once
         # the LLM is done and everything it sent has been synthesized (the loop then runs on_end).
-        return getattr(self, "text_closed", False) and not self.busy()
+        return self.text_closed and not self.busy()
 
     def step(self) -> Iterable[Emit]:
         if self.active is not None:

@@ -28,14 +28,11 @@ Sources: the rules follow the traps listed in STYLE.md and espeak-ng's observed 
 from __future__ import annotations
 
 import functools
-import logging
 import re
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     import inflect
-
-logger = logging.getLogger(__name__)
 
 CODE_BLOCK_PLACEHOLDER = "Code block omitted."
 """Spoken in place of a fenced code block (once per block)."""
@@ -160,7 +157,7 @@ def _markdown_lines(text: str) -> str:
     out: list[str] = []
     for raw in lines:
         line = raw
-        if _RULE.match(line) or _TABLE_SEPARATOR.match(line) and "-" in line and "|" in line:
+        if _RULE.match(line) or (_TABLE_SEPARATOR.match(line) and "|" in line):
             continue
         heading = _HEADING.match(line)
         if heading:
