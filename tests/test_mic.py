@@ -228,7 +228,9 @@ def test_cli_help_lists_env_vars(capsys) -> None:
 
 def test_cli_list_devices(monkeypatch, capsys) -> None:
     monkeypatch.setattr(mic.audio, "describe_devices", lambda: "  0 pulse, ALSA (32 in, 32 out)")
-    mic.main(["--list-devices"])
+    with pytest.raises(SystemExit) as stop:
+        mic.main(["--list-devices"])
+    assert stop.value.code == 0
     assert "pulse" in capsys.readouterr().out
 
 

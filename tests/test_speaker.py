@@ -622,7 +622,9 @@ def test_cli_help_and_list_devices(monkeypatch, capsys) -> None:
                  "BARGE_IN", "BARGE_IN_MIN_SPEECH_MS", "BARGE_IN_FADE_MS", "ECHO_GUARD", "--list-devices"):
         assert name in text
     monkeypatch.setattr(speaker.audio, "describe_devices", lambda: "  1 default, ALSA (32 in, 32 out)")
-    speaker.main(["--list-devices"])
+    with pytest.raises(SystemExit) as stop:
+        speaker.main(["--list-devices"])
+    assert stop.value.code == 0
     assert "default" in capsys.readouterr().out
 
 

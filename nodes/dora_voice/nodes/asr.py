@@ -10,7 +10,6 @@ the default model is tiny.en (0.45 s per clip here, 5.9–7.9 % WER) rather than
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 import sys
@@ -21,7 +20,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import pyarrow as pa
 
-from dora_voice.config import ConfigError, env_field, load_config, parse_int, parse_str
+from dora_voice.config import env_field, parse_int, parse_str
 from dora_voice.contracts import NodeContract
 from dora_voice.runtime import Emit, NodeCore, UnknownInputError, emit
 from dora_voice.schema import PIPELINE_SAMPLE_RATE_HZ, Key, Output, SchemaError, TimingKind, Transcript, Utterance
@@ -128,28 +127,18 @@ def load_whisper(config: AsrConfig) -> Transcriber:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the ASR node inside a dora dataflow."""
-    from dora_voice.logs import setup_logging
-    from dora_voice.nodes import describe_env
+    from dora import Node
 
-    argparse.ArgumentParser(prog=CONTRACT.path, description=__doc__.split("\n\n")[0], epilog=describe_env(AsrConfig),
-                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
-    setup_logging()
-    try:
-        config = load_config(AsrConfig)
-    except ConfigError as exc:
-        sys.exit(f"{CONTRACT.path}: {exc}")
     from dora_voice.models import ModelError
+    from dora_voice.nodes import node_cli
+    from dora_voice.runtime import run_node
 
+    config, _ = node_cli(CONTRACT, __doc__, argv)
     try:
         transcribe = load_whisper(config)
     except ModelError as exc:
         sys.exit(f"{CONTRACT.path}: {exc}")
-    from dora import Node
-
-    from dora_voice.runtime import run_node
-
     run_node(Node(), AsrCore(transcribe))
-
 
 if __name__ == "__main__":
     main()

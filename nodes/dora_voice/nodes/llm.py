@@ -17,7 +17,6 @@ boundaries, at least ``LLM_CHUNK_MIN_CHARS`` and at most ``LLM_CHUNK_MAX_CHARS``
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
@@ -28,7 +27,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import pyarrow as pa
 
 from dora_voice.config import (
-    ConfigError, env_field, load_config, parse_bool, parse_choice, parse_float, parse_int, parse_str,
+    ConfigError, env_field, parse_bool, parse_choice, parse_float, parse_int, parse_str,
 )
 from dora_voice.contracts import NodeContract
 from dora_voice.history import ConversationHistory, HistoryStrategy
@@ -349,28 +348,21 @@ def load_backend(config: LlmConfig) -> LlmBackend:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the LLM node inside a dora dataflow."""
-    from dora_voice.logs import setup_logging
-    from dora_voice.nodes import describe_env
+    from dora import Node
 
-    argparse.ArgumentParser(prog=CONTRACT.path, description=__doc__.split("\n\n")[0], epilog=describe_env(LlmConfig),
-                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
-    setup_logging()
     from dora_voice.models import ModelError
+    from dora_voice.nodes import node_cli
+    from dora_voice.runtime import run_node
 
+    config, _ = node_cli(CONTRACT, __doc__, argv)
     try:
-        config = load_config(LlmConfig)
         backend = load_backend(config)
-    except (ConfigError, ModelError) as exc:
+    except ModelError as exc:
         sys.exit(f"{CONTRACT.path}: {exc}")
     started = time.perf_counter()
     backend.warmup(ConversationHistory(config.system_prompt, HistoryStrategy.FIXED).messages("Hello."))
     logger.info("LLM warm-up (system prompt cached) took %.0f ms", (time.perf_counter() - started) * 1000)
-    from dora import Node
-
-    from dora_voice.runtime import run_node
-
     run_node(Node(), LlmCore(config, backend))
-
 
 if __name__ == "__main__":
     main()

@@ -22,7 +22,6 @@ resampler, until the dataflow stops. Timestamps: see :class:`DeviceCapture`.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
@@ -35,10 +34,10 @@ import numpy as np
 
 from dora_voice import audio
 from dora_voice.config import (
-    ConfigError, env_field, env_vars, load_config, parse_bool, parse_int, parse_optional_path, parse_str,
+    env_field, parse_bool, parse_int, parse_optional_path, parse_str,
 )
 from dora_voice.contracts import NodeContract
-from dora_voice.logs import setup_logging
+from dora_voice.nodes import node_cli
 from dora_voice.runtime import Emit, NodeCore, emit
 from dora_voice.schema import PIPELINE_SAMPLE_RATE_HZ, AudioChunk, Output, StreamStarted, TimingKind
 
@@ -347,33 +346,9 @@ def _send_all(node: Any, outputs: list[Emit] | tuple[Emit, ...]) -> None:
         node.send_output(output_id, value, meta)
 
 
-def _argument_parser() -> argparse.ArgumentParser:
-    lines = [f"  {name} (default {default!r}): {help_}" for name, (default, help_) in env_vars(MicConfig).items()]
-    parser = argparse.ArgumentParser(
-        prog="dora-voice-mic", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="dora-voice mic node: sends 16 kHz audio blocks from a WAV file or an input device. "
-                    "Configured by environment variables (no arguments under dora).",
-        epilog="environment variables:\n" + "\n".join(lines) + "\n  LOG_LEVEL (default 'INFO'): logging level",
-    )
-    parser.add_argument("--list-devices", action="store_true", help="print the audio devices and exit")
-    return parser
-
-
 def main(argv: list[str] | None = None) -> None:
     """Console script ``dora-voice-mic``: ``--list-devices`` / ``--help``, else run as a dora node."""
-    args = _argument_parser().parse_args(argv)
-    setup_logging()
-    if args.list_devices:
-        try:
-            print(audio.describe_devices())
-        except audio.AudioDeviceError as exc:
-            raise SystemExit(f"dora-voice-mic: {exc}") from None
-        return
-    try:
-        config = load_config(MicConfig)
-    except ConfigError as exc:
-        raise SystemExit(f"dora-voice-mic: {exc}") from None
-
+    config, _ = node_cli(CONTRACT, __doc__, argv, list_devices=True)
     from dora import Node  # noqa: PLC0415 - only the node process needs dora
 
     if config.audio_input is not None:

@@ -47,7 +47,6 @@ sent as soon as the audio is placed, stamped with the future instant it plays, s
 
 from __future__ import annotations
 
-import argparse
 import enum
 import logging
 import sys
@@ -63,11 +62,11 @@ import pyarrow as pa
 
 from dora_voice import audio
 from dora_voice.config import (
-    ConfigError, env_field, env_vars, load_config, parse_bool, parse_choice, parse_int, parse_optional_path,
+    ConfigError, env_field, parse_bool, parse_choice, parse_int, parse_optional_path,
     parse_str,
 )
 from dora_voice.contracts import NodeContract
-from dora_voice.logs import setup_logging
+from dora_voice.nodes import node_cli
 from dora_voice.runtime import Emit, NodeCore, declared_inputs, emit, run_node
 from dora_voice.schema import (
     PIPELINE_SAMPLE_RATE_HZ, AudioFragment, Key, Output, PlaybackEvent, PlaybackKind, SchemaError, StreamStarted,
@@ -1049,18 +1048,6 @@ class SpeakerCore(NodeCore):
 # dora adapter
 
 
-def _argument_parser() -> argparse.ArgumentParser:
-    lines = [f"  {name} (default {default!r}): {help_}" for name, (default, help_) in env_vars(SpeakerConfig).items()]
-    parser = argparse.ArgumentParser(
-        prog="dora-voice-speaker", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="dora-voice speaker node: plays TTS fragments in order on a device, or writes them to a WAV "
-                    "on the mic's clock. Configured by environment variables (no arguments under dora).",
-        epilog="environment variables:\n" + "\n".join(lines) + "\n  LOG_LEVEL (default 'INFO'): logging level",
-    )
-    parser.add_argument("--list-devices", action="store_true", help="print the audio devices and exit")
-    return parser
-
-
 def build_sink(config: SpeakerConfig) -> Sink:
     """The sink ``config`` asks for; a device sink is opened now (its stream start can take a second or two).
 
@@ -1079,18 +1066,7 @@ def build_sink(config: SpeakerConfig) -> Sink:
 
 def main(argv: list[str] | None = None) -> None:
     """Console script ``dora-voice-speaker``: ``--list-devices`` / ``--help``, else run as a dora node."""
-    args = _argument_parser().parse_args(argv)
-    setup_logging()
-    if args.list_devices:
-        try:
-            print(audio.describe_devices())
-        except audio.AudioDeviceError as exc:
-            raise SystemExit(f"dora-voice-speaker: {exc}") from None
-        return
-    try:
-        config = load_config(SpeakerConfig)
-    except ConfigError as exc:
-        raise SystemExit(f"dora-voice-speaker: {exc}") from None
+    config, _ = node_cli(CONTRACT, __doc__, argv, list_devices=True)
     from dora import Node  # noqa: PLC0415 - only the node process needs dora
 
     node = Node()

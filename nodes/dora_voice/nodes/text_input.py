@@ -8,7 +8,6 @@ benchmark. Without a ``playback`` input wired, queries are sent ``TEXT_INPUT_INT
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
@@ -19,7 +18,7 @@ from typing import Any, Iterable, Mapping
 
 import pyarrow as pa
 
-from dora_voice.config import ConfigError, env_field, load_config, parse_float, parse_str
+from dora_voice.config import ConfigError, env_field, parse_float, parse_str
 from dora_voice.contracts import NodeContract
 from dora_voice.runtime import Emit, NodeCore, UnknownInputError, emit
 from dora_voice.schema import Key, Output, PlaybackEvent, PlaybackKind, TimingKind, Transcript
@@ -128,26 +127,19 @@ CONTRACT = NodeContract(
 
 def main(argv: list[str] | None = None) -> None:
     """Run the text-input node inside a dora dataflow."""
-    from dora_voice.logs import setup_logging
-    from dora_voice.nodes import describe_env
+    from dora import Node
 
-    argparse.ArgumentParser(prog=CONTRACT.path, description=__doc__.split("\n\n")[0],
-                            epilog=describe_env(TextInputConfig),
-                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
-    setup_logging()
+    from dora_voice.nodes import node_cli
+    from dora_voice.runtime import declared_inputs, run_node
+
+    config, _ = node_cli(CONTRACT, __doc__, argv)
     try:
-        config = load_config(TextInputConfig)
         queries = config.load_queries()
     except ConfigError as exc:
         sys.exit(f"{CONTRACT.path}: {exc}")
-    from dora import Node
-
-    from dora_voice.runtime import declared_inputs, run_node
-
     node = Node()
     paced = "playback" in (declared_inputs(node) or {"playback"})
     run_node(node, TextInputCore(queries, config.session_id or uuid.uuid4().hex[:12], config.interval_s, paced))
-
 
 if __name__ == "__main__":
     main()

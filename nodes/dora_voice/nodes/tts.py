@@ -29,7 +29,6 @@ barge-in, in which case it is that segment's last fragment.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 import sys
@@ -42,7 +41,7 @@ import numpy as np
 import pyarrow as pa
 
 from dora_voice.config import (
-    ConfigError, env_field, load_config, parse_bool, parse_choice, parse_float, parse_int, parse_str,
+    ConfigError, env_field, parse_bool, parse_choice, parse_float, parse_int, parse_str,
 )
 from dora_voice.contracts import NodeContract
 from dora_voice.runtime import Emit, NodeCore, UnknownInputError, emit
@@ -478,20 +477,16 @@ CONTRACT = NodeContract(
 
 def main(argv: list[str] | None = None) -> None:
     """Run the TTS node inside a dora dataflow: load and warm up the voice, then serve."""
-    from dora_voice.logs import setup_logging
     from dora_voice.models import ModelError
-    from dora_voice.nodes import describe_env
+    from dora_voice.nodes import node_cli
     from dora_voice.tts_engines import load_engine
 
-    argparse.ArgumentParser(prog=CONTRACT.path, description=__doc__.split("\n\n")[0], epilog=describe_env(TtsConfig),
-                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
-    setup_logging()
+    config, _ = node_cli(CONTRACT, __doc__, argv)
     try:
-        config = load_config(TtsConfig)
         engine = load_engine(config.backend, voice_path=config.voice_path or None,
                              voice_config=config.voice_config or None, threads=config.threads,
                              speaker_id=config.speaker_id, speed=config.speed)
-    except (ConfigError, ModelError, ValueError) as exc:
+    except (ModelError, ValueError) as exc:
         logger.error("%s: %s", CONTRACT.path, exc)
         sys.exit(2)
     engine.warmup()

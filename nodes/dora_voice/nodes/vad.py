@@ -14,11 +14,9 @@ when a 32 ms frame's probability reaches ``VAD_THRESHOLD`` and ends when it stay
 
 from __future__ import annotations
 
-import argparse
 import enum
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
@@ -26,7 +24,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import pyarrow as pa
 
-from dora_voice.config import ConfigError, env_field, load_config, parse_float, parse_int
+from dora_voice.config import env_field, parse_float, parse_int
 from dora_voice.contracts import NodeContract
 from dora_voice.runtime import Emit, NodeCore, UnknownInputError, emit
 from dora_voice.schema import (
@@ -238,23 +236,13 @@ def load_silero() -> SpeechProbability:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the VAD node inside a dora dataflow."""
-    from dora_voice.logs import setup_logging
-    from dora_voice.nodes import describe_env
-
-    argparse.ArgumentParser(prog=CONTRACT.path, description=__doc__.split("\n\n")[0],
-                            epilog=describe_env(VadConfig), formatter_class=argparse.RawDescriptionHelpFormatter
-                            ).parse_args(argv)
-    setup_logging()
-    try:
-        config = load_config(VadConfig)
-    except ConfigError as exc:
-        sys.exit(f"{CONTRACT.path}: {exc}")
     from dora import Node
 
+    from dora_voice.nodes import node_cli
     from dora_voice.runtime import run_node
 
+    config, _ = node_cli(CONTRACT, __doc__, argv)
     run_node(Node(), VadCore(config, load_silero()))
-
 
 if __name__ == "__main__":
     main()
