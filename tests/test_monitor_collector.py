@@ -5,12 +5,10 @@ Expected figures are worked out by hand from the timestamps in ``monitor_scenari
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import io
 import json
 import random
-from pathlib import Path
 
 import monitor_scenarios as sc
 import numpy as np
