@@ -45,7 +45,7 @@ class VadConfig:
                                  "speech probability that starts speech (silero default 0.5)")
     min_silence_ms: int = env_field("VAD_MIN_SILENCE_MS", 400, parse_int(min_value=32, max_value=10_000),
                                     "silence after speech that ends the turn, ms")
-    min_speech_ms: int = env_field("VAD_MIN_SPEECH_MS", 160, parse_int(min_value=32, max_value=5_000),
+    min_speech_ms: int = env_field("VAD_MIN_SPEECH_MS", 200, parse_int(min_value=32, max_value=5_000),
                                    "voiced time before speech counts (shorter blips are noise), ms")
     speech_pad_ms: int = env_field("VAD_SPEECH_PAD_MS", 160, parse_int(min_value=0, max_value=2_000),
                                    "audio kept before the onset and after the end of an utterance, ms")
