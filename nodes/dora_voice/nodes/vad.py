@@ -83,7 +83,7 @@ class VadCore(NodeCore):
         self.rate = PIPELINE_SAMPLE_RATE_HZ
         self.neg_threshold = max(config.threshold - 0.15, 0.01)
         self.min_silence_frames = max(1, math.ceil(config.min_silence_ms * self.rate / 1000 / FRAME_SAMPLES))
-        self.min_speech_frames = max(1, round(config.min_speech_ms * self.rate / 1000 / FRAME_SAMPLES))
+        self.min_speech_frames = max(1, math.ceil(config.min_speech_ms * self.rate / 1000 / FRAME_SAMPLES))
         self.pad_samples = int(config.speech_pad_ms * self.rate / 1000)
         self.max_samples = int(config.max_speech_s * self.rate)
         self.turn_id = 0
