@@ -22,7 +22,8 @@ import pytest
 from dora_voice import audio
 from dora_voice.config import load_config
 from dora_voice.nodes import mic
-from dora_voice.nodes.speaker import DeviceSink, SpeakerConfig, SpeakerCore
+from dora_voice.nodes.speaker import SpeakerConfig, SpeakerCore
+from dora_voice.sinks import DeviceSink
 from dora_voice.schema import (
     AudioChunk, AudioFragment, Key, Output, PlaybackEvent, PlaybackKind, TimingEvent, TimingKind, VadEvent,
     VadEventKind,

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from dora_voice.models import TEST_LLM
 from dora_voice_monitor import bench
 from dora_voice_monitor.bench import (
     BATCH, MODES, STREAMING, BenchConfigError, Catalog, Plan, RssSample, RssSampler, Scenario, item_summary,
-    load_catalog, median, median_turn, overall_stats, parse_assignments, parse_catalog, parse_plan, parse_scenario,
+    load_catalog, median, median_turn, overall_stats, parse_assignments, parse_catalog, parse_scenario,
     plan_items, ratio, render_compare_table, render_voice_table, resolve_plan, rss_report, run_env, stress_checks,
     turn_problems, variants_for,
 )
@@ -298,8 +299,10 @@ def test_overall_stats_p50_p90() -> None:
 
 
 def test_median_turn_is_the_one_closest_to_the_median() -> None:
-    turns = [make_turn(i, llm_start_to_first_audio_ms=v) for i, v in enumerate([900.0, 100.0, 520.0, 480.0])]
-    assert median_turn(turns, "llm_start_to_first_audio_ms").turn_id == 3  # median 500: 480 and 520 tie
+    turns = [make_turn(i, llm_start_to_first_audio_ms=v) for i, v in enumerate([900.0, 100.0, 520.0, 480.0, 505.0])]
+    assert median_turn(turns, "llm_start_to_first_audio_ms").turn_id == 4
+    tie = [make_turn(i, llm_start_to_first_audio_ms=v) for i, v in [(5, 520.0), (3, 480.0)]]
+    assert median_turn(tie, "llm_start_to_first_audio_ms").turn_id == 3  # median 500: equally close, lowest id
     assert median_turn([make_turn(7)], "llm_start_to_first_audio_ms").turn_id == 7
     assert median_turn([], "first_audio_ms") is None
 
@@ -417,7 +420,6 @@ def test_rss_sampler_thread_samples_until_stopped(tmp_path: Path) -> None:
     sampler.start()
     deadline = 200
     while len(sampler.samples) < 3 and deadline:
-        import time
         time.sleep(0.01)
         deadline -= 1
     sampler.stop()

@@ -92,7 +92,7 @@ def test_first_chunk_cut_by_token_count() -> None:
 
 def test_first_chunk_arrives_before_the_last_token() -> None:
     core, _ = make()
-    out = ask(core, "q", 0)
+    ask(core, "q", 0)
     seen_tokens = 0
     first_chunk_at = None
     while core.busy():

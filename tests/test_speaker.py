@@ -13,7 +13,8 @@ import pytest
 from dora_voice import audio
 from dora_voice.config import ConfigError, load_config
 from dora_voice.nodes import speaker
-from dora_voice.nodes.speaker import DeviceSink, EchoGuard, FileSink, SpeakerConfig, SpeakerCore
+from dora_voice.nodes.speaker import EchoGuard, SpeakerConfig, SpeakerCore
+from dora_voice.sinks import DeviceSink, FileSink
 from dora_voice.schema import (
     AudioFragment, Key, Output, PlaybackEvent, PlaybackKind, StreamStarted, TimingEvent, TimingKind, VadEvent,
     VadEventKind,

@@ -16,8 +16,17 @@ pace, so a run lasts at least as long as the audio it plays.
 Per scenario the bench prints the medians over repetitions side by side (streaming, batch, streaming/batch ratio)
 and writes, under ``--out``: ``summary.json``, ``report.txt`` (the printed tables), and per scenario and mode a
 folder with the raw monitor JSONL, dora's log and the answer WAV of each run, and ``timeline.png`` of the turn
-whose first-audio latency is closest to the median. The ``stress`` plan sends many queries through one run,
-checks that every answer was complete and samples the resident memory of the node processes.
+whose first-audio latency is closest to the median. ``summary.json`` is
+``{item: {mode: {metric: median, "turns": n, "failed": bool}, "first_audio_ratio": r}}`` (``r`` with two modes);
+with voice clips it also holds ``"_overall": {metric: {"p50", "p90", "n"}}`` over all voice turns, or
+``{mode: {metric: ...}}`` when the clips ran in several modes. The ``stress`` plan sends many queries through one
+run, checks that every answer was complete and samples the resident memory of the node processes.
+
+Reading the numbers: repetitions of a text scenario send the identical prompt, so from the second one on llama.cpp
+reuses its KV cache and ``llm_ttft_ms`` no longer includes evaluating the query (the first repetition does).
+Timings are wall clock on a shared machine: other processes on the same cores (another LLM above all) slow
+generation down by large and irregular factors, so compare modes measured at the same time and look at the load
+printed with each run.
 
 Durations are in ms (``*_ms``) or s (``*_s``), as in :class:`~dora_voice_monitor.collector.TurnRecord`.
 """
@@ -90,7 +99,8 @@ VOICE_METRICS = ("first_audio_ms", "asr_latency_ms", "llm_ttft_ms", "tts_ttfb_ms
 FIRST_AUDIO = {"text": "llm_start_to_first_audio_ms", "voice": "first_audio_ms"}
 """The first-audio latency of each pipeline: typed turns have no speech end, so LLM start -> first sample played."""
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED = 0, 1
+"""Exit statuses (argparse exits with 2 on bad arguments)."""
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _LOG_NOISE = ("fault tolerance stats",)
@@ -1053,7 +1063,8 @@ class _Bench:
         env = run_env(item, variant, self.overrides, run_dir, queries)
         yaml_path = TEXT_DATAFLOW if item.clip is None else VOICE_DATAFLOW
         input_s = item.clip.duration_s if item.clip is not None else 0.0
-        print(f"[bench] {self.done}/{self.total} {label} ({turns} turn{'' if turns == 1 else 's'}) ...", flush=True)
+        print(f"[bench] {self.done}/{self.total} {label} ({turns} turn{'' if turns == 1 else 's'}; machine load "
+              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores) ...", flush=True)
         outcome = execute(yaml_path, run_dir, env, run_timeout_s(env, turns, input_s), label,
                           turns if item.clip is None else None)
         status = "ok" if outcome.ok else "FAILED: " + "; ".join(outcome.problems)
@@ -1155,8 +1166,8 @@ class _Bench:
         """Run the plan; the exit status."""
         self.out.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
-        self.say(f"dora-voice-bench: plan {self.plan.name} ({self.plan.kind}), {len(self.items)} item(s), "
-                 f"repeat {self.plan.repeat}, output {self.out}\n"
+        what = f"stress, {self.plan.repeat} turns" if self.plan.kind == "stress" else f"repeat {self.plan.repeat}"
+        self.say(f"dora-voice-bench: plan {self.plan.name} ({what}), {len(self.items)} item(s), output {self.out}\n"
                  f"started {_dt.datetime.now().isoformat(timespec='seconds')}"
                  + (f", overrides: {' '.join(f'{k}={v}' for k, v in self.overrides.items())}"
                     if self.overrides else ""))

@@ -1,0 +1,415 @@
+"""Audio sinks of the speaker node: one output timeline of sample positions, to a WAV file or a sound device.
+
+:class:`FileSink` keeps a virtual playback clock (output sample 0 is the mic stream's start, so the WAV is on the
+input's clock); :class:`DeviceSink` feeds a sounddevice OutputStream from a writer thread with blocking writes of
+``DEVICE_BLOCK_MS`` blocks (DESIGN.md: blocking writes kept real time, callbacks were less regular).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from dora_voice import audio
+from dora_voice.schema import PIPELINE_SAMPLE_RATE_HZ
+
+logger = logging.getLogger(__name__)
+
+_NS_PER_S = 1_000_000_000
+DEVICE_BLOCK_MS = 10
+"""Device writer block (ms): the granularity of barge-in and underrun detection."""
+
+
+
+class Sink(Protocol):
+    """An output timeline of sample positions at ``rate`` Hz. Positions only grow; nothing is placed twice.
+
+    Attributes:
+        rate: output rate in Hz; 0 until :meth:`open`.
+        end: position after the last placed sample.
+        virtual: True when nobody listens in real time (a file): reports need not wait for the play head.
+    """
+
+    rate: int
+    end: int
+    virtual: bool
+
+    def open(self, rate_hz: int) -> None:
+        """Fix the output rate (Hz) and start. Called once."""
+
+    def set_origin(self, origin_ns: int) -> bool:
+        """Wall clock of position 0 (file sink); False when already set or not applicable."""
+
+    def earliest_position(self, now_ns: int) -> int:
+        """First position that has not left the speaker at ``now_ns`` (where new audio can still go)."""
+
+    def played_position(self, now_ns: int) -> int:
+        """Position the listener hears at ``now_ns``."""
+
+    def position_to_ns(self, position: int) -> int:
+        """Wall clock at which ``position`` leaves the speaker."""
+
+    def place(self, due: int, samples: np.ndarray, now_ns: int) -> int:
+        """Put ``samples`` (owned float32, shape ``(n,)``) at ``max(due, earliest_position(now_ns))``; return it."""
+
+    def fade_tail(self, end: int, n: int) -> None:
+        """Fade out the ``n`` samples before ``end``, as far as they have not left yet."""
+
+    def truncate(self, at: int, fade: int, now_ns: int) -> tuple[int, int]:
+        """Stop playback at ``at`` (raised to what has not left): fade over ``fade`` samples, drop the rest.
+
+        Returns:
+            ``(stop, end)``: the position where the fade starts and the new :attr:`end`.
+        """
+
+    def take_underflows(self) -> int:
+        """Output underflows reported by the device since the last call."""
+
+    def checkpoint(self) -> None:
+        """Persist what has been placed (file sink)."""
+
+    def close(self) -> None:
+        """Let placed audio finish (device) or write it (file), then release. Idempotent."""
+
+
+class FileSink:
+    """Writes what the listener hears to a WAV file, on the same wall clock as the mic input.
+
+    Position 0 is the origin: the mic's ``stream_start_ns``, or the first fragment's arrival when no mic stream
+    exists. A fragment arriving at wall time ``t`` can start no earlier than ``(t - origin) * rate``: the virtual
+    play head. Samples are kept in memory and the WAV (16-bit PCM) is rewritten on every :meth:`checkpoint`
+    (turn ends) and on :meth:`close`, atomically, so an interrupted run leaves a usable file.
+
+    The fade before an underrun gap is applied even when its samples are behind the virtual play head: this sink
+    stands for a device with at least ``CROSSFADE_MS`` of output buffer.
+
+    Args:
+        path: the WAV to write.
+        rate_hz: output rate (Hz), or 0 to :meth:`open` it at the first fragment's rate.
+    """
+
+    virtual = True
+
+    def __init__(self, path: str | Path, rate_hz: int = 0) -> None:
+        self.path = Path(path)
+        self.rate = 0
+        self.end = 0
+        self.origin_ns: int | None = None
+        self._buf = np.zeros(0, dtype=np.float32)
+        self._closed = False
+        if rate_hz:
+            self.open(rate_hz)
+
+    def open(self, rate_hz: int) -> None:
+        self.rate = int(rate_hz)
+        self._buf = np.zeros(self.rate * 30, dtype=np.float32)
+
+    def set_origin(self, origin_ns: int) -> bool:
+        if self.origin_ns is not None:
+            return False
+        self.origin_ns = int(origin_ns)
+        return True
+
+    def earliest_position(self, now_ns: int) -> int:
+        return max(0, (now_ns - (self.origin_ns or 0)) * self.rate // _NS_PER_S)
+
+    played_position = earliest_position
+
+    def position_to_ns(self, position: int) -> int:
+        return (self.origin_ns or 0) + position * _NS_PER_S // self.rate
+
+    def place(self, due: int, samples: np.ndarray, now_ns: int) -> int:
+        start = max(due, self.earliest_position(now_ns), self.end)
+        stop = start + samples.shape[0]
+        if stop > self._buf.shape[0]:
+            grown = np.zeros(max(stop, 2 * self._buf.shape[0]), dtype=np.float32)
+            grown[: self.end] = self._buf[: self.end]
+            self._buf = grown
+        self._buf[start:stop] = samples
+        self.end = max(self.end, stop)
+        return start
+
+    def fade_tail(self, end: int, n: int) -> None:
+        lo = max(0, end - n)
+        if end > lo:
+            audio.fade_out(self._buf[lo:end], end - lo, inplace=True)
+
+    def truncate(self, at: int, fade: int, now_ns: int) -> tuple[int, int]:
+        at = max(at, self.earliest_position(now_ns))
+        if at >= self.end:
+            return at, self.end
+        hi = min(self.end, at + fade)
+        if hi > at:
+            self._buf[at:hi] *= audio.fade_curve(fade, rising=False)[: hi - at]
+        self._buf[hi: self.end] = 0.0
+        self.end = hi
+        return at, hi
+
+    def take_underflows(self) -> int:
+        return 0
+
+    def samples(self) -> np.ndarray:
+        """What has been placed so far: shape ``(end,)`` float32 (a view)."""
+        return self._buf[: self.end]
+
+    def checkpoint(self) -> None:
+        audio.write_wav(self.path, self._buf[: self.end], self.rate or PIPELINE_SAMPLE_RATE_HZ)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.checkpoint()
+        logger.info("speaker: wrote %s (%.2f s at %d Hz)", self.path, self.end / max(self.rate, 1), self.rate)
+
+
+class DeviceSink:
+    """Plays on a sounddevice ``OutputStream`` from a writer thread doing blocking ``write`` of 10 ms blocks.
+
+    The writer writes continuously (silence when nothing is placed), so output position ``p`` leaves at
+    ``anchor + p / rate`` with one anchor. The anchor is estimated after each blocking write: the device buffer
+    is then full, so the block just written leaves after ``stream.latency``; the smallest estimate wins. A write
+    that blocks for more than 3 blocks (PulseAudio holds the first writes 0.5-1.8 s on a null sink before it
+    starts consuming), or an output underflow, restarts the estimate. Placed audio is a queue of
+    ``(start, samples)`` chunks that the writer copies into its block under a lock; barge-in fades and truncates
+    that queue under the same lock, so it takes effect at the next block (audio already in the device buffer,
+    ``stream.latency``, still plays). When the queued audio ends inside a block (a gap follows), the writer fades
+    it out so a late fragment does not click.
+
+    Measured on a PulseAudio null sink (tests/test_audio_device.py, loopback through the monitor): a tone is heard
+    ~12 ms after its ``playback_started`` estimate; barge-in goes silent ~42 ms after the decision (20 ms fade +
+    20 ms device latency), within ~6 ms of its estimate.
+
+    Args:
+        device: ``AUDIO_OUTPUT_DEVICE`` value ("" = default).
+        block_ms: writer block, ms.
+        fade_ms: fade applied by the writer when placed audio stops mid-block, ms.
+        stream_factory: ``factory(rate_hz, block_frames) -> stream`` with ``start/write/stop/close`` and
+            ``latency`` (s); default opens a sounddevice ``OutputStream`` (tests pass a fake).
+        clock_ns: wall clock.
+
+    Raises:
+        AudioDeviceError (from :meth:`open`): no output device; the message names ``AUDIO_OUTPUT=out.wav``.
+    """
+
+    virtual = False
+    STALL_BLOCKS = 3
+
+    def __init__(self, device: str = "", *, block_ms: int = DEVICE_BLOCK_MS, fade_ms: int = 8,
+                 stream_factory: Callable[[int, int], Any] | None = None,
+                 clock_ns: Callable[[], int] = time.time_ns) -> None:
+        self.device = device
+        self.block_ms = block_ms
+        self.fade_ms = fade_ms
+        self.stream_factory = stream_factory or self._open_stream
+        self.clock_ns = clock_ns
+        self.rate = 0
+        self.end = 0
+        self.stream: Any = None
+        self._lock = threading.Lock()
+        self._chunks: deque[list[Any]] = deque()  # [start, samples]
+        self._head = 0  # next position the writer copies
+        self._anchor_ns: int | None = None
+        self._provisional_anchor_ns = 0
+        self._steady_writes = 0
+        self._underflows = 0
+        self._underflows_total = 0
+        self._running = False
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._error: BaseException | None = None
+
+    # -- set-up ---------------------------------------------------------------------------------------------------
+    def _open_stream(self, rate_hz: int, block: int) -> Any:
+        try:
+            device, info = audio.find_device(self.device, "output")
+            sd = audio.import_sounddevice()
+            try:
+                return sd.OutputStream(samplerate=rate_hz, channels=1, dtype="float32", device=device,
+                                       blocksize=block, latency="low")
+            except sd.PortAudioError as exc:
+                raise audio.AudioDeviceError(f"cannot open output device {info.get('name')!r}: {exc}") from None
+        except audio.AudioDeviceError as exc:
+            raise audio.AudioDeviceError(
+                f"{exc}. List the devices with `python -m sounddevice` (or `dora-voice-speaker --list-devices`) "
+                "and set AUDIO_OUTPUT_DEVICE, or write the answer to a file with AUDIO_OUTPUT=out.wav."
+            ) from None
+
+    @staticmethod
+    def default_rate(device: str = "") -> int:
+        """The output device's default sample rate in Hz. Raises AudioDeviceError like :meth:`open`."""
+        try:
+            _device, info = audio.find_device(device, "output")
+        except audio.AudioDeviceError as exc:
+            raise audio.AudioDeviceError(f"{exc}; or write the answer to a file with AUDIO_OUTPUT=out.wav") from None
+        return int(info["default_samplerate"])
+
+    def open(self, rate_hz: int) -> None:
+        self.rate = int(rate_hz)
+        self._block = max(1, self.rate * self.block_ms // 1000)
+        self.stream = self.stream_factory(self.rate, self._block)
+        self.stream.start()
+        self._provisional_anchor_ns = self.clock_ns() + int(self._latency_s() * _NS_PER_S)
+        self._running = True
+        self._thread = threading.Thread(target=self._writer, name="speaker-writer", daemon=True)
+        self._thread.start()
+        logger.info("speaker: playing at %d Hz, %d-sample blocks, device latency %.1f ms", self.rate, self._block,
+                    self._latency_s() * 1000)
+
+    def _latency_s(self) -> float:
+        latency = getattr(self.stream, "latency", 0.0)
+        return float(latency[1] if isinstance(latency, (tuple, list)) else latency)
+
+    # -- writer thread --------------------------------------------------------------------------------------------
+    def _fill(self, block: np.ndarray) -> None:
+        """Copy the placed audio for ``[head, head + len(block))`` into ``block`` (zeros elsewhere). Lock held."""
+        block.fill(0.0)
+        lo, hi = self._head, self._head + block.shape[0]
+        chunks = self._chunks
+        while chunks and chunks[0][0] + chunks[0][1].shape[0] <= lo:
+            chunks.popleft()
+        data_end = lo
+        for start, samples in chunks:
+            if start >= hi:
+                break
+            a, b = max(start, lo), min(start + samples.shape[0], hi)
+            block[a - lo: b - lo] = samples[a - start: b - start]
+            data_end = b
+        more = bool(chunks) and chunks[-1][0] + chunks[-1][1].shape[0] > hi
+        if lo < data_end < hi and not more:
+            n = min(self.rate * self.fade_ms // 1000, data_end - lo)
+            if n > 0 and abs(block[data_end - lo - 1]) > 1e-4:
+                audio.fade_out(block[data_end - lo - n: data_end - lo], n, inplace=True)
+
+    def _writer(self) -> None:
+        block = np.zeros(self._block, dtype=np.float32)
+        block_ns = self._block * _NS_PER_S // self.rate
+        latency_ns = int(self._latency_s() * _NS_PER_S)
+        reanchor = False
+        try:
+            while self._running:
+                with self._lock:
+                    self._fill(block)
+                    self._head += block.shape[0]
+                    head = self._head
+                before = self.clock_ns()
+                underflowed = self.stream.write(block)
+                after = self.clock_ns()
+                if underflowed:  # the device ran dry: its timeline slipped, re-anchor on the next blocking write
+                    self._underflows += 1
+                    self._underflows_total += 1
+                    reanchor = True
+                if after - before >= block_ns // 2:  # blocked: the device buffer is full
+                    estimate = after + latency_ns - head * _NS_PER_S // self.rate
+                    if self._anchor_ns is None or reanchor or after - before > self.STALL_BLOCKS * block_ns:
+                        if self._anchor_ns is not None:
+                            logger.info("speaker: output clock re-anchored by %+.1f ms (%s)",
+                                        (estimate - self._anchor_ns) / 1e6,
+                                        "after an underflow" if reanchor else "the device held a write")
+                        self._anchor_ns = estimate
+                        self._steady_writes = 0
+                        reanchor = False
+                    else:
+                        self._anchor_ns = min(self._anchor_ns, estimate)
+                        self._steady_writes += 1
+        except BaseException as exc:  # noqa: BLE001 - reported by close() and the core
+            self._error = exc
+            logger.error("speaker: device writer stopped: %s", exc)
+
+    # -- Sink interface -------------------------------------------------------------------------------------------
+    def set_origin(self, origin_ns: int) -> bool:
+        return False
+
+    @property
+    def settled(self) -> bool:
+        """True once the device consumes blocks steadily (10 blocking writes since the start or the last stall)."""
+        return self._steady_writes >= 10
+
+    @property
+    def anchor_ns(self) -> int:
+        """Wall clock at which position 0 left (estimated)."""
+        return self._anchor_ns if self._anchor_ns is not None else self._provisional_anchor_ns
+
+    def earliest_position(self, now_ns: int) -> int:
+        with self._lock:
+            return self._head
+
+    def played_position(self, now_ns: int) -> int:
+        return max(0, (now_ns - self.anchor_ns) * self.rate // _NS_PER_S)
+
+    def position_to_ns(self, position: int) -> int:
+        return self.anchor_ns + position * _NS_PER_S // self.rate
+
+    def place(self, due: int, samples: np.ndarray, now_ns: int) -> int:
+        with self._lock:
+            start = max(due, self._head, self.end)
+            if samples.shape[0]:
+                self._chunks.append([start, samples])
+                self.end = start + samples.shape[0]
+            return start
+
+    def fade_tail(self, end: int, n: int) -> None:
+        with self._lock:
+            lo = max(end - n, self._head)
+            for start, samples in self._chunks:
+                a, b = max(start, lo), min(start + samples.shape[0], end)
+                if b > a:
+                    curve = audio.fade_curve(n, rising=False)[n - (end - a): n - (end - b)]
+                    samples[a - start: b - start] *= curve
+
+    def truncate(self, at: int, fade: int, now_ns: int) -> tuple[int, int]:
+        with self._lock:
+            at = max(at, self._head)
+            if at >= self.end:
+                return at, self.end
+            hi = min(self.end, at + fade)
+            curve = audio.fade_curve(fade, rising=False)
+            kept: deque[list[Any]] = deque()
+            for start, samples in self._chunks:
+                if start >= hi:
+                    break
+                stop = start + samples.shape[0]
+                if stop > at:
+                    a, b = max(start, at), min(stop, hi)
+                    samples = samples[: b - start]
+                    samples[a - start: b - start] *= curve[a - at: b - at]
+                kept.append([start, samples])
+            self._chunks = kept
+            self.end = hi
+            return at, hi
+
+    def take_underflows(self) -> int:
+        n, self._underflows = self._underflows, 0
+        return n
+
+    def checkpoint(self) -> None:
+        if self._error is not None:
+            raise audio.AudioDeviceError(f"the output stream failed: {self._error}")
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Wait until the placed audio has been written and has left (at most ``timeout_s``), then stop the writer
+        and the stream."""
+        if self._closed or self.stream is None:
+            return
+        self._closed = True
+        deadline = time.monotonic() + timeout_s
+        while self._thread is not None and self._thread.is_alive() and time.monotonic() < deadline:
+            with self._lock:
+                written = self._head >= self.end + self._block
+            if written and self.played_position(self.clock_ns()) >= self.end + self._block:
+                break
+            time.sleep(0.01)
+        self._running = False
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+        try:
+            self.stream.stop()
+            self.stream.close()
+        finally:
+            logger.info("speaker: device closed (%d output underflows)", self._underflows_total)
