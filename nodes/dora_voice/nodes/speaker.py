@@ -617,8 +617,8 @@ class SpeakerCore(NodeCore):
                     wait_ns = min(wait_ns, self.sink.position_to_ns(seg.end) - now)
                     break
             break
-        if wait_ns > 0:
-            self.sleep(wait_ns / _NS_PER_S)
+        # At least 1 us: a play head a rounding step short of a segment end must still move on.
+        self.sleep(max(wait_ns, 1_000) / _NS_PER_S)
         return []
 
     def _device_underflows(self, now: int) -> list[Emit]:
