@@ -15,6 +15,7 @@ import pytest
 import soundfile as sf
 
 from conftest import DATA, TRANSCRIPTS
+from dora_voice.launcher import RunResult
 from dora_voice.models import TEST_LLM
 from dora_voice_monitor import bench
 from dora_voice_monitor.bench import (
@@ -362,10 +363,39 @@ def test_voice_table_rows_per_clip_and_percentiles() -> None:
     assert lines[7].split()[:4] == ["p90", "(all", "turns)", "1900"]
 
 
+def test_execute_records_a_failed_run_and_bounds_dora_idle_watchdog(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def fake_run_dataflow(yaml_path, out_dir, env, *, timeout_s):
+        calls.append((env, timeout_s))
+        record = make_turn(0, complete=False).to_json()
+        return RunResult(1, 12.5, out_dir, out_dir / "timing.jsonl", None, [record])
+
+    monkeypatch.setattr(bench, "run_dataflow", fake_run_dataflow)
+    outcome = bench.execute(bench.TEXT_DATAFLOW, tmp_path, {"A": "1"}, 300.0, "x batch", 2)
+    assert not outcome.ok and outcome.returncode == 1 and outcome.wall_s == 12.5
+    assert outcome.problems == ["dora run exited with status 1", "1 of 2 turns missing (ids 1)",
+                                "incomplete: turns 0"]
+    assert [t.turn_id for t in outcome.turns] == [0]
+    env, timeout_s = calls[0]
+    assert env == {"A": "1", "DORA_FINISH_DRAIN_GRACE_SECS": "300"} and timeout_s == 300.0
+    bench.execute(bench.TEXT_DATAFLOW, tmp_path, {"DORA_FINISH_DRAIN_GRACE_SECS": "7"}, 300.0, "x", 1)
+    assert calls[1][0]["DORA_FINISH_DRAIN_GRACE_SECS"] == "7"  # --set wins
+
+
 def test_log_tail_strips_colour_codes_and_daemon_statistics() -> None:
     log = "\n".join(["first", "\x1b[2m2026\x1b[0m \x1b[33m WARN\x1b[0m something",
                      "INFO dora_daemon: fault tolerance stats restarts=0", "last"])
     assert bench.log_tail(log, lines=3) == "first\n2026  WARN something\nlast"
+
+
+def test_log_tail_keeps_earlier_errors_and_drops_backtrace_frames() -> None:
+    log = "\n".join(["start", "04:23:03 ERROR  llm: node was killed by dora", "a", "b", "c",
+                     "  11: _PyObject_VectorcallTstate", "             at /tmp/Python-3.11.7/call.h:92:11",
+                     "Node `llm` failed: killed", "end"])
+    assert bench.log_tail(log, lines=3).splitlines() == [
+        "04:23:03 ERROR  llm: node was killed by dora", "...", "c", "Node `llm` failed: killed", "end"]
 
 
 # --------------------------------------------------------------------------------------------------------------

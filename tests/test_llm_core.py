@@ -44,7 +44,8 @@ REPLY = ["Sure", ",", " the", " answer", " is", " 3", ".", "14", ".", " That", "
 def make(env: dict | None = None, tokens=REPLY, clock=None) -> tuple[LlmCore, ScriptedBackend]:
     backend = ScriptedBackend(tokens)
     kwargs = {"clock_ns": clock} if clock else {}
-    return LlmCore(load_config(LlmConfig, env or {}), backend, **kwargs), backend
+    env = {"LLM_PACING": "off", **(env or {})}  # pacing is tested on its own below
+    return LlmCore(load_config(LlmConfig, env), backend, **kwargs), backend
 
 
 def ask(core: LlmCore, text: str, turn_id: int) -> list:

@@ -104,6 +104,8 @@ EXIT_OK, EXIT_FAILED = 0, 1
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _LOG_NOISE = ("fault tolerance stats",)
+_BACKTRACE_FRAME = re.compile(r"^\s+(\d+: |at /)")
+_ERROR_LINE = re.compile(r"\bERROR\b|Traceback|Error:|failed:")
 
 
 class BenchConfigError(ValueError):
@@ -612,14 +614,26 @@ def _ids(ids: Sequence[int], limit: int = 12) -> str:
 
 
 def log_tail(log: str, lines: int = 40) -> str:
-    """The last ``lines`` lines of a dora log, ANSI colour codes and periodic daemon statistics removed."""
-    kept = [_ANSI.sub("", line) for line in log.splitlines() if not any(n in line for n in _LOG_NOISE)]
-    return "\n".join(kept[-lines:])
+    """What to show of a failed run's dora log: its error lines (up to 10), then its last ``lines`` lines, without
+    ANSI colour codes, periodic daemon statistics or the frames of Rust back-traces."""
+    kept = [_ANSI.sub("", line) for line in log.splitlines()
+            if not any(n in line for n in _LOG_NOISE) and not _BACKTRACE_FRAME.match(line)]
+    tail = kept[-lines:]
+    errors = [line for line in kept[:-lines] if _ERROR_LINE.search(line)][-10:]
+    return "\n".join(errors + (["..."] if errors else []) + tail)
 
 
 def execute(yaml_path: Path, run_dir: Path, env: Mapping[str, str], timeout_s: float, label: str,
             expected_turns: int | None) -> RunOutcome:
-    """Run one dataflow and judge its turns (:func:`turn_problems`); never raises for a failed run."""
+    """Run one dataflow and judge its turns (:func:`turn_problems`); never raises for a failed run.
+
+    dora's finish-straggler watchdog stops a dataflow in which no node has exchanged a message for
+    ``DORA_FINISH_DRAIN_GRACE_SECS`` (default 120 s) unless a source node is running; the text pipeline has no
+    source, and a batch-mode LLM is silent while it generates a long answer, so on a slow machine the watchdog
+    killed the LLM mid-answer. The run is bounded by ``timeout_s`` anyway: the grace is set to it unless ``env``
+    sets it.
+    """
+    env = {"DORA_FINISH_DRAIN_GRACE_SECS": str(int(timeout_s)), **env}
     try:
         result = run_dataflow(yaml_path, run_dir, env, timeout_s=timeout_s)
     except LaunchError as exc:

@@ -17,6 +17,7 @@ boundaries, at least ``LLM_CHUNK_MIN_CHARS`` and at most ``LLM_CHUNK_MAX_CHARS``
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import time
@@ -73,7 +74,7 @@ class LlmConfig:
                                      "shortest later chunk cut at a sentence end, characters")
     chunk_max_chars: int = env_field("LLM_CHUNK_MAX_CHARS", 200, parse_int(min_value=10, max_value=5000),
                                      "longest chunk before a forced cut, characters")
-    pacing: str = env_field("LLM_PACING", "off", parse_choice("off", "tts"),
+    pacing: str = env_field("LLM_PACING", "tts", parse_choice("off", "tts"),
                             "tts: generate the next chunk only after the TTS synthesized the previous one")
     pacing_timeout_s: float = env_field("LLM_PACING_TIMEOUT_S", 5.0, parse_float(min_value=0.1, max_value=120.0),
                                         "longest wait for TTS feedback before generating on, s")
@@ -352,7 +353,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from dora_voice.models import ModelError
     from dora_voice.nodes import node_cli
-    from dora_voice.runtime import run_node
+    from dora_voice.runtime import declared_inputs, run_node
 
     config, _ = node_cli(CONTRACT, __doc__, argv)
     try:
@@ -362,7 +363,12 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     backend.warmup(ConversationHistory(config.system_prompt, HistoryStrategy.FIXED).messages("Hello."))
     logger.info("LLM warm-up (system prompt cached) took %.0f ms", (time.perf_counter() - started) * 1000)
-    run_node(Node(), LlmCore(config, backend))
+    node = Node()
+    wired = declared_inputs(node)
+    if config.pacing == "tts" and wired is not None and "segment_done" not in wired:
+        logger.info("LLM_PACING=tts but no segment_done input is wired: generating without pacing")
+        config = dataclasses.replace(config, pacing="off")
+    run_node(node, LlmCore(config, backend))
 
 if __name__ == "__main__":
     main()
