@@ -627,13 +627,8 @@ def execute(yaml_path: Path, run_dir: Path, env: Mapping[str, str], timeout_s: f
             expected_turns: int | None) -> RunOutcome:
     """Run one dataflow and judge its turns (:func:`turn_problems`); never raises for a failed run.
 
-    dora's finish-straggler watchdog stops a dataflow in which no node has exchanged a message for
-    ``DORA_FINISH_DRAIN_GRACE_SECS`` (default 120 s) unless a source node is running; the text pipeline has no
-    source, and a batch-mode LLM is silent while it generates a long answer, so on a slow machine the watchdog
-    killed the LLM mid-answer. The run is bounded by ``timeout_s`` anyway: the grace is set to it unless ``env``
-    sets it.
+    (``run_dataflow`` sets dora's finish-drain grace to ``timeout_s``: see :func:`dora_voice.launcher.node_env`.)
     """
-    env = {"DORA_FINISH_DRAIN_GRACE_SECS": str(int(timeout_s)), **env}
     try:
         result = run_dataflow(yaml_path, run_dir, env, timeout_s=timeout_s)
     except LaunchError as exc:

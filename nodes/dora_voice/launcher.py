@@ -56,12 +56,17 @@ class RunResult:
         return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
 
 
-def node_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment for ``dora run``: this one, the interpreter's bin dir first on PATH, plus ``extra``."""
+def node_env(extra: Mapping[str, str] | None = None, *, timeout_s: float = 600.0) -> dict[str, str]:
+    """The environment for ``dora run``: this one, the interpreter's bin dir first on PATH, plus ``extra``.
+
+    ``DORA_FINISH_DRAIN_GRACE_SECS`` defaults to ``timeout_s``: dora 1.1 otherwise stops a dataflow whose nodes
+    have all been silent for 120 s once no source node runs (a batch-mode LLM generating a long reply is silent).
+    """
     env = dict(os.environ)
     bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
     env.setdefault("RUST_BACKTRACE", "0")
+    env.setdefault("DORA_FINISH_DRAIN_GRACE_SECS", str(int(timeout_s)))
     env.update({k: str(v) for k, v in (extra or {}).items()})
     return env
 
@@ -111,7 +116,7 @@ def run_dataflow(yaml_path: Path, out_dir: Path, env: Mapping[str, str] | None =
     logger.info("running %s", " ".join(cmd))
     started = time.perf_counter()
     with open(out_dir / "dora.log", "w", encoding="utf-8") as log:
-        proc = subprocess.Popen(cmd, cwd=yaml_path.parent, env=node_env(extra), stdout=subprocess.PIPE,
+        proc = subprocess.Popen(cmd, cwd=yaml_path.parent, env=node_env(extra, timeout_s=timeout_s), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, errors="replace")
         assert proc.stdout is not None
         deadline = time.monotonic() + timeout_s + 30

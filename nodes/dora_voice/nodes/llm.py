@@ -253,8 +253,8 @@ class LlmCore(NodeCore):
                 out += self._chunk(turn, chunk, is_final=i == len(rest) - 1)
             if not rest:
                 out += self._chunk(turn, "", is_final=True)
-        else:
-            out += self._chunk(turn, " ".join(turn.reply.split()), is_final=True)
+        else:  # batch: the whole reply, line breaks kept (the TTS reads list items and code blocks from them)
+            out += self._chunk(turn, turn.reply.strip(), is_final=True)
         now = self.clock_ns()
         reply = " ".join(turn.reply.split())
         turn_id = turn.transcript.turn_id
