@@ -486,7 +486,7 @@ def test_config_defaults_and_strict_parsing() -> None:
     config = load_config(TtsConfig, {})
     assert (config.max_segment_chars, config.min_segment_chars, config.fragment_interval_s) == (100, 20, 0.3)
     assert config.return_fragment and config.enable_internal_segmentation and config.normalize_text
-    assert config.threads == 1 and config.backend == "piper"
+    assert config.threads == 2 and config.backend == "piper"
     with pytest.raises(ConfigError, match="TTS_MIN_SEGMENT_LENGTH"):
         load_config(TtsConfig, {"TTS_MIN_SEGMENT_LENGTH": "50", "TTS_MAX_SEGMENT_LENGTH": "40"})
     with pytest.raises(ConfigError, match="FRAGMENT_INTERVAL"):

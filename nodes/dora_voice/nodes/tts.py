@@ -87,7 +87,7 @@ class TtsConfig:
                                            "audio per fragment, seconds")
     normalize_text: bool = env_field("TTS_NORMALIZE_TEXT", True, parse_bool,
                                      "spell out numbers/units/abbreviations, drop markdown and emoji")
-    threads: int = env_field("TTS_THREADS", 1, parse_int(min_value=1, max_value=16),
+    threads: int = env_field("TTS_THREADS", 2, parse_int(min_value=1, max_value=16),
                              "ONNX Runtime intra-op threads for the voice")
     voice_path: str = env_field("TTS_VOICE_PATH", "", parse_str,
                                 "Piper .onnx voice; overrides the registry voice piper-joe")
