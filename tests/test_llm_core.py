@@ -21,6 +21,7 @@ class ScriptedBackend:
     def __init__(self, tokens: list[str]) -> None:
         self.tokens = tokens
         self.prompts: list[list[dict]] = []
+        self.warmups: list[list[dict]] = []
         self.closed = 0
 
     def stream(self, messages, max_tokens):
@@ -34,7 +35,7 @@ class ScriptedBackend:
         return len(text.split())
 
     def warmup(self, messages) -> None:
-        pass
+        self.warmups.append(messages)
 
 
 REPLY = ["Sure", ",", " the", " answer", " is", " 3", ".", "14", ".", " That", " is", " pi", " to", " two",
@@ -236,3 +237,17 @@ def test_zero_history_turns_means_no_memory() -> None:
     history = ConversationHistory("sys", HistoryStrategy.SLIDING, max_turns=0)
     history.add(0, "u", "a")
     assert history.messages("next") == [{"role": "system", "content": "sys"}, {"role": "user", "content": "next"}]
+
+
+def test_a_trimmed_history_is_prefilled_after_the_turn_not_before_the_next() -> None:
+    core, backend = make({"HISTORY_STRATEGY": "sliding", "LLM_HISTORY_TURNS": "2"}, tokens=["Ok", "."])
+    for turn in range(3):
+        ask(core, f"q{turn}", turn)
+        run_all(core)
+    # Turn 2 overflowed the window of 2: the kept history (turn 2 only) was evaluated right after it.
+    assert len(backend.warmups) == 1
+    assert [m["content"] for m in backend.warmups[0][1:3]] == ["q2", "Ok."]
+    assert not core.busy()
+    ask(core, "q3", 3)
+    run_all(core)
+    assert backend.prompts[-1][1:3] == backend.warmups[0][1:3]  # the next prompt starts with the prefilled prefix

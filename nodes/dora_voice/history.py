@@ -11,6 +11,9 @@ Strategies (``HISTORY_STRATEGY``):
       stays stable for ``max_turns / 2`` turns between cache misses.
     * ``token_budget`` — as many recent turns as fit ``max_tokens``; when over, drops oldest turns until the
       history is under half the budget (the same amortisation, measured in tokens).
+
+When turns are dropped the LLM node re-evaluates the new prefix right away, while the answer is still playing
+(:meth:`ConversationHistory.add` says when), so the next user turn does not pay for it.
 """
 
 from __future__ import annotations
@@ -70,10 +73,16 @@ class ConversationHistory:
         out.append({"role": "user", "content": user_text})
         return out
 
-    def add(self, turn_id: int, user: str, assistant: str) -> None:
-        """Record a finished turn and forget old ones according to the strategy."""
+    def add(self, turn_id: int, user: str, assistant: str) -> bool:
+        """Record a finished turn and forget old ones according to the strategy.
+
+        Returns:
+            True when old turns were dropped (the prompt prefix changed: the LLM's cache will miss once).
+        """
         self.exchanges.append(Exchange(turn_id, user, assistant))
+        before = len(self.exchanges)
         self._trim()
+        return len(self.exchanges) < before
 
     def set_heard(self, turn_id: int, heard: str) -> bool:
         """Replace the assistant text of ``turn_id`` by what the listener heard (after a barge-in).

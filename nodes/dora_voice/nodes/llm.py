@@ -139,6 +139,7 @@ class LlmCore(NodeCore):
         self.texts: dict[int, list[str]] = {}  # turn -> chunk texts, for trimming history after a barge-in
         self.text_closed = False
         self.cancelled_turns = 0
+        self.prefill_pending = False  # history was trimmed: re-evaluate its new prefix while the answer plays
 
     # -- dora hooks ------------------------------------------------------------------------------------------
     def on_input(self, input_id: str, value: pa.Array, metadata: Mapping[str, Any]) -> Iterable[Emit]:
@@ -164,7 +165,7 @@ class LlmCore(NodeCore):
         return ()
 
     def busy(self) -> bool:
-        return self.current is not None
+        return self.current is not None or self.prefill_pending
 
     def finished(self) -> bool:
         # Feedback inputs (segment_done, playback) stay open as long as tts/speaker run; they in turn wait for us.
@@ -173,6 +174,8 @@ class LlmCore(NodeCore):
     def step(self) -> Iterable[Emit]:
         turn = self.current
         if turn is None:
+            if self.prefill_pending:
+                self._prefill()
             return []
         if turn.waiting_for is not None:
             if self.clock_ns() - turn.waiting_since_ns < self.config.pacing_timeout_s * 1e9:
@@ -212,6 +215,7 @@ class LlmCore(NodeCore):
         if not self.queue:
             return []
         transcript = self.queue.popleft()
+        self.prefill_pending = False  # this prompt evaluates the new prefix anyway
         messages = self.history.messages(transcript.text)
         self.segmenter.reset()
         start = self.clock_ns()
@@ -259,7 +263,8 @@ class LlmCore(NodeCore):
         reply = " ".join(turn.reply.split())
         turn_id = turn.transcript.turn_id
         heard = self._heard_text(turn_id) if turn_id in self.interrupted_turns else reply
-        self.history.add(turn_id, turn.transcript.text, heard)
+        if self.history.add(turn_id, turn.transcript.text, heard):
+            self.prefill_pending = True
         out.append(self.timing(TimingKind.LLM_DONE, turn_id, now, **{
             Key.TOKENS: turn.tokens_total, Key.TEXT: reply, Key.SEGMENTS_TOTAL: len(turn.chunks),
             Key.DURATION_MS: (now - turn.start_ns) / 1e6, Key.INTERRUPTED: cancelled}))
@@ -267,6 +272,14 @@ class LlmCore(NodeCore):
                     (now - turn.start_ns) / 1e6, " (cancelled by barge-in)" if cancelled else "")
         self.current = None
         return out + self._start_next()
+
+    def _prefill(self) -> None:
+        """Evaluate the system prompt and the trimmed history once, so the next turn's prompt hits the cache."""
+        self.prefill_pending = False
+        started = time.perf_counter()
+        self.backend.warmup(self.history.messages(""))
+        logger.info("history trimmed to %d turns: prefix re-evaluated in %.0f ms, off the user's path",
+                    len(self.history.exchanges), (time.perf_counter() - started) * 1000)
 
     def _on_playback(self, event: PlaybackEvent) -> list[Emit]:
         heard = self.heard.setdefault(event.turn_id, {})
