@@ -164,6 +164,17 @@ def fade_curve(n: int, *, rising: bool) -> np.ndarray:
     return curve if rising else curve[::-1].copy()
 
 
+def _fade(samples: np.ndarray, n: int, *, rising: bool, inplace: bool) -> np.ndarray:
+    out = samples if inplace else np.array(samples, dtype=np.float32, copy=True)
+    n = min(int(n), out.shape[0])
+    if n > 0:
+        if rising:
+            out[:n] *= fade_curve(n, rising=True)
+        else:
+            out[out.shape[0] - n:] *= fade_curve(n, rising=False)
+    return out
+
+
 def fade_in(samples: np.ndarray, n: int, *, inplace: bool = False) -> np.ndarray:
     """Fade the first ``n`` samples in (raised cosine: the first sample becomes 0).
 
@@ -175,29 +186,12 @@ def fade_in(samples: np.ndarray, n: int, *, inplace: bool = False) -> np.ndarray
     Returns:
         The faded array (``samples`` itself when ``inplace``).
     """
-    out = samples if inplace else np.array(samples, dtype=np.float32, copy=True)
-    n = min(int(n), out.shape[0])
-    if n > 0:
-        out[:n] *= fade_curve(n, rising=True)
-    return out
+    return _fade(samples, n, rising=True, inplace=inplace)
 
 
 def fade_out(samples: np.ndarray, n: int, *, inplace: bool = False) -> np.ndarray:
-    """Fade the last ``n`` samples out (raised cosine: the last sample becomes 0).
-
-    Args:
-        samples: shape ``(m,)`` float32.
-        n: fade length in samples; clipped to ``m``.
-        inplace: modify ``samples`` instead of a copy (it must be writable).
-
-    Returns:
-        The faded array (``samples`` itself when ``inplace``).
-    """
-    out = samples if inplace else np.array(samples, dtype=np.float32, copy=True)
-    n = min(int(n), out.shape[0])
-    if n > 0:
-        out[out.shape[0] - n:] *= fade_curve(n, rising=False)
-    return out
+    """Fade the last ``n`` samples out (raised cosine: the last sample becomes 0); arguments as :func:`fade_in`."""
+    return _fade(samples, n, rising=False, inplace=inplace)
 
 
 def equal_power_crossfade(a_tail: np.ndarray, b_head: np.ndarray) -> np.ndarray:
