@@ -16,6 +16,7 @@ daemon) at a time can host them. A leftover ``dora up`` daemon answers instead o
 from __future__ import annotations
 
 import argparse
+import os
 import dataclasses
 import logging
 import re
@@ -204,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     """Console script ``monitor_streaming_timing``; returns the exit status (see ``--help``)."""
     args = build_parser().parse_args(argv)
     setup_logging()
+    os.environ.setdefault("RUST_BACKTRACE", "0")  # dora's shutdown warnings without a 30-frame backtrace each
     overrides = {name: value for name, value in (("timing_report", args.jsonl), ("plot_dir", args.plot),
                                                   ("save_audio", args.save_audio)) if value is not None}
     if args.verbose:
