@@ -635,3 +635,17 @@ def test_contract() -> None:
     assert set(contract.inputs) == {Output.AUDIO, Output.STREAM_STARTED, Output.EVENTS}
     assert set(contract.outputs) == {Output.PLAYBACK, Output.TIMING}
     assert {"AUDIO_OUTPUT", "ECHO_GUARD", "BARGE_IN_MIN_SPEECH_MS"} <= set(contract.env())
+
+
+def test_no_sentence_pause_after_a_mid_phrase_cut(tmp_path) -> None:
+    def second_segment_start(ends_at_punctuation: bool) -> int:
+        h = Harness(tmp_path, {"SENTENCE_PAUSE_MS": "100", "CROSSFADE_MS": "0"})
+        value, meta = fragment(0, 0, 0, dc(0.5, 0.5), last=True)
+        meta[Key.ENDS_AT_PUNCTUATION] = ends_at_punctuation
+        h.audio((value, meta), fragment(0, 1, 0, dc(0.5, 0.5), last=True, final=True, total=2))
+        h.end()
+        played = {e.fields[Key.SEGMENT_INDEX]: e for e in h.events(TimingKind.SEGMENT_PLAYED)}
+        return round((played[1].t_ns - T0) * RATE / 1e9) - RATE // 2  # end minus its length
+
+    assert second_segment_start(True) == RATE // 2 + RATE // 10  # a 100 ms pause after "Hello."
+    assert second_segment_start(False) == RATE // 2  # joined directly after "The capital of"

@@ -50,6 +50,7 @@ class Key:
     IS_STREAMING = "is_streaming"  # bool: produced by the streaming path
     IS_FINAL = "is_final"  # bool: last message of the turn on this edge
     IS_LAST_FRAGMENT = "is_last_fragment"  # bool: last fragment of its segment
+    ENDS_AT_PUNCTUATION = "ends_at_punctuation"  # bool: the segment's text ends at punctuation (a natural pause)
     SEGMENTS_TOTAL = "segments_total"  # int: segments the sender produced for the turn (on is_final messages)
     SAMPLE_RATE = "sample_rate"  # int, Hz
     SAMPLE_OFFSET = "sample_offset"  # int, samples since the start of the mic stream
@@ -459,6 +460,8 @@ class AudioFragment:
     segments when the TTS segments it further; ``text_segment_index`` names the chunk). Fragments of a segment are
     numbered ``fragment_index = 0, 1, …``; the last has ``is_last_fragment=True``. The turn's last message has
     ``is_final=True`` and ``segments_total``; it may be an empty fragment that only closes the turn.
+    ``ends_at_punctuation`` is False when the segment was cut mid-phrase (a size or token limit): the speaker then
+    joins the next segment without the sentence pause.
 
     Attributes:
         samples: shape ``(n,)`` float32 in [-1, 1], mono, at ``sample_rate`` Hz.
@@ -477,6 +480,7 @@ class AudioFragment:
     is_streaming: bool
     t_ns: int
     segments_total: int | None = None
+    ends_at_punctuation: bool = True
 
     def encode(self) -> tuple[pa.Array, dict[str, Any]]:
         return _audio_array(self.samples), _clean({
@@ -484,7 +488,7 @@ class AudioFragment:
             Key.SEGMENT_INDEX: int(self.segment_index), Key.FRAGMENT_INDEX: int(self.fragment_index),
             Key.TEXT_SEGMENT_INDEX: int(self.text_segment_index), Key.IS_LAST_FRAGMENT: bool(self.is_last_fragment),
             Key.IS_FINAL: bool(self.is_final), Key.IS_STREAMING: bool(self.is_streaming), Key.T_NS: int(self.t_ns),
-            Key.SEGMENTS_TOTAL: self.segments_total,
+            Key.SEGMENTS_TOTAL: self.segments_total, Key.ENDS_AT_PUNCTUATION: bool(self.ends_at_punctuation),
         })
 
     @classmethod
@@ -496,6 +500,7 @@ class AudioFragment:
             is_last_fragment=_get(meta, Key.IS_LAST_FRAGMENT, bool), is_final=_get(meta, Key.IS_FINAL, bool),
             is_streaming=_get(meta, Key.IS_STREAMING, bool, True), t_ns=_get(meta, Key.T_NS, int, 0),
             segments_total=_get(meta, Key.SEGMENTS_TOTAL, int, None),
+            ends_at_punctuation=_get(meta, Key.ENDS_AT_PUNCTUATION, bool, True),
         )
 
 

@@ -107,7 +107,8 @@ class SpeakerConfig:
         "SPEAKER_SAMPLE_RATE", 0, parse_int(min_value=0, max_value=192_000),
         "output rate in Hz; 0 = the first fragment's rate (file) or the device's default rate (device)")
     sentence_pause_ms: int = env_field(
-        "SENTENCE_PAUSE_MS", 120, parse_int(min_value=0, max_value=5000), "pause in ms between segments of a turn")
+        "SENTENCE_PAUSE_MS", 120, parse_int(min_value=0, max_value=5000),
+        "pause in ms after a segment that ends at punctuation (none after a mid-phrase cut)")
     crossfade_ms: int = env_field(
         "CROSSFADE_MS", 8, parse_int(min_value=0, max_value=200), "fade in/out in ms at segment joins and gaps")
     barge_in: bool = env_field("BARGE_IN", True, parse_bool, "stop playback when the user starts speaking")
@@ -161,6 +162,7 @@ class _Segment:
     reported: bool = False
     in_rate: int = 0
     resampler: Any = None
+    pause_after: bool = True  # its text ends at punctuation: the next segment follows after SENTENCE_PAUSE_MS
 
 
 @dataclass
@@ -428,14 +430,17 @@ class SpeakerCore(NodeCore):
         sink = self.sink
         last = frag.is_last_fragment or frag.is_final
         if frag.fragment_index == 0:
-            turn.segments.append(_Segment(index=frag.segment_index, text_index=frag.text_segment_index))
+            turn.segments.append(_Segment(index=frag.segment_index, text_index=frag.text_segment_index,
+                                          pause_after=frag.ends_at_punctuation))
         seg = turn.segments[-1]
         samples = self._convert(seg, frag, last)
         fade_n = self._samples(self.config.crossfade_ms)
         if samples.shape[0]:
             first_of_segment = seg.samples == 0
             if turn.started:
-                pause = self._samples(self.config.sentence_pause_ms) if first_of_segment else 0
+                previous = turn.segments[-2] if len(turn.segments) > 1 else None
+                natural = previous is None or previous.pause_after  # no pause inside a phrase cut by a limit
+                pause = self._samples(self.config.sentence_pause_ms) if first_of_segment and natural else 0
                 due = turn.end_pos + pause
             else:
                 due = sink.end + self._samples(self.config.sentence_pause_ms) if sink.end else 0

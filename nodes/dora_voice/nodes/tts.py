@@ -64,6 +64,8 @@ _MAX_CLOSED_TURNS = 1024
 _ENDS_AT_PAUSE = re.compile(r"[.!?\u2026,;:][\"')\]\u201d\u2019]*$")
 _PLAYBACK_KINDS = frozenset(k.value for k in PlaybackKind)
 _VAD_KINDS = frozenset(k.value for k in VadEventKind)
+_ENDS_AT_PUNCTUATION = re.compile(r"[.!?\u2026,;:][\"'\u201d\u2019)\]]*\s*$")
+"""A segment ending like this is followed by a natural pause; one cut mid-phrase (a length cap) is not."""
 
 
 @dataclass(frozen=True)
@@ -368,7 +370,8 @@ class TtsCore(NodeCore):
             samples=samples, sample_rate=self.sample_rate, session_id=turn.session_id, turn_id=turn.turn_id,
             segment_index=synth.segment_index, fragment_index=synth.fragments,
             text_segment_index=synth.chunk.text_segment_index, is_last_fragment=last, is_final=final,
-            is_streaming=turn.is_streaming, t_ns=now, segments_total=turn.segments_started if final else None)
+            is_streaming=turn.is_streaming, t_ns=now, segments_total=turn.segments_started if final else None,
+            ends_at_punctuation=bool(_ENDS_AT_PUNCTUATION.search(synth.text)))
         out = [emit(Output.AUDIO, fragment)]
         if synth.fragments == 0:
             out.append(self.timing(TimingKind.TTS_FIRST_FRAGMENT, turn.turn_id, now, **{
