@@ -66,7 +66,7 @@ class LlmConfig:
     threads: int = env_field("LLM_THREADS", 2, parse_int(min_value=1, max_value=64), "CPU threads")
     context_tokens: int = env_field("LLM_CONTEXT_TOKENS", 4096, parse_int(min_value=256, max_value=131072),
                                     "context window, tokens")
-    first_chunk_max_tokens: int = env_field("LLM_FIRST_CHUNK_MAX_TOKENS", 8, parse_int(min_value=1, max_value=512),
+    first_chunk_max_tokens: int = env_field("LLM_FIRST_CHUNK_MAX_TOKENS", 5, parse_int(min_value=1, max_value=512),
                                             "first chunk is cut after this many tokens at the latest")
     first_chunk_min_chars: int = env_field("LLM_FIRST_CHUNK_MIN_CHARS", 4, parse_int(min_value=0, max_value=500),
                                            "shortest first chunk cut at punctuation, characters")
