@@ -251,3 +251,13 @@ def test_a_trimmed_history_is_prefilled_after_the_turn_not_before_the_next() -> 
     ask(core, "q3", 3)
     run_all(core)
     assert backend.prompts[-1][1:3] == backend.warmups[0][1:3]  # the next prompt starts with the prefilled prefix
+
+
+def test_playback_bookkeeping_is_dropped_when_the_turn_is_done() -> None:
+    core, _ = make(tokens=["Ok", "."])
+    for turn in range(3):
+        ask(core, f"q{turn}", turn)
+        run_all(core)
+        core.handle("playback", *PlaybackEvent(PlaybackKind.SEGMENT_PLAYED, "s", turn, 0, 0, 1.0, 1).encode())
+        core.handle("playback", *PlaybackEvent(PlaybackKind.TURN_DONE, "s", turn, -1, -1, 1.0, 2).encode())
+    assert core.texts == {} and core.heard == {} and core.interrupted_turns == set()

@@ -298,7 +298,11 @@ class LlmCore(NodeCore):
                 return self._finish(turn, cancelled=True)
             self.history.set_heard(event.turn_id, self._heard_text(event.turn_id))
         elif event.kind is PlaybackKind.TURN_DONE:
-            self.heard.pop(event.turn_id, None) if event.turn_id not in self.interrupted_turns else None
+            # The speaker is done with the turn (after turn_interrupted, if any): forget its playback bookkeeping.
+            self.heard.pop(event.turn_id, None)
+            if self.current is None or self.current.transcript.turn_id != event.turn_id:
+                self.texts.pop(event.turn_id, None)
+            self.interrupted_turns.discard(event.turn_id)
         return []
 
     def _heard_text(self, turn_id: int) -> str:

@@ -18,6 +18,7 @@ import enum
 import logging
 import math
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
@@ -91,8 +92,9 @@ class VadCore(NodeCore):
         self._pending = np.zeros(0, dtype=np.float32)  # samples not yet framed
         self._pending_start = 0  # stream index of _pending[0]
         self._origin: tuple[int, int] | None = None  # (stream sample index, t_ns) anchoring sample times
-        self._history = np.zeros(0, dtype=np.float32)  # recent audio, for the pre-roll and the utterance
-        self._history_start = 0
+        self._frames: deque[np.ndarray] = deque()  # recent frames, for the pre-roll and the utterance
+        self._history_start = 0  # stream index of _frames[0][0]
+        self._preroll_frames = math.ceil((self.pad_samples + FRAME_SAMPLES) / FRAME_SAMPLES)
         self._onset = 0  # stream index of the first voiced sample
         self._last_voiced_end = 0  # stream index just after the last voiced frame
         self._voiced_frames = 0
@@ -138,14 +140,17 @@ class VadCore(NodeCore):
 
     # -- state machine ---------------------------------------------------------------------------------------
     def _remember(self, frame: np.ndarray, start: int) -> None:
-        if len(self._history) == 0:
+        """Keep the frame (no copy of the whole buffer per frame); while nobody speaks keep only the pre-roll."""
+        if not self._frames:
             self._history_start = start
-        self._history = np.concatenate([self._history, frame])
-        if self.state is VadState.SILENCE:  # keep only the pre-roll while nobody speaks
-            excess = len(self._history) - self.pad_samples - FRAME_SAMPLES
-            if excess > 0:
-                self._history = self._history[excess:]
-                self._history_start += excess
+        self._frames.append(frame)
+        if self.state is VadState.SILENCE:
+            self._trim_to_preroll()
+
+    def _trim_to_preroll(self) -> None:
+        while len(self._frames) > self._preroll_frames:
+            self._frames.popleft()
+            self._history_start += FRAME_SAMPLES
 
     def _on_frame(self, frame: np.ndarray, start: int) -> list[Emit]:
         prob = float(self.speech_probability(frame))
@@ -191,16 +196,15 @@ class VadCore(NodeCore):
         now = self.clock_ns()
         start_ns = self.sample_time_ns(self._onset)
         end_ns = self.sample_time_ns(self._last_voiced_end)
+        history = np.concatenate(self._frames)
         lo = max(self._onset - self.pad_samples, self._history_start) - self._history_start
-        hi = min(self._last_voiced_end + self.pad_samples - self._history_start, len(self._history))
-        samples = self._history[lo:hi].copy()
+        hi = min(self._last_voiced_end + self.pad_samples - self._history_start, len(history))
+        samples = history[lo:hi]
         turn = self.turn_id
         self.turn_id += 1
         self.state = VadState.SILENCE
         self._voiced_frames = self._silent_frames = 0
-        keep = min(len(self._history), self.pad_samples + FRAME_SAMPLES)
-        self._history_start += len(self._history) - keep
-        self._history = self._history[len(self._history) - keep:]
+        self._trim_to_preroll()
         utterance = Utterance(samples, self.rate, self.session_id, turn, start_ns, end_ns, now)
         logger.info("turn %d: utterance of %.2f s (speech %.2f s)", turn, len(samples) / self.rate,
                     (end_ns - start_ns) / 1e9)
