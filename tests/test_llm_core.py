@@ -261,3 +261,96 @@ def test_playback_bookkeeping_is_dropped_when_the_turn_is_done() -> None:
         core.handle("playback", *PlaybackEvent(PlaybackKind.SEGMENT_PLAYED, "s", turn, 0, 0, 1.0, 1).encode())
         core.handle("playback", *PlaybackEvent(PlaybackKind.TURN_DONE, "s", turn, -1, -1, 1.0, 2).encode())
     assert core.texts == {} and core.heard == {} and core.interrupted_turns == set()
+
+
+# -- replies that fit speech: the repetition guard and the caps ----------------------------------------------------
+
+class LoopingBackend(ScriptedBackend):
+    """A backend stuck in a loop: an opening, then the same sentence again and again until ``max_tokens``."""
+
+    def __init__(self, opening: list[str], loop: list[str]) -> None:
+        super().__init__(opening)
+        self.loop = loop
+        self.yielded = 0
+
+    def stream(self, messages, max_tokens):
+        self.prompts.append(messages)
+        try:
+            for i in range(max_tokens):
+                token = self.tokens[i] if i < len(self.tokens) else self.loop[(i - len(self.tokens)) % len(self.loop)]
+                self.yielded += 1
+                yield token
+        finally:
+            self.closed += 1
+
+
+OPENING = ["Check", " the", " cable", " first", "."]
+LOOP_TOKENS = [" If", " it", "'s", " still", " not", " charging", ",", " try", " to", " use", " a", " power", " bank",
+               "."]
+
+
+def reply_text(out: list) -> str:
+    return " ".join(s.text for s in segments(out) if s.text)
+
+
+@pytest.mark.parametrize("streaming", ["true", "false"])
+def test_a_looping_reply_ends_before_the_repeat_and_stops_generation(streaming: str) -> None:
+    backend = LoopingBackend(OPENING, LOOP_TOKENS)
+    core = LlmCore(load_config(LlmConfig, {"LLM_PACING": "off", "LLM_ENABLE_STREAMING": streaming,
+                                           "LLM_MAX_WORDS": "0", "LLM_MAX_TOKENS": "400"}), backend)
+    out = ask(core, "My phone does not charge.", 0) + run_all(core)
+    assert reply_text(out) == "Check the cable first. If it's still not charging, try to use a power bank."
+    segs = segments(out)
+    assert segs[-1].is_final and sum(s.is_final for s in segs) == 1
+    assert backend.closed == 1 and backend.yielded < 2 * len(OPENING + LOOP_TOKENS) + 2  # stopped, not at 400
+    done = [t for t in timings(out) if t.kind is TimingKind.LLM_DONE][0]
+    assert done.fields["detail"] == "repetition"
+    assert done.fields["text"] == reply_text(out)
+    assert core.history.exchanges[-1].assistant == reply_text(out)  # the history keeps what was said, not the loop
+
+
+def test_without_the_guard_the_same_loop_runs_to_max_tokens() -> None:
+    backend = LoopingBackend(OPENING, LOOP_TOKENS)
+    core = LlmCore(load_config(LlmConfig, {"LLM_PACING": "off", "LLM_REPETITION_GUARD": "false",
+                                           "LLM_MAX_WORDS": "0", "LLM_MAX_TOKENS": "100"}), backend)
+    out = ask(core, "My phone does not charge.", 0) + run_all(core)
+    assert backend.yielded == 100
+    assert reply_text(out).count("power bank") >= 6
+
+
+@pytest.mark.parametrize("streaming", ["true", "false"])
+def test_word_cap_finishes_the_sentence_in_progress(streaming: str) -> None:
+    tokens = ["Zero", "."] + [f" w{i}{j}" + ("." if j == 5 else "") for i in range(10) for j in range(6)]
+    core, backend = make({"LLM_MAX_WORDS": "10", "LLM_ENABLE_STREAMING": streaming}, tokens=tokens)
+    out = ask(core, "Count.", 0) + run_all(core)
+    text = reply_text(out)
+    # 10 words are reached inside the second six-word sentence; that sentence is finished, the next is not begun
+    assert text == "Zero. w00 w01 w02 w03 w04 w05. w10 w11 w12 w13 w14 w15."
+    assert backend.closed == 1
+    done = [t for t in timings(out) if t.kind is TimingKind.LLM_DONE][0]
+    assert done.fields["detail"] == "word_cap"
+
+
+@pytest.mark.parametrize("streaming", ["true", "false"])
+def test_max_tokens_drops_the_unfinished_sentence(streaming: str) -> None:
+    tokens = ["The", " capital", " is", " Canberra", ".", " It", " was", " chosen", " in", " 1908", " as", " a"]
+    core, _ = make({"LLM_MAX_TOKENS": "11", "LLM_ENABLE_STREAMING": streaming, "LLM_MAX_WORDS": "0"},
+                   tokens=tokens)
+    out = ask(core, "Capital of Australia?", 0) + run_all(core)
+    assert reply_text(out) == "The capital is Canberra."
+    assert segments(out)[-1].is_final
+    assert [t for t in timings(out) if t.kind is TimingKind.LLM_DONE][0].fields["detail"] == "max_tokens"
+
+
+def test_max_tokens_keeps_a_reply_that_never_finished_a_sentence() -> None:
+    tokens = ["The", " capital", " of", " Australia", " is", " Canberra", " which"]
+    core, _ = make({"LLM_MAX_TOKENS": "7", "LLM_MAX_WORDS": "0"}, tokens=tokens)
+    out = ask(core, "Capital of Australia?", 0) + run_all(core)
+    assert reply_text(out) == "The capital of Australia is Canberra which"  # better than silence
+
+
+def test_a_reply_that_ends_by_itself_is_untouched() -> None:
+    core, _ = make({"LLM_CHUNK_MIN_CHARS": "10"})
+    out = ask(core, "What is pi?", 0) + run_all(core)
+    assert reply_text(out).split() == "".join(REPLY).split()
+    assert [t for t in timings(out) if t.kind is TimingKind.LLM_DONE][0].fields["detail"] == ""

@@ -26,6 +26,8 @@ class LlmBackend(Protocol):
     """What the LLM node needs from a runtime."""
 
     name: str
+    finish_reason: str
+    """Why the last :meth:`stream` ended: ``"stop"`` (the model ended), ``"length"`` (``max_tokens``) or ``""``."""
 
     def stream(self, messages: list[Message], max_tokens: int) -> Iterator[str]:
         """Yield the reply as text deltas, one per token, until done or ``max_tokens``."""
@@ -46,23 +48,30 @@ class LlamaCppBackend:
         context_tokens: context window (``n_ctx``).
         temperature: sampling temperature (0 = greedy).
         seed: RNG seed, for repeatable benchmarks.
+        repeat_penalty: llama.cpp's ``repeat_penalty`` over the last 64 tokens (``last_n_tokens_size``); 1.0 = off.
     """
 
     name = "llama_cpp"
 
-    def __init__(self, model_path: Path, *, threads: int, context_tokens: int, temperature: float, seed: int) -> None:
+    def __init__(self, model_path: Path, *, threads: int, context_tokens: int, temperature: float, seed: int,
+                 repeat_penalty: float = 1.0) -> None:
         from llama_cpp import Llama
 
         self.temperature = temperature
+        self.repeat_penalty = repeat_penalty
+        self.finish_reason = ""
         self.llm = Llama(model_path=str(model_path), n_ctx=context_tokens, n_threads=threads, n_threads_batch=threads,
                          seed=seed, verbose=False)
 
     def stream(self, messages: list[Message], max_tokens: int) -> Iterator[str]:
+        self.finish_reason = ""
         chunks = self.llm.create_chat_completion(messages=messages, stream=True, max_tokens=max_tokens,
-                                                 temperature=self.temperature)
+                                                 temperature=self.temperature, repeat_penalty=self.repeat_penalty)
         try:
             for chunk in chunks:
-                delta = chunk["choices"][0].get("delta", {}).get("content")
+                choice = chunk["choices"][0]
+                self.finish_reason = choice.get("finish_reason") or self.finish_reason
+                delta = choice.get("delta", {}).get("content")
                 if delta:
                     yield delta
         finally:
@@ -87,22 +96,29 @@ class MlxBackend:
 
     name = "mlx"
 
-    def __init__(self, model_path: Path, *, temperature: float, mlx_lm: Any | None = None) -> None:
+    def __init__(self, model_path: Path, *, temperature: float, repeat_penalty: float = 1.0,
+                 mlx_lm: Any | None = None) -> None:
         if mlx_lm is None:
             import mlx_lm  # noqa: PLC0415 - only when this backend is chosen
         self.mlx_lm = mlx_lm
         self.model, self.tokenizer = mlx_lm.load(str(model_path))
         self.temperature = temperature
+        self.repeat_penalty = repeat_penalty
+        self.finish_reason = ""
 
     def _prompt(self, messages: list[Message]) -> Any:
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
 
     def stream(self, messages: list[Message], max_tokens: int) -> Iterator[str]:
+        self.finish_reason = ""
         kwargs: dict[str, Any] = {"max_tokens": max_tokens}
         sample_utils = getattr(self.mlx_lm, "sample_utils", None)
         if sample_utils is not None and hasattr(sample_utils, "make_sampler"):
             kwargs["sampler"] = sample_utils.make_sampler(temp=self.temperature)
+        if self.repeat_penalty != 1.0 and sample_utils is not None and hasattr(sample_utils, "make_logits_processors"):
+            kwargs["logits_processors"] = sample_utils.make_logits_processors(repetition_penalty=self.repeat_penalty)
         for response in self.mlx_lm.stream_generate(self.model, self.tokenizer, self._prompt(messages), **kwargs):
+            self.finish_reason = getattr(response, "finish_reason", None) or self.finish_reason
             if response.text:
                 yield response.text
 

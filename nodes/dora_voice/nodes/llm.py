@@ -13,6 +13,19 @@ Chunking (the design notes' pause strategy "max_tokens first, sentence_boundary 
 the first clause or sentence boundary or after ``LLM_FIRST_CHUNK_MAX_TOKENS`` tokens; later chunks end at sentence
 boundaries, at least ``LLM_CHUNK_MIN_CHARS`` and at most ``LLM_CHUNK_MAX_CHARS`` long.
 ``LLM_ENABLE_STREAMING=false`` is the batch baseline: one chunk holding the whole reply, sent when it is complete.
+
+Replies that fit speech:
+
+* **No loops.** ``LLM_REPEAT_PENALTY`` is passed to the runtime (llama.cpp's repeat penalty over its last 64
+  tokens; mlx-lm's ``repetition_penalty``). As the last line, every chunk passes a
+  :class:`~dora_voice.text.repetition.RepetitionGuard` before it is sent: when a sentence would repeat the reply
+  (a word 4-gram's third occurrence, or a sentence said again), generation stops and the reply ends after the
+  last sentence that did not repeat (``LLM_REPETITION_GUARD``).
+* **A length cap that ends on a finished sentence.** Once the reply has ``LLM_MAX_WORDS`` words, the sentence in
+  progress is finished and generation stops. When ``LLM_MAX_TOKENS`` cuts the reply anyway, its unfinished last
+  sentence is dropped, unless the text before it does not end a sentence either (then nothing would be gained).
+  ``llm_done`` carries the reason in ``detail``: ``""`` (the model ended), ``word_cap``, ``max_tokens``,
+  ``repetition`` or ``barge_in``.
 """
 
 from __future__ import annotations
@@ -37,6 +50,7 @@ from dora_voice.runtime import Emit, NodeCore, UnknownInputError, emit
 from dora_voice.schema import (
     Key, Output, PlaybackEvent, PlaybackKind, SegmentDone, TextSegment, TimingKind, Transcript,
 )
+from dora_voice.text.repetition import RepetitionGuard, split_sentences
 from dora_voice.text.segmenter import TextSegmenter
 
 logger = logging.getLogger(__name__)
@@ -59,7 +73,14 @@ class LlmConfig:
     model_path: str = env_field("LLM_MODEL_PATH", "", parse_str, "GGUF file (or MLX model folder); overrides LLM_MODEL")
     system_prompt: str = env_field("LLM_SYSTEM_PROMPT", DEFAULT_SYSTEM_PROMPT, parse_str, "system prompt")
     max_tokens: int = env_field("LLM_MAX_TOKENS", 160, parse_int(min_value=1, max_value=8192),
-                                "longest reply, tokens")
+                                "longest reply, tokens (hard cap; an unfinished last sentence is dropped)")
+    max_words: int = env_field("LLM_MAX_WORDS", 70, parse_int(min_value=0, max_value=10000),
+                               "soft cap, words: past it the sentence in progress is finished, then the reply "
+                               "ends (0 = off)")
+    repeat_penalty: float = env_field("LLM_REPEAT_PENALTY", 1.0, parse_float(min_value=0.5, max_value=2.0),
+                                      "penalty on tokens of the last 64 (llama.cpp repeat_penalty; 1.0 = off)")
+    repetition_guard: bool = env_field("LLM_REPETITION_GUARD", True, parse_bool,
+                                       "end the reply before a sentence that repeats it (loop guard)")
     temperature: float = env_field("LLM_TEMPERATURE", 0.3, parse_float(min_value=0.0, max_value=2.0),
                                    "sampling temperature")
     seed: int = env_field("LLM_SEED", 7, parse_int(min_value=0), "sampling seed")
@@ -107,6 +128,11 @@ class _Turn:
     last_chunk_ns: int = 0
     chunks: list[str] = field(default_factory=list)
     reply: str = ""
+    stop_reason: str = ""  # why generation ended early: word_cap, max_tokens, repetition, barge_in
+    cap_sentences: int | None = None  # finished sentences when LLM_MAX_WORDS was reached
+    guard: RepetitionGuard = field(default_factory=RepetitionGuard)
+    sentences: TextSegmenter | None = None  # batch mode: finished sentences, for the guard
+    batch_text: list[str] = field(default_factory=list)  # batch mode: sentences the guard admitted
     waiting_for: int | None = None  # pacing: chunk index whose synthesis we wait for
     waiting_since_ns: int = 0
 
@@ -187,6 +213,8 @@ class LlmCore(NodeCore):
         try:
             delta = next(turn.tokens)
         except StopIteration:
+            if turn.tokens_total >= self.config.max_tokens or getattr(self.backend, "finish_reason", "") == "length":
+                turn.stop_reason = "max_tokens"
             return self._finish(turn)
         now = self.clock_ns()
         out: list[Emit] = []
@@ -198,7 +226,23 @@ class LlmCore(NodeCore):
         turn.reply += delta
         if self.config.enable_streaming:
             for chunk in self.segmenter.push(delta):
-                out += self._chunk(turn, chunk, is_final=False)
+                out += self._guarded_chunk(turn, chunk)
+                if turn.stop_reason:
+                    break
+        elif self.config.repetition_guard:
+            assert turn.sentences is not None
+            for sentence in turn.sentences.push(delta):
+                kept, looping = turn.guard.admit(sentence)
+                if kept:
+                    turn.batch_text.append(kept)
+                if looping:
+                    turn.stop_reason = "repetition"
+                    break
+        if not turn.stop_reason and self._reached_word_cap(turn):
+            turn.stop_reason = "word_cap"
+        if turn.stop_reason:
+            self._close(turn)
+            return out + self._finish(turn)
         return out
 
     def on_end(self) -> Iterable[Emit]:
@@ -211,6 +255,76 @@ class LlmCore(NodeCore):
         return out
 
     # -- internals -------------------------------------------------------------------------------------------
+    @staticmethod
+    def _close(turn: _Turn) -> None:
+        close = getattr(turn.tokens, "close", None)
+        if close is not None:
+            close()
+
+    def _reached_word_cap(self, turn: _Turn) -> bool:
+        """True once the reply has ``max_words`` words and the sentence in progress at that point has finished."""
+        if not self.config.max_words:
+            return False
+        if turn.cap_sentences is None:
+            if len(turn.reply.split()) < self.config.max_words:
+                return False
+            turn.cap_sentences = len(split_sentences(turn.reply, final=False)[0])
+            return False
+        return len(split_sentences(turn.reply, final=False)[0]) > turn.cap_sentences
+
+    def _guarded_chunk(self, turn: _Turn, chunk: str) -> list[Emit]:
+        """Send ``chunk`` after the repetition guard: on a loop, only the sentences before it (and mark the turn)."""
+        kept = self._admit_all(turn, [chunk])
+        return self._chunk(turn, kept[0], is_final=False) if kept else []
+
+    def _admit_all(self, turn: _Turn, pieces: list[str]) -> list[str]:
+        """The repetition guard over the reply's last pieces: those before the first repeat."""
+        if not self.config.repetition_guard:
+            return pieces
+        kept: list[str] = []
+        for piece in pieces:
+            text, looping = turn.guard.admit(piece)
+            if text:
+                kept.append(text)
+            if looping:
+                turn.stop_reason = "repetition"
+                logger.warning("turn %d: the reply started repeating itself (%r): ended before it",
+                               turn.transcript.turn_id, turn.guard.repeated[:80])
+                break
+        return kept
+
+    def _batch_reply(self, turn: _Turn) -> str:
+        """Batch mode's one chunk: the reply with its line breaks, ended by the guard or a cap as in streaming."""
+        if turn.stop_reason != "repetition" and turn.sentences is not None:
+            self._admit_all(turn, turn.sentences.flush())
+        if turn.stop_reason == "repetition":
+            return " ".join(turn.batch_text)
+        text = turn.reply.strip()
+        if turn.stop_reason in ("word_cap", "max_tokens"):
+            sentences, rest = split_sentences(text, final=turn.stop_reason == "max_tokens")
+            if rest and sentences:
+                text = text[: len(text) - len(rest)].rstrip()
+        return text
+
+    def _trim_unfinished(self, turn: _Turn, pieces: list[str], *, final: bool) -> list[str]:
+        """Drop the unfinished sentence at the end of ``pieces`` (the reply's unsent rest) after a cap.
+
+        Kept when no finished sentence would end the reply then (nothing before it, or the text sent before it
+        ends inside a sentence): a reply cut mid-sentence is better than silence or than a dangling half.
+        """
+        if not pieces:
+            return pieces
+        sentences, rest = split_sentences(pieces[-1], final=final)
+        if not rest:
+            return pieces
+        before = " ".join(turn.chunks + pieces[:-1])
+        if not sentences and (not before or split_sentences(before, final=True)[1]):
+            return pieces  # no finished sentence to end on
+        last = " ".join(sentences)
+        logger.info("turn %d: %s: unfinished sentence dropped (%r)", turn.transcript.turn_id, turn.stop_reason,
+                    rest[:80])
+        return pieces[:-1] + ([last] if last else [])
+
     def _start_next(self) -> list[Emit]:
         if not self.queue:
             return []
@@ -221,6 +335,8 @@ class LlmCore(NodeCore):
         start = self.clock_ns()
         self.current = _Turn(transcript, iter(self.backend.stream(messages, self.config.max_tokens)), start,
                              last_chunk_ns=start)
+        if not self.config.enable_streaming:
+            self.current.sentences = TextSegmenter(self.config.context_tokens * 8, 0, first_clause_cut=False)
         self.texts[transcript.turn_id] = self.current.chunks
         logger.info("turn %d: generating a reply to %r", transcript.turn_id, transcript.text)
         return [self.timing(TimingKind.LLM_START, transcript.turn_id, start, **{Key.TEXT: transcript.text})]
@@ -250,24 +366,29 @@ class LlmCore(NodeCore):
     def _finish(self, turn: _Turn, *, cancelled: bool = False) -> list[Emit]:
         out: list[Emit] = []
         if cancelled:
+            turn.stop_reason = "barge_in"
             out += self._chunk(turn, "", is_final=True)
         elif self.config.enable_streaming:
-            rest = self.segmenter.flush()
+            rest = [] if turn.stop_reason == "repetition" else self.segmenter.flush()
+            if turn.stop_reason in ("word_cap", "max_tokens"):
+                rest = self._trim_unfinished(turn, rest, final=turn.stop_reason == "max_tokens")
+            rest = self._admit_all(turn, rest)
             for i, chunk in enumerate(rest):
                 out += self._chunk(turn, chunk, is_final=i == len(rest) - 1)
             if not rest:
                 out += self._chunk(turn, "", is_final=True)
         else:  # batch: the whole reply, line breaks kept (the TTS reads list items and code blocks from them)
-            out += self._chunk(turn, turn.reply.strip(), is_final=True)
+            out += self._chunk(turn, self._batch_reply(turn), is_final=True)
         now = self.clock_ns()
-        reply = " ".join(turn.reply.split())
+        truncated = turn.stop_reason in ("word_cap", "max_tokens", "repetition")
+        reply = " ".join((" ".join(turn.chunks) if truncated else turn.reply).split())
         turn_id = turn.transcript.turn_id
         heard = self._heard_text(turn_id) if turn_id in self.interrupted_turns else reply
         if self.history.add(turn_id, turn.transcript.text, heard):
             self.prefill_pending = True
         out.append(self.timing(TimingKind.LLM_DONE, turn_id, now, **{
             Key.TOKENS: turn.tokens_total, Key.TEXT: reply, Key.SEGMENTS_TOTAL: len(turn.chunks),
-            Key.DURATION_MS: (now - turn.start_ns) / 1e6, Key.INTERRUPTED: cancelled}))
+            Key.DURATION_MS: (now - turn.start_ns) / 1e6, Key.INTERRUPTED: cancelled, Key.DETAIL: turn.stop_reason}))
         logger.info("turn %d: %d tokens, %d chunks in %.0f ms%s", turn_id, turn.tokens_total, len(turn.chunks),
                     (now - turn.start_ns) / 1e6, " (cancelled by barge-in)" if cancelled else "")
         self.current = None
@@ -357,11 +478,11 @@ def load_backend(config: LlmConfig) -> LlmBackend:
         path = Path(config.model_path).expanduser()
         if not path.exists():
             raise ModelError(f"LLM_MODEL_PATH={path} does not exist")
-        return MlxBackend(path, temperature=config.temperature)
+        return MlxBackend(path, temperature=config.temperature, repeat_penalty=config.repeat_penalty)
     path = resolve_llm(config.model_path or None, config.model)
     logger.info("loading %s with llama.cpp (%d threads, context %d)", path.name, config.threads, config.context_tokens)
     return LlamaCppBackend(path, threads=config.threads, context_tokens=config.context_tokens,
-                           temperature=config.temperature, seed=config.seed)
+                           temperature=config.temperature, seed=config.seed, repeat_penalty=config.repeat_penalty)
 
 
 def main(argv: list[str] | None = None) -> None:
