@@ -15,16 +15,20 @@ import pytest
 import soundfile as sf
 
 from conftest import DATA, TRANSCRIPTS
-from dora_voice.launcher import RunResult
 from dora_voice.models import TEST_LLM
-from dora_voice_monitor import bench
-from dora_voice_monitor.bench import (
-    BATCH, MODES, STREAMING, BenchConfigError, Catalog, Plan, RssSample, RssSampler, Scenario, item_summary,
-    load_catalog, median, median_turn, overall_stats, parse_assignments, parse_catalog, parse_scenario,
-    plan_items, ratio, render_compare_table, render_voice_table, resolve_plan, rss_report, run_env, stress_checks,
-    turn_problems, variants_for,
-)
 from dora_voice_monitor.collector import TurnRecord
+from dora_voice_tools.bench import cli as bench_cli
+from dora_voice_tools.bench import plans, reporting, running
+from dora_voice_tools.bench.plans import (
+    BATCH, MODES, STREAMING, BenchConfigError, Catalog, Plan, Scenario, load_catalog, parse_assignments,
+    parse_catalog, parse_scenario, plan_items, resolve_plan, run_env, variants_for,
+)
+from dora_voice_tools.bench.reporting import (
+    item_summary, median, median_turn, overall_stats, ratio, render_compare_table, render_voice_table, rss_report,
+)
+from dora_voice_tools.bench.running import RssSample, RssSampler, stress_checks, turn_problems
+from dora_voice_tools.launcher import RunResult
+from dora_voice_tools.resources import TEXT_DATAFLOW
 
 
 def make_turn(turn_id: int = 0, **values) -> TurnRecord:
@@ -40,9 +44,9 @@ def make_turn(turn_id: int = 0, **values) -> TurnRecord:
 def tiny_catalog(**plans) -> Catalog:
     return parse_catalog({
         "scenarios": {"a": {"query": "Say a."}, "b": {"query": "Say b.", "stream": True, "max_tokens": 32},
-                      "v": {"audio": "tests/data/goforward.wav", "stream": "true"}},
+                      "v": {"audio": "goforward.wav", "stream": "true"}},
         "plans": plans,
-    })
+    }, root=DATA)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -143,17 +147,17 @@ def test_unknown_plan_and_scenario_names_list_the_known_ones() -> None:
 
 def test_cli_rejects_unknown_names_with_usage_status(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
-        bench.main(["--scenario", "no_such_scenario"])
+        bench_cli.main(["--scenario", "no_such_scenario"])
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "unknown scenario 'no_such_scenario'" in err and "one_sentence" in err
     with pytest.raises(SystemExit):
-        bench.main(["--set", "NOEQUALS"])
+        bench_cli.main(["--set", "NOEQUALS"])
     assert "expected KEY=VALUE" in capsys.readouterr().err
 
 
 def test_list_shows_plans_and_scenarios(capsys: pytest.CaptureFixture[str]) -> None:
-    assert bench.main(["--list"]) == 0
+    assert bench_cli.main(["--list"]) == 0
     out = capsys.readouterr().out
     for name in ("quick", "exhaustive", "voice", "pacing", "stress", "long_story", "test_clips"):
         assert name in out
@@ -195,7 +199,7 @@ def test_run_env_repeats_the_query_and_lets_overrides_win(tmp_path: Path) -> Non
     assert env["TEXT_INPUT_QUERIES"] == "Say a.|Say a.|Say a."
     assert env["LLM_HISTORY_TURNS"] == "3"  # the plan's env beats the bench default (0)
     assert env["X"] == "cli" and env["LLM_MODEL"] == TEST_LLM
-    assert env["LLM_ENABLE_STREAMING"] == "false" and env["LLM_SEED"] == str(bench.SEED)
+    assert env["LLM_ENABLE_STREAMING"] == "false" and env["LLM_SEED"] == str(plans.SEED)
     assert Path(env["AUDIO_OUTPUT"]).parent == tmp_path and Path(env["TIMING_REPORT"]).parent == tmp_path
     default = run_env(item, batch, {}, tmp_path, 1)
     assert default["TEXT_INPUT_QUERIES"] == "Say a."
@@ -268,7 +272,7 @@ def test_item_summary_shape_medians_and_first_audio_ratio() -> None:
     entry = item_summary("text", _compare_turns(), {BATCH: False})
     assert set(entry) == {STREAMING, BATCH, "first_audio_ratio"}
     for mode in (STREAMING, BATCH):
-        assert {f for _label, f in bench.COMPARE_ROWS} | {"turns", "failed"} == set(entry[mode])
+        assert {f for _label, f in reporting.COMPARE_ROWS} | {"turns", "failed"} == set(entry[mode])
         assert entry[mode]["turns"] == 3 and entry[mode]["failed"] is False
     assert entry[STREAMING]["llm_ttft_ms"] == 120.0
     assert entry[STREAMING]["llm_start_to_first_audio_ms"] == 600.0
@@ -329,8 +333,8 @@ def test_compare_table_rows_columns_and_ratio() -> None:
     lines = table.splitlines()
     assert lines[0] == "unicorn_jokes (text, 3 repetitions, medians)"
     assert lines[1].split() == ["metric", STREAMING, BATCH, "ratio"]
-    rows = {line.split()[0]: line.split()[1:] for line in lines[3:3 + len(bench.COMPARE_ROWS)]}
-    assert list(rows) == [label for label, _f in bench.COMPARE_ROWS]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[3:3 + len(reporting.COMPARE_ROWS)]}
+    assert list(rows) == [label for label, _f in reporting.COMPARE_ROWS]
     assert rows["llm_start_to_first_audio_ms"] == ["600", "2400", "0.25"]
     assert rows["tokens_per_s"] == ["40.0", "44.0", "0.91"]
     assert rows["wall_s"] == ["5.00", "7.00", "0.71"]
@@ -372,8 +376,8 @@ def test_execute_records_a_failed_run(tmp_path: Path,
         record = make_turn(0, complete=False).to_json()
         return RunResult(1, 12.5, out_dir, out_dir / "timing.jsonl", None, [record])
 
-    monkeypatch.setattr(bench, "run_dataflow", fake_run_dataflow)
-    outcome = bench.execute(bench.TEXT_DATAFLOW, tmp_path, {"A": "1"}, 300.0, "x batch", 2)
+    monkeypatch.setattr(running, "run_dataflow", fake_run_dataflow)
+    outcome = running.execute(TEXT_DATAFLOW, tmp_path, {"A": "1"}, 300.0, "x batch", 2)
     assert not outcome.ok and outcome.returncode == 1 and outcome.wall_s == 12.5
     assert outcome.problems == ["dora run exited with status 1", "1 of 2 turns missing (ids 1)",
                                 "incomplete: turns 0"]
@@ -385,14 +389,14 @@ def test_execute_records_a_failed_run(tmp_path: Path,
 def test_log_tail_strips_colour_codes_and_daemon_statistics() -> None:
     log = "\n".join(["first", "\x1b[2m2026\x1b[0m \x1b[33m WARN\x1b[0m something",
                      "INFO dora_daemon: fault tolerance stats restarts=0", "last"])
-    assert bench.log_tail(log, lines=3) == "first\n2026  WARN something\nlast"
+    assert running.log_tail(log, lines=3) == "first\n2026  WARN something\nlast"
 
 
 def test_log_tail_keeps_earlier_errors_and_drops_backtrace_frames() -> None:
     log = "\n".join(["start", "04:23:03 ERROR  llm: node was killed by dora", "a", "b", "c",
                      "  11: _PyObject_VectorcallTstate", "             at /tmp/Python-3.11.7/call.h:92:11",
                      "Node `llm` failed: killed", "end"])
-    assert bench.log_tail(log, lines=3).splitlines() == [
+    assert running.log_tail(log, lines=3).splitlines() == [
         "04:23:03 ERROR  llm: node was killed by dora", "...", "c", "Node `llm` failed: killed", "end"]
 
 
@@ -467,7 +471,7 @@ def test_rss_report_start_mid_end_and_boundedness() -> None:
     assert (llm["growth_mb"], llm["late_growth_mb"], llm["samples"], llm["bounded"]) == (55, 5, 4, True)
     tts = report["dora-voice-tts"]
     assert (tts["late_growth_mb"], tts["bounded"]) == (100, False)  # kept growing through the second half
-    table = bench.render_rss_table(report)
+    table = reporting.render_rss_table(report)
     assert "dora-voice-llm" in table and table.splitlines()[-1].endswith("NO")
 
 

@@ -11,7 +11,7 @@ import pytest
 from dora_voice.config import (
     ConfigError, env_field, env_vars, load_config, parse_bool, parse_choice, parse_float, parse_int,
 )
-from dora_voice.contracts import all_contracts
+from dora_voice_tools.contracts import all_contracts
 
 
 @dataclass(frozen=True)

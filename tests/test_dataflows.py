@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dora_voice.contracts import all_contracts
+from dora_voice_tools.contracts import all_contracts
 
 ROOT = Path(__file__).resolve().parents[1]
 YAMLS = sorted(ROOT.glob("dataflows/*.yml")) + sorted(ROOT.glob("examples/*/*.yml"))

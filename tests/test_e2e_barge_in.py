@@ -9,8 +9,10 @@ import pytest
 import soundfile as sf
 
 from conftest import load_clip
-from dora_voice.launcher import DATAFLOWS, run_dataflow
 from test_e2e_voice import SMALL_MODELS, active_seconds, compose, silence
+from dora_voice_tools.launcher import run_dataflow
+
+VOICE_DATAFLOW = Path(__file__).resolve().parents[1] / "dataflows" / "voice-chatbot.yml"
 
 pytestmark = pytest.mark.e2e
 
@@ -24,7 +26,7 @@ def test_user_interrupts_the_answer(tmp_path: Path) -> None:
     out_wav = tmp_path / "out.wav"
     env = {**SMALL_MODELS, "LLM_MAX_TOKENS": "200", "LLM_SYSTEM_PROMPT": LONG_ANSWERS,
            "AUDIO_INPUT": str(tmp_path / "in.wav"), "AUDIO_OUTPUT": str(out_wav), "BARGE_IN": "true"}
-    result = run_dataflow(DATAFLOWS / "voice-chatbot.yml", tmp_path, env, timeout_s=300)
+    result = run_dataflow(VOICE_DATAFLOW, tmp_path, env, timeout_s=300)
     assert result.returncode == 0, result.log[-4000:]
     turns = sorted(result.turns, key=lambda t: t["turn_id"])
     assert [t["turn_id"] for t in turns] == [0, 1], result.log[-4000:]

@@ -14,8 +14,10 @@ import pytest
 import soundfile as sf
 
 from conftest import TRANSCRIPTS, load_clip
-from dora_voice.launcher import DATAFLOWS, run_dataflow
 from dora_voice.models import TEST_ASR, TEST_LLM
+from dora_voice_tools.launcher import run_dataflow
+
+VOICE_DATAFLOW = Path(__file__).resolve().parents[1] / "dataflows" / "voice-chatbot.yml"
 
 pytestmark = pytest.mark.e2e
 
@@ -78,7 +80,7 @@ def test_one_question_streamed_answer(tmp_path: Path) -> None:
     clip = "goforward.wav"
     spans = compose(tmp_path / "in.wav", [silence(0.5), load_clip(clip), silence(0.3)])
     out_wav = tmp_path / "answer.wav"
-    result = run_dataflow(DATAFLOWS / "voice-chatbot.yml", tmp_path,
+    result = run_dataflow(VOICE_DATAFLOW, tmp_path,
                           {**SMALL_MODELS, "AUDIO_INPUT": str(tmp_path / "in.wav"), "AUDIO_OUTPUT": str(out_wav)},
                           timeout_s=240)
     assert result.returncode == 0, result.log[-4000:]
@@ -104,7 +106,7 @@ def test_one_question_streamed_answer(tmp_path: Path) -> None:
 def test_two_utterances_two_turns_nothing_lost(tmp_path: Path) -> None:
     a, b = "librivox-0880.wav", "cards-005.wav"
     compose(tmp_path / "in.wav", [silence(0.5), load_clip(a), silence(2.0), load_clip(b), silence(0.3)])
-    result = run_dataflow(DATAFLOWS / "voice-chatbot.yml", tmp_path,
+    result = run_dataflow(VOICE_DATAFLOW, tmp_path,
                           {**SMALL_MODELS, "AUDIO_INPUT": str(tmp_path / "in.wav"),
                            "AUDIO_OUTPUT": str(tmp_path / "out.wav"), "BARGE_IN": "false"}, timeout_s=300)
     assert result.returncode == 0, result.log[-4000:]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from dora_voice.launcher import node_env
+from dora_voice_tools.launcher import node_env
 
 
 def test_node_env_puts_this_venv_first_and_bounds_dora_idle_watchdog(monkeypatch) -> None:
@@ -18,7 +18,7 @@ def test_node_env_puts_this_venv_first_and_bounds_dora_idle_watchdog(monkeypatch
 
 
 def test_a_hung_start_is_killed_and_tried_again(tmp_path, monkeypatch) -> None:
-    import dora_voice.launcher as launcher
+    import dora_voice_tools.launcher as launcher
 
     # A fake `dora` that never prints "all nodes are ready" the first time, and starts fine the second time.
     marker = tmp_path / "tried"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # Modules whose job is to talk to a terminal user (CLIs) may print, and so may a node's main() / device listing.
-CLI_MODULES = {"cli.py", "bench.py", "models.py", "node.py", "report.py"}
+CLI_MODULES = {"cli.py", "models.py", "node.py", "report.py"}
 CLI_FUNCTIONS = {"main", "node_cli", "list_devices", "print_devices"}
 
 

@@ -1,8 +1,9 @@
 """Each node's contract, declared in one place: inputs, outputs and the env vars it reads.
 
 Like dora-hub's ``node-hub/*/dora-node.yml``. Each node module defines ``CONTRACT``; :func:`all_contracts` collects
-them, and ``tests/test_dataflows.py`` checks every dataflow YAML against them (paths, input ids, sources,
-queue policy, env keys).
+the nodes of this package. The monitor node declares its own (``dora_voice_monitor.node.CONTRACT``; this package
+never imports the monitor), and ``dora_voice_tools.contracts.all_contracts`` joins both for the checks of every
+dataflow YAML (paths, input ids, sources, queue policy, env keys) in ``tests/test_dataflows.py``.
 """
 
 from __future__ import annotations
@@ -43,14 +44,9 @@ class NodeContract:
 
 
 def all_contracts() -> dict[str, NodeContract]:
-    """Console-script path -> contract, for every node in the package (and the monitor)."""
+    """Console-script path -> contract, for every node of this package (the monitor's is not among them)."""
     contracts: dict[str, NodeContract] = {}
     for name in NODE_MODULES:
         module = importlib.import_module(f"dora_voice.nodes.{name}")
         contracts[module.CONTRACT.path] = module.CONTRACT
-    try:
-        monitor = importlib.import_module("dora_voice_monitor.node")
-        contracts[monitor.CONTRACT.path] = monitor.CONTRACT
-    except ImportError:
-        pass
     return contracts

@@ -4,8 +4,9 @@
     dora-voice live                                     talk to it through the default microphone and speaker
     dora-voice devices                                  list audio devices (pick with AUDIO_INPUT_DEVICE / ..._OUTPUT_DEVICE)
 
-Both ``run`` and ``live`` start ``dataflows/voice-chatbot.yml`` with ``dora run``; tunables are the nodes' env vars
-(``LLM_ENABLE_STREAMING=false dora-voice run`` for the batch baseline; ``--set KEY=VALUE`` works too).
+Both ``run`` and ``live`` start the packaged copy of ``dataflows/voice-chatbot.yml`` with ``dora run`` (``--dataflow``
+picks another); tunables are the nodes' env vars (``LLM_ENABLE_STREAMING=false dora-voice run`` for the batch
+baseline; ``--set KEY=VALUE`` works too). Run folders go to ``runs/`` in the current directory.
 """
 
 from __future__ import annotations
@@ -17,11 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-from dora_voice.launcher import DATAFLOWS, REPO_ROOT, LaunchError, run_dataflow
+from dora_voice_tools.launcher import LaunchError, read_report, run_dataflow
+from dora_voice_tools.resources import QUICKSTART_RECORDING, VOICE_DATAFLOW, runs_dir
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_INPUT = REPO_ROOT / "tests" / "data" / "goforward.wav"
 
 
 def _parse_sets(pairs: list[str]) -> dict[str, str]:
@@ -39,8 +39,6 @@ def print_report(report: Path) -> int:
     from dora_voice_monitor.collector import TurnRecord, summarize
     from dora_voice_monitor.report import live_header, live_row, session_summary
 
-    from dora_voice.launcher import read_report
-
     turns = [TurnRecord.from_json(record) for record in read_report(report)]
     print(live_header())
     for turn in turns:
@@ -51,7 +49,8 @@ def print_report(report: Path) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    out_dir = Path(args.out_dir or REPO_ROOT / "runs" / time.strftime("%Y%m%d-%H%M%S")).resolve()
+    runs = runs_dir()
+    out_dir = Path(args.out_dir or runs / time.strftime("%Y%m%d-%H%M%S")).resolve()
     audio_in = Path(args.input).expanduser().resolve()
     if not audio_in.is_file():
         raise SystemExit(f"--input {audio_in}: no such file")
@@ -60,7 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
            "TIMING_REPORT": str(out_dir / "timing.jsonl"), **_parse_sets(args.set)}
     print(f"dora-voice: answering {audio_in} (logs in {out_dir}/dora.log) ...", flush=True)
     result = run_dataflow(Path(args.dataflow), out_dir, env, timeout_s=args.timeout, stream_output=args.verbose)
-    latest = REPO_ROOT / "runs" / "latest"
+    latest = runs.resolve() / "latest"
     if out_dir.parent == latest.parent:
         if latest.is_symlink() or latest.exists():
             latest.unlink()
@@ -82,7 +81,7 @@ def cmd_live(args: argparse.Namespace) -> int:
         if os.environ.get(name):
             print(f"dora-voice live: ignoring {name} from the environment (live uses devices)", file=sys.stderr)
         env[name] = ""
-    out_dir = Path(args.out_dir or REPO_ROOT / "runs" / ("live-" + time.strftime("%Y%m%d-%H%M%S"))).resolve()
+    out_dir = Path(args.out_dir or runs_dir() / ("live-" + time.strftime("%Y%m%d-%H%M%S"))).resolve()
     print("dora-voice: live conversation, speak after the models are loaded; Ctrl-C to stop", flush=True)
     try:
         result = run_dataflow(Path(args.dataflow), out_dir, env, timeout_s=args.timeout, stream_output=True)
@@ -99,10 +98,8 @@ def cmd_devices(_args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``dora-voice`` console script."""
-    from dora_voice.logs import setup_logging
-
+def build_parser() -> argparse.ArgumentParser:
+    """The ``dora-voice`` argument parser (defaults point into the package, never into a checkout)."""
     parser = argparse.ArgumentParser(prog="dora-voice", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -110,17 +107,26 @@ def main(argv: list[str] | None = None) -> None:
     for name, helptext in (("run", "answer a recording"), ("live", "talk through the microphone and speaker")):
         p = sub.add_parser(name, help=helptext)
         if name == "run":
-            p.add_argument("--input", default=str(DEFAULT_INPUT), help="WAV to answer (any rate, mono or stereo; "
-                           "default: a shipped recording)")
+            p.add_argument("--input", default=str(QUICKSTART_RECORDING), help="WAV to answer (any rate, mono or "
+                           "stereo; default: a recording shipped with the package, 'go forward ten meters')")
             p.add_argument("--output", help="WAV of what the listener hears (default: <out-dir>/answer.wav)")
-        p.add_argument("--dataflow", default=str(DATAFLOWS / "voice-chatbot.yml"), help="dataflow YAML")
-        p.add_argument("--out-dir", help="where logs and reports go (default: runs/<timestamp>)")
+        p.add_argument("--dataflow", default=str(VOICE_DATAFLOW),
+                       help="dataflow YAML (default: the packaged voice-chatbot.yml)")
+        p.add_argument("--out-dir", help="where logs and reports go (default: runs/<timestamp> in the current "
+                       "directory)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="env var for every node")
         p.add_argument("--timeout", type=float, default=600 if name == "run" else 24 * 3600,
                        help="stop the dataflow after this many seconds")
         p.add_argument("--verbose", action="store_true", help="show dora's and the nodes' logs as they come")
     sub.add_parser("devices", help="list audio devices")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``dora-voice`` console script."""
+    from dora_voice.logs import setup_logging
+
+    args = build_parser().parse_args(argv)
     setup_logging("WARNING")
     handlers = {"run": cmd_run, "live": cmd_live, "devices": cmd_devices}
     try:

@@ -22,12 +22,6 @@ from typing import Any, Mapping
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-"""The checkout this package was installed from (editable install)."""
-
-DATAFLOWS = REPO_ROOT / "dataflows"
-
-
 class LaunchError(RuntimeError):
     """``dora`` is missing, the YAML does not exist, or the dataflow failed."""
 

@@ -1,0 +1,312 @@
+"""``dora-voice-bench``: streaming against batch, 1:1, on the real dataflows.
+
+Scenarios and plans live in ``scenarios.yaml`` in this package (its header documents the format; parsed by
+:mod:`.plans`). For every scenario and mode the bench runs the real dataflow once with
+:func:`~dora_voice_tools.launcher.run_dataflow` (:mod:`.running`) and reports with :mod:`.reporting`:
+
+* text scenarios (``query``) go through the packaged ``test_streaming_pipeline.yml`` (the example's dataflow with
+  the ``dora-voice-text-input`` node); the query is sent
+  ``repeat`` times as successive turns of one run (``TEXT_INPUT_QUERIES``), each after the previous answer finished
+  playing, with ``LLM_HISTORY_TURNS=0`` so that repetitions are independent and a fixed ``LLM_SEED``;
+* voice scenarios (``audio`` / ``clips``) replay each clip through the packaged ``voice-chatbot.yml``
+  (``AUDIO_INPUT``), one run per clip and repetition.
+
+Modes: streaming is ``LLM_ENABLE_STREAMING=true ENABLE_INTERNAL_SEGMENTATION=true``, batch is both ``false``. The
+speaker writes to a WAV in the output folder (``AUDIO_OUTPUT``), so no sound card is needed; it keeps real-time
+pace, so a run lasts at least as long as the audio it plays.
+
+Per scenario the bench prints the medians over repetitions side by side (streaming, batch, streaming/batch ratio)
+and writes, under ``--out``: ``summary.json``, ``report.txt`` (the printed tables), and per scenario and mode a
+folder with the raw monitor JSONL, dora's log and the answer WAV of each run, and ``timeline.png`` of the turn
+whose first-audio latency is closest to the median. ``summary.json`` is
+``{item: {mode: {metric: median, "turns": n, "failed": bool}, "first_audio_ratio": r}}`` (``r`` with two modes);
+with voice clips it also holds ``"_overall": {metric: {"p50", "p90", "n"}}`` over all voice turns, or
+``{mode: {metric: ...}}`` when the clips ran in several modes. The ``stress`` plan sends many queries through one
+run, checks that every answer was complete and samples the resident memory of the node processes.
+
+Reading the numbers: repetitions of a text scenario send the identical prompt, so from the second one on llama.cpp
+reuses its KV cache and ``llm_ttft_ms`` no longer includes evaluating the query (the first repetition does).
+Timings are wall clock on a shared machine: other processes on the same cores (another LLM above all) slow
+generation down by large and irregular factors, so compare modes measured at the same time and look at the load
+printed with each run.
+
+Durations are in ms (``*_ms``) or s (``*_s``), as in :class:`~dora_voice_monitor.collector.TurnRecord`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from dora_voice.logs import setup_logging
+from dora_voice.models import ModelError, get_spec
+
+from dora_voice_monitor.collector import TurnRecord, summarize
+from dora_voice_monitor.plot import plot_turn_timeline
+from dora_voice_monitor.report import session_summary
+
+from dora_voice_tools.bench.plans import (
+    BenchConfigError, BenchItem, Plan, Variant, load_catalog, parse_assignments, plan_items, resolve_plan,
+    run_env, run_timeout_s,
+)
+from dora_voice_tools.bench.reporting import (
+    FIRST_AUDIO, item_summary, median_turn, overall_stats, render_compare_table, render_list, render_rss_table,
+    render_voice_table, rss_report, variant_summary,
+)
+from dora_voice_tools.bench.running import RssSampler, RunOutcome, execute, log_tail, stress_checks
+from dora_voice_tools.resources import SCENARIOS_FILE, TEXT_DATAFLOW, VOICE_DATAFLOW, runs_dir
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILED = 0, 1
+"""Exit statuses (argparse exits with 2 on bad arguments)."""
+
+
+# # Command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``dora-voice-bench`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="dora-voice-bench", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Benchmark the dora-voice pipeline on the real dataflows: streaming against batch, side by side.\n"
+            "Each scenario runs once per mode (streaming: LLM_ENABLE_STREAMING=true and\n"
+            "ENABLE_INTERNAL_SEGMENTATION=true; batch: both false); repetitions are successive turns of that run\n"
+            "(text scenarios) or one run each (voice clips).\n"
+            "Prints per scenario the medians (llm_ttft_ms, tokens_per_s, llm_total_ms, first_chunk_ms, tts_ttfb_ms,\n"
+            "llm_start_to_first_audio_ms, wall_s, audio_s, rtf, underruns) with the streaming/batch ratio."),
+        epilog=(
+            "plans (scenarios.yaml; --list shows everything):\n"
+            "  quick       each text scenario once, streaming vs batch (default)\n"
+            "  exhaustive  every scenario, 3 repetitions\n"
+            "  voice       every shipped recording (= tests/data) through voice-chatbot.yml, streaming (voice-to-voice)\n"
+            "  pacing      LLM_PACING=off vs tts on long answers, streaming\n"
+            "  stress      50 queries in one run: completeness checks and node memory (RSS) over time\n\n"
+            "examples:\n"
+            "  dora-voice-bench --plan quick\n"
+            "  dora-voice-bench --scenario one_sentence --repeat 1 --model smollm2-135m --out /tmp/bench\n"
+            "  dora-voice-bench --plan voice --clips-dir ../shared/speech\n"
+            "  dora-voice-bench --plan pacing --set LLM_FIRST_CHUNK_MAX_TOKENS=4\n\n"
+            "output (--out, default runs/bench-<timestamp> in the current directory): summary.json\n"
+            "({scenario: {\"streaming\": {medians}, \"batch\": {...}, \"first_audio_ratio\": r}}; voice plans add\n"
+            "\"_overall\": {metric: {\"p50\", \"p90\"}}), report.txt (the printed tables), and per scenario and mode\n"
+            "timeline.png (the median turn) and run-<k>/ (timing.jsonl, dora.log, answer.wav).\n"
+            "Exit status: 0 all runs complete, 1 a run failed or a stress check failed, 2 bad arguments.\n"
+            "Timings depend on the machine's load: benchmark on an otherwise idle machine."),
+    )
+    parser.add_argument("--plan", help="plan to run (default: quick, or a custom plan with --scenario)")
+    parser.add_argument("--scenario", nargs="+", metavar="NAME", default=[],
+                        help="run these scenarios (with --plan: instead of the plan's, with its settings)")
+    parser.add_argument("--repeat", type=_positive_int, metavar="N",
+                        help="repetitions per scenario (stress: number of turns); default from the plan")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: runs/bench-<timestamp>)")
+    parser.add_argument("--model", metavar="NAME", help="LLM model for every run (dora-voice-models list)")
+    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                        help="environment for every node of every run (repeatable; overrides everything else)")
+    parser.add_argument("--clips-dir", type=Path, metavar="DIR",
+                        help="voice clips folder replacing the plan's voice scenarios (implies --plan voice)")
+    parser.add_argument("--scenarios-file", type=Path, default=SCENARIOS_FILE, metavar="YAML",
+                        help="scenarios and plans (default: the packaged scenarios.yaml)")
+    parser.add_argument("--list", action="store_true", help="list plans and scenarios, then exit")
+    return parser
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be a positive integer")
+    return value
+
+
+class _Bench:
+    """Runs a plan, prints progress and tables, and writes the output folder."""
+
+    def __init__(self, plan: Plan, items: list[BenchItem], out: Path, overrides: Mapping[str, str]) -> None:
+        self.plan = plan
+        self.items = items
+        self.out = out
+        self.overrides = dict(overrides)
+        self.summary: dict[str, Any] = {}
+        self.report: list[str] = []
+        self.failed = False
+        self.done = 0
+        self.total = sum(len(i.variants) * (self.plan.repeat if i.clip is not None else 1) for i in items)
+
+    def say(self, text: str) -> None:
+        """Print a report block and keep it for report.txt."""
+        print(text, flush=True)
+        self.report.append(text)
+
+    def write(self) -> None:
+        """Write summary.json and report.txt (after every item, so an interrupted bench keeps its results)."""
+        (self.out / "summary.json").write_text(json.dumps(self.summary, indent=2, allow_nan=False) + "\n",
+                                               encoding="utf-8")
+        (self.out / "report.txt").write_text("\n\n".join(self.report) + "\n", encoding="utf-8")
+
+    def run_one(self, item: BenchItem, variant: Variant, run_dir: Path, turns: int, queries: int) -> RunOutcome:
+        """One dataflow run with progress lines; prints the log tail when it failed."""
+        self.done += 1
+        label = f"{item.name} {variant.name}"
+        env = run_env(item, variant, self.overrides, run_dir, queries)
+        yaml_path = TEXT_DATAFLOW if item.clip is None else VOICE_DATAFLOW
+        input_s = item.clip.duration_s if item.clip is not None else 0.0
+        print(f"[bench] {self.done}/{self.total} {label} ({turns} turn{'' if turns == 1 else 's'}; machine load "
+              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores) ...", flush=True)
+        outcome = execute(yaml_path, run_dir, env, run_timeout_s(env, turns, input_s), label,
+                          turns if item.clip is None else None)
+        status = "ok" if outcome.ok else "FAILED: " + "; ".join(outcome.problems)
+        print(f"[bench] {self.done}/{self.total} {label}: {status} ({len(outcome.turns)} turns, "
+              f"{outcome.wall_s:.1f} s)", flush=True)
+        if not outcome.ok:
+            self.failed = True
+            print(f"[bench] last lines of {run_dir / 'dora.log'}:\n{log_tail(_read_log(run_dir))}", flush=True)
+        return outcome
+
+    def plot(self, item: BenchItem, variant: str, turns: Sequence[TurnRecord]) -> None:
+        """timeline.png of the median turn of one item and variant."""
+        turn = median_turn(turns, FIRST_AUDIO[item.pipeline])
+        if turn is None:
+            return
+        try:
+            plot_turn_timeline(turn, self.out / item.name / variant / "timeline.png")
+        except ValueError as exc:
+            logger.warning("%s %s: no timeline: %s", item.name, variant, exc)
+
+    def run_compare(self) -> None:
+        """Every item and variant; a table per item; the voice overview when there are voice items."""
+        voice: dict[str, list[tuple[str, list[TurnRecord], str | None]]] = {}
+        for item in self.items:
+            by_variant: dict[str, list[TurnRecord]] = {}
+            failed: dict[str, bool] = {}
+            for variant in item.variants:
+                folder = self.out / item.name / variant.name
+                runs = ([self.run_one(item, variant, folder / f"run-{k + 1}", 1, 1) for k in range(self.plan.repeat)]
+                        if item.clip is not None else
+                        [self.run_one(item, variant, folder / "run-1", self.plan.repeat, self.plan.repeat)])
+                by_variant[variant.name] = [t for r in runs for t in r.turns]
+                failed[variant.name] = not all(r.ok for r in runs)
+                self.plot(item, variant.name, by_variant[variant.name])
+            entry = item_summary(item.pipeline, by_variant, failed)
+            self.summary[item.name] = entry
+            if item.clip is None or len(item.variants) > 1:
+                self.say(render_compare_table(item.name, entry, item.pipeline, repeat=self.plan.repeat))
+            if item.clip is not None:
+                split = [v for v, turns in by_variant.items() if len(turns) > self.plan.repeat]
+                if split:
+                    logger.warning("%s: the VAD found more utterances than repetitions (%s)", item.name,
+                                   ", ".join(split))
+                for v, turns in by_variant.items():
+                    voice.setdefault(v, []).append((item.name, turns, item.clip.transcript))
+            self.write()
+        if voice:
+            overall = {v: overall_stats([t for _n, turns, _r in rows for t in turns]) for v, rows in voice.items()}
+            for v, rows in voice.items():
+                self.say(render_voice_table(v, rows, overall[v]))
+            self.summary["_overall"] = next(iter(overall.values())) if len(overall) == 1 else overall
+            self.write()
+
+    def run_stress(self) -> None:
+        """All the plan's queries back to back in one run; completeness checks, session summary, RSS table."""
+        queries = [item.scenario.query or "" for item in self.items]
+        turns = self.plan.repeat
+        base = BenchItem("stress", self.items[0].scenario, self.items[0].variants, dict(self.plan.env))
+        variant = base.variants[0]
+        run_dir = self.out / "stress" / variant.name / "run-1"
+        sampler = RssSampler()
+        sampler.start()
+        try:
+            self.done += 1
+            env = run_env(base, variant, self.overrides, run_dir, 1)
+            env["TEXT_INPUT_QUERIES"] = "|".join(queries[k % len(queries)] for k in range(turns))
+            print(f"[bench] 1/1 stress {variant.name} ({turns} turns, queries: "
+                  f"{', '.join(item.name for item in self.items)}) ...", flush=True)
+            outcome = execute(TEXT_DATAFLOW, run_dir, env, run_timeout_s(env, turns), "stress", turns)
+        finally:
+            sampler.stop()
+        print(f"[bench] stress: {len(outcome.turns)} turns in {outcome.wall_s:.1f} s", flush=True)
+        checks = stress_checks(outcome.turns, turns, outcome.returncode)
+        if not outcome.ok or not all(c["ok"] for c in checks.values()):
+            self.failed = True
+            print(f"[bench] last lines of {run_dir / 'dora.log'}:\n{log_tail(_read_log(run_dir))}", flush=True)
+        ordered = sorted(outcome.turns, key=lambda t: t.turn_id)
+        starts = [t.llm_start_ns for t in ordered if t.llm_start_ns is not None]
+        ends = [t.turn_played_ns for t in ordered if t.turn_played_ns is not None]
+        memory: dict[str, dict[str, Any]] = {}
+        if starts and ends:
+            mid_turn = ordered[len(ordered) // 2]
+            memory = rss_report(sampler.samples, starts[0], mid_turn.llm_start_ns or starts[0], ends[-1])
+        entry = {variant.name: variant_summary(outcome.turns, "text", failed=not outcome.ok),
+                 "checks": checks, "rss_mb": memory}
+        self.summary["stress"] = entry
+        self.plot(base, variant.name, outcome.turns)
+        lines = [f"stress: {turns} queries in one run ({variant.name}), {len(outcome.turns)} turns reported, "
+                 f"run {outcome.wall_s:.0f} s"]
+        lines += [f"  {'PASS' if c['ok'] else 'FAIL'}  {name}: {c['detail']}" for name, c in checks.items()]
+        self.say("\n".join(lines))
+        self.say(session_summary(summarize(outcome.turns)))
+        self.say(render_rss_table(memory))
+        if memory and not all(r["bounded"] for r in memory.values()):
+            self.failed = True
+        self.write()
+
+    def run(self) -> int:
+        """Run the plan; the exit status."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        what = f"stress, {self.plan.repeat} turns" if self.plan.kind == "stress" else f"repeat {self.plan.repeat}"
+        self.say(f"dora-voice-bench: plan {self.plan.name} ({what}), {len(self.items)} item(s), output {self.out}\n"
+                 f"started {_dt.datetime.now().isoformat(timespec='seconds')}"
+                 + (f", overrides: {' '.join(f'{k}={v}' for k, v in self.overrides.items())}"
+                    if self.overrides else ""))
+        if self.plan.kind == "stress":
+            self.run_stress()
+        else:
+            self.run_compare()
+        self.say(f"plan {self.plan.name} took {time.monotonic() - started:.0f} s"
+                 + ("; SOME RUNS FAILED (see above)" if self.failed else ""))
+        self.write()
+        print(f"[bench] wrote {self.out / 'summary.json'}", flush=True)
+        return EXIT_FAILED if self.failed else EXIT_OK
+
+
+def _read_log(run_dir: Path) -> str:
+    path = run_dir / "dora.log"
+    return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console script ``dora-voice-bench``; returns the exit status (see ``--help``)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        catalog = load_catalog(args.scenarios_file)
+        if args.list:
+            print(render_list(catalog))
+            return EXIT_OK
+        plan, catalog = resolve_plan(catalog, args.plan, args.scenario, args.repeat, args.clips_dir)
+        items = plan_items(plan, catalog)
+        overrides = parse_assignments(args.assignments)
+        if args.model:
+            get_spec(args.model, "llm")
+            overrides = {"LLM_MODEL": args.model, **overrides}
+    except (BenchConfigError, ModelError) as exc:
+        parser.error(str(exc))
+    out = args.out or runs_dir() / f"bench-{_dt.datetime.now():%Y%m%d-%H%M%S}"
+    try:
+        return _Bench(plan, items, out.resolve(), overrides).run()
+    except KeyboardInterrupt:
+        print("[bench] interrupted; partial results are in " + str(out), file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
