@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from dora_voice.text.segmenter import TextSegmenter
+from dora_voice.text.segmenter import SegmentationPolicy, SegmentRule, TextSegmenter, ends_at_pause
+
+
+def policy(max_chars: int, min_chars: int = 0, *, first_min_chars: int = 0, first_max_tokens: int | None = None,
+           first_clause_cut: bool = True) -> SegmentationPolicy:
+    """The LLM's policy shape: a first segment with its own minimum, clause cuts and token cap."""
+    return SegmentationPolicy(
+        first=SegmentRule(max_chars, first_min_chars, clause_cut=first_clause_cut, max_tokens=first_max_tokens),
+        later=SegmentRule(max_chars, min_chars))
 
 
 def run(text: str, piece: int | None, **kwargs) -> list[str]:
-    seg = TextSegmenter(**kwargs)
+    seg = TextSegmenter(policy(**kwargs))
     out: list[str] = []
     if piece is None:
         out += seg.push(text)
@@ -99,7 +107,7 @@ def test_run_without_whitespace_is_cut_hard() -> None:
 
 
 def test_first_max_tokens_cuts_early_at_a_word_boundary() -> None:
-    seg = TextSegmenter(max_chars=200, min_chars=20, first_max_tokens=4)
+    seg = TextSegmenter(policy(max_chars=200, min_chars=20, first_max_tokens=4))
     out = []
     for token in ["Once", " upon", " a", " time", " there", " was"]:
         out += seg.push(token)
@@ -111,7 +119,7 @@ def test_first_max_tokens_cuts_early_at_a_word_boundary() -> None:
 
 
 def test_reset_starts_a_new_turn() -> None:
-    seg = TextSegmenter(max_chars=100, min_chars=50)
+    seg = TextSegmenter(policy(max_chars=100, min_chars=50))
     assert seg.push("Hi. ") == ["Hi."]
     seg.reset()
     assert seg.pending == ""
@@ -119,13 +127,50 @@ def test_reset_starts_a_new_turn() -> None:
 
 
 def test_flush_of_empty_buffer() -> None:
-    seg = TextSegmenter(max_chars=10)
+    seg = TextSegmenter(policy(max_chars=10))
     assert seg.flush() == []
     assert seg.push("") == []
 
 
 @pytest.mark.parametrize("kwargs", [dict(max_chars=0), dict(max_chars=10, min_chars=11),
-                                    dict(max_chars=10, first_max_tokens=0)])
+                                    dict(max_chars=10, max_tokens=0), dict(max_chars=10, cut_chars=11),
+                                    dict(max_chars=10, cut_chars=0)])
 def test_bad_limits_raise(kwargs: dict) -> None:
     with pytest.raises(ValueError):
-        TextSegmenter(**kwargs)
+        SegmentRule(**kwargs)
+
+
+def test_flush_ends_the_text_but_not_the_turn() -> None:
+    # The TTS pushes each LLM chunk and flushes it: only the turn's first segment follows the first rule.
+    seg = TextSegmenter(policy(max_chars=100, min_chars=30))
+    assert seg.push("Sure, here it is.") + seg.flush() == ["Sure,", "here it is."]
+    assert seg.push("Sure, here it is.") + seg.flush() == ["Sure, here it is."]
+    seg.reset()
+    assert seg.push("Sure, here it is.") + seg.flush() == ["Sure,", "here it is."]
+
+
+def test_forced_cut_of_the_first_segment_can_fall_before_max_chars() -> None:
+    # The TTS's first segment: a pause anywhere within max_chars wins; text that runs on is cut within cut_chars.
+    tts = SegmentationPolicy(first=SegmentRule(80, 10, clause_cut=True, cut_chars=30), later=SegmentRule(80, 10))
+    runs_on = "The tower was built for the fair in Paris and it was the tallest structure in the world then."
+    seg = TextSegmenter(tts)
+    assert seg.push(runs_on)[0] == "The tower was built for the"
+    seg = TextSegmenter(tts)
+    paused = "It costs twenty-nine dollars and ninety-five cents today. Enjoy it."
+    assert seg.push(paused) + seg.flush() == ["It costs twenty-nine dollars and ninety-five cents today.", "Enjoy it."]
+
+
+def test_a_forced_cut_never_splits_an_abbreviation_from_its_word_by_accident() -> None:
+    # "Dr." is not a boundary, so the first segment looks on to the sentence end rather than stop after "Dr.".
+    tts = SegmentationPolicy(first=SegmentRule(100, 20, clause_cut=True, cut_chars=50), later=SegmentRule(100, 20))
+    text = "Yesterday afternoon I went over to talk with Dr. Fitzgeraldson about it. Then home."
+    seg = TextSegmenter(tts)
+    assert (seg.push(text) + seg.flush())[0] == "Yesterday afternoon I went over to talk with Dr. Fitzgeraldson about it."
+
+
+@pytest.mark.parametrize("text, pause", [
+    ("Hello.", True), ("Really?", True), ("Wait,", True), ('He said "stop."', True), ("Well\u2026 ", True),
+    ("(as noted);", True), ("The capital of", False), ("a dash -", False), ("", False),
+])
+def test_ends_at_pause(text: str, pause: bool) -> None:
+    assert ends_at_pause(text) is pause

@@ -298,6 +298,15 @@ def test_chunks_with_nothing_to_say_make_no_segment_but_the_turn_still_closes(cl
     assert [d.text_segment_index for d in out.done] == [0, 1, 2]  # pacing feedback for every chunk with text
 
 
+def test_the_first_spoken_segment_gets_the_first_segment_rule(clock: FakeClock) -> None:
+    # A first chunk with nothing to say (an emoji) does not use up the turn's short first segment.
+    core, engine = make(clock, TTS_MIN_SEGMENT_LENGTH="10")
+    text = "Well, the weather looks fine, sunny and warm all day."
+    drain(core, send(core, ("text", chunk("\U0001f600", 0)), ("text", chunk(text, 1)),
+                     ("text", chunk(text, 2, final=True))))
+    assert engine.texts == ["Well, the weather looks fine,", "sunny and warm all day.", text]
+
+
 def test_a_reply_with_only_emoji_still_closes(clock: FakeClock) -> None:
     core, engine = make(clock)
     out = drain(core, send(core, ("text", chunk("\U0001f600", 0, final=True))))

@@ -9,9 +9,10 @@ Inputs:
 Outputs ``text`` (:class:`~dora_voice.schema.TextSegment` chunks with ``segment_index``, ``is_streaming``,
 ``is_final``) and ``timing`` (llm_start, llm_first_token, llm_chunk, llm_done).
 
-Chunking (the design notes' pause strategy "max_tokens first, sentence_boundary after"): the first chunk ends at
-the first clause or sentence boundary or after ``LLM_FIRST_CHUNK_MAX_TOKENS`` tokens; later chunks end at sentence
-boundaries, at least ``LLM_CHUNK_MIN_CHARS`` and at most ``LLM_CHUNK_MAX_CHARS`` long.
+Chunking (the pause strategy "max_tokens first, sentence_boundary after", :attr:`LlmConfig.segmentation` applied
+by :class:`~dora_voice.text.segmenter.TextSegmenter`): the first chunk ends at the first clause or sentence
+boundary or after ``LLM_FIRST_CHUNK_MAX_TOKENS`` tokens; later chunks end at sentence boundaries, at least
+``LLM_CHUNK_MIN_CHARS`` and at most ``LLM_CHUNK_MAX_CHARS`` long.
 ``LLM_ENABLE_STREAMING=false`` is the batch baseline: one chunk holding the whole reply, sent when it is complete.
 
 Replies that fit speech:
@@ -51,7 +52,7 @@ from dora_voice.schema import (
     Key, Output, PlaybackEvent, PlaybackKind, SegmentDone, TextSegment, TimingKind, Transcript,
 )
 from dora_voice.text.repetition import RepetitionGuard, split_sentences
-from dora_voice.text.segmenter import TextSegmenter
+from dora_voice.text.segmenter import SegmentationPolicy, SegmentRule, TextSegmenter
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +115,16 @@ class LlmConfig:
             raise ConfigError(f"LLM_FIRST_CHUNK_MIN_CHARS={self.first_chunk_min_chars} exceeds LLM_CHUNK_MAX_CHARS="
                               f"{self.chunk_max_chars}")
 
+    @property
+    def segmentation(self) -> SegmentationPolicy:
+        """Where the streamed reply is cut into chunks: the first at a clause or sentence end at least
+        ``LLM_FIRST_CHUNK_MIN_CHARS`` long, or after ``LLM_FIRST_CHUNK_MAX_TOKENS`` tokens; later ones at sentence
+        ends, ``LLM_CHUNK_MIN_CHARS`` to ``LLM_CHUNK_MAX_CHARS`` long."""
+        return SegmentationPolicy(
+            first=SegmentRule(self.chunk_max_chars, self.first_chunk_min_chars, clause_cut=True,
+                              max_tokens=self.first_chunk_max_tokens),
+            later=SegmentRule(self.chunk_max_chars, self.chunk_min_chars))
+
 
 @dataclass
 class _Turn:
@@ -155,9 +166,7 @@ class LlmCore(NodeCore):
         self.history = ConversationHistory(config.system_prompt, HistoryStrategy(config.history_strategy),
                                            max_turns=config.history_turns, max_tokens=config.history_tokens,
                                            count_tokens=backend.count_tokens)
-        self.segmenter = TextSegmenter(config.chunk_max_chars, config.chunk_min_chars,
-                                       first_min_chars=config.first_chunk_min_chars,
-                                       first_max_tokens=config.first_chunk_max_tokens)
+        self.segmenter = TextSegmenter(config.segmentation)
         self.queue: deque[Transcript] = deque()
         self.current: _Turn | None = None
         self.interrupted_turns: set[int] = set()
@@ -336,7 +345,7 @@ class LlmCore(NodeCore):
         self.current = _Turn(transcript, iter(self.backend.stream(messages, self.config.max_tokens)), start,
                              last_chunk_ns=start)
         if not self.config.enable_streaming:
-            self.current.sentences = TextSegmenter(self.config.context_tokens * 8, 0, first_clause_cut=False)
+            self.current.sentences = TextSegmenter(SegmentationPolicy.sentences(self.config.context_tokens * 8))
         self.texts[transcript.turn_id] = self.current.chunks
         logger.info("turn %d: generating a reply to %r", transcript.turn_id, transcript.text)
         return [self.timing(TimingKind.LLM_START, transcript.turn_id, start, **{Key.TEXT: transcript.text})]

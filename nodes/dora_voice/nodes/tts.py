@@ -16,7 +16,8 @@ Outputs ``audio`` (:class:`~dora_voice.schema.AudioFragment`), ``segment_done`` 
 Per chunk: normalize for speech (markdown, emoji, numbers; ``TTS_NORMALIZE_TEXT``), then with
 ``ENABLE_INTERNAL_SEGMENTATION`` split it into TTS segments of at most ``TTS_MAX_SEGMENT_LENGTH`` characters at
 sentence ends (the turn's first segment may end at a clause, and is cut at ``TTS_FIRST_SEGMENT_MAX_LENGTH`` when
-the text runs on without punctuation), each synthesized on its own. Segments are
+the text runs on without punctuation; the rules are :attr:`TtsConfig.segmentation`, applied by one
+:class:`~dora_voice.text.segmenter.TextSegmenter` per turn), each synthesized on its own. Segments are
 numbered 0, 1, … per turn by the TTS and carry ``text_segment_index`` = the LLM chunk they came from. With
 ``RETURN_FRAGMENT`` each segment's audio leaves in fragments of about ``FRAGMENT_INTERVAL`` seconds as soon as the
 engine yields it (Piper: one chunk per sentence); without it, one fragment per segment.
@@ -30,7 +31,6 @@ barge-in, in which case it is that segment's last fragment.
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import time
 from collections import deque
@@ -51,7 +51,7 @@ from dora_voice.schema import (
 )
 from dora_voice.text import normalize
 from dora_voice.text.normalize import SpeechNormalizer
-from dora_voice.text.segmenter import TextSegmenter
+from dora_voice.text.segmenter import SegmentationPolicy, SegmentRule, TextSegmenter, ends_at_pause
 from dora_voice.tts_engines import TtsEngine
 
 logger = logging.getLogger(__name__)
@@ -61,11 +61,8 @@ FIRST_FRAGMENT_HOLD_S = 0.01
 segment's last fragment then always has samples (no empty ``is_last_fragment`` message after every short segment)."""
 
 _MAX_CLOSED_TURNS = 1024
-_ENDS_AT_PAUSE = re.compile(r"[.!?\u2026,;:][\"')\]\u201d\u2019]*$")
 _PLAYBACK_KINDS = frozenset(k.value for k in PlaybackKind)
 _VAD_KINDS = frozenset(k.value for k in VadEventKind)
-_ENDS_AT_PUNCTUATION = re.compile(r"[.!?\u2026,;:][\"'\u201d\u2019)\]]*\s*$")
-"""A segment ending like this is followed by a natural pause; one cut mid-phrase (a length cap) is not."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +102,21 @@ class TtsConfig:
             raise ConfigError(f"TTS_MIN_SEGMENT_LENGTH={self.min_segment_chars} exceeds TTS_MAX_SEGMENT_LENGTH="
                               f"{self.max_segment_chars}")
 
+    @property
+    def segmentation(self) -> SegmentationPolicy:
+        """Where a turn's text is cut into TTS segments.
+
+        Every segment ends at a sentence end at most ``TTS_MAX_SEGMENT_LENGTH`` long (prosody). The turn's first
+        segment may also end at a clause, and when the text runs on with no pause within ``TTS_MAX_SEGMENT_LENGTH``
+        it is cut at a space within ``TTS_FIRST_SEGMENT_MAX_LENGTH``: Piper's time to first audio grows with the
+        length of the first sentence it synthesizes (RealtimeTTS keeps first-fragment thresholds apart for the
+        same reason).
+        """
+        return SegmentationPolicy(
+            first=SegmentRule(self.max_segment_chars, self.min_segment_chars, clause_cut=True,
+                              cut_chars=min(self.first_max_segment_chars, self.max_segment_chars)),
+            later=SegmentRule(self.max_segment_chars, self.min_segment_chars))
+
 
 @dataclass
 class _Turn:
@@ -113,8 +125,8 @@ class _Turn:
     turn_id: int
     session_id: str
     is_streaming: bool
+    segmenter: TextSegmenter
     normalizer: SpeechNormalizer = field(default_factory=SpeechNormalizer)
-    chunks_received: int = 0
     last_text_segment_index: int = -1
     final_received: bool = False
     segments_started: int = 0  # TTS segment indices handed out = segments with audio emitted
@@ -170,6 +182,7 @@ class TtsCore(NodeCore):
         self.config = config
         self.engine = engine
         self.sample_rate = int(engine.sample_rate)
+        self.segmentation = config.segmentation
         self.fragment_samples = max(1, round(config.fragment_interval_s * self.sample_rate))
         self.hold_samples = max(1, round(FIRST_FRAGMENT_HOLD_S * self.sample_rate))
         self.queue: deque[_Chunk] = deque()
@@ -251,7 +264,8 @@ class TtsCore(NodeCore):
                     return []
                 raise SchemaError(f"turn {segment.turn_id} is already closed (chunk {segment.segment_index} came "
                                   "after its final chunk)")
-            turn = _Turn(segment.turn_id, segment.session_id, segment.is_streaming, first_received_ns=now)
+            turn = _Turn(segment.turn_id, segment.session_id, segment.is_streaming,
+                         TextSegmenter(self.segmentation), first_received_ns=now)
             self.turns[segment.turn_id] = turn
             if segment.turn_id < self.cancel_below:
                 logger.info("turn %d: superseded by newer speech before any audio; closing it", segment.turn_id)
@@ -262,58 +276,25 @@ class TtsCore(NodeCore):
             logger.warning("turn %d: chunk %d follows chunk %d", turn.turn_id, segment.segment_index,
                            turn.last_text_segment_index)
         text = turn.normalizer.normalize(segment.text) if self.config.normalize_text else " ".join(segment.text.split())
-        texts = self._segments(text, first=turn.chunks_received == 0) if text else []
+        texts = self._segments(turn, text) if text else []
         if segment.text.strip() and not texts:
             logger.info("turn %d: chunk %d has nothing to say after normalization: %r", turn.turn_id,
                         segment.segment_index, segment.text[:80])
-        turn.chunks_received += 1
         turn.last_text_segment_index = segment.segment_index
         turn.final_received = segment.is_final
         self.queue.append(_Chunk(turn, segment.segment_index, now, deque(texts), segment.is_final,
                                  speakable=bool(segment.text.strip())))
         return []
 
-    def _segments(self, text: str, *, first: bool) -> list[str]:
-        """Split one normalized chunk into TTS segments (or keep it whole).
+    def _segments(self, turn: _Turn, text: str) -> list[str]:
+        """One normalized chunk as TTS segments (:attr:`TtsConfig.segmentation`), or whole.
 
-        Later segments end at sentence ends (prosody), at most ``TTS_MAX_SEGMENT_LENGTH`` long. The turn's first
-        segment is special (as RealtimeTTS keeps first-fragment thresholds apart), because Piper's time to first
-        audio grows with the length of the first sentence it synthesizes: see :meth:`_first_segment`.
+        The turn's segmenter carries over from chunk to chunk (its first segment is the turn's first), and each
+        chunk ends a segment: segment_done and the speaker's heard-text tracking count whole chunks.
         """
         if not self.config.enable_internal_segmentation:
             return [text]
-        cfg = self.config
-        head: list[str] = []
-        if first:
-            head = [self._first_segment(text)]
-            text = text.lstrip()[len(head[0]):].lstrip()
-            if not text:
-                return head
-        segmenter = TextSegmenter(cfg.max_segment_chars, cfg.min_segment_chars, first_min_chars=cfg.min_segment_chars,
-                                  first_clause_cut=False)
-        return head + segmenter.push(text) + segmenter.flush()
-
-    def _first_segment(self, text: str) -> str:
-        """The turn's first segment: a prefix of ``text`` (stripped).
-
-        The earliest clause or sentence end at least ``TTS_MIN_SEGMENT_LENGTH`` long and at most
-        ``TTS_FIRST_SEGMENT_MAX_LENGTH`` long; else the earliest such end within ``TTS_MAX_SEGMENT_LENGTH`` (a
-        natural pause is worth a little latency: the speaker pauses between segments); else, for text that runs
-        on without punctuation, a cut at a space within ``TTS_FIRST_SEGMENT_MAX_LENGTH``.
-        """
-        cfg = self.config
-        whole = text.strip()
-
-        def first_piece(max_chars: int) -> str:
-            low = min(cfg.min_segment_chars, max_chars)
-            cutter = TextSegmenter(max_chars, low, first_min_chars=low, first_clause_cut=True)
-            return (cutter.push(text) + cutter.flush())[0]
-
-        short = first_piece(min(cfg.first_max_segment_chars, cfg.max_segment_chars))
-        if short == whole or _ENDS_AT_PAUSE.search(short):
-            return short
-        natural = first_piece(cfg.max_segment_chars)
-        return natural if natural == whole or _ENDS_AT_PAUSE.search(natural) else short
+        return turn.segmenter.push(text) + turn.segmenter.flush()
 
     # -- synthesis -------------------------------------------------------------------------------------------
     def _start(self, chunk: _Chunk, text: str) -> list[Emit]:
@@ -371,7 +352,7 @@ class TtsCore(NodeCore):
             segment_index=synth.segment_index, fragment_index=synth.fragments,
             text_segment_index=synth.chunk.text_segment_index, is_last_fragment=last, is_final=final,
             is_streaming=turn.is_streaming, t_ns=now, segments_total=turn.segments_started if final else None,
-            ends_at_punctuation=bool(_ENDS_AT_PUNCTUATION.search(synth.text)))
+            ends_at_punctuation=ends_at_pause(synth.text))
         out = [emit(Output.AUDIO, fragment)]
         if synth.fragments == 0:
             out.append(self.timing(TimingKind.TTS_FIRST_FRAGMENT, turn.turn_id, now, **{

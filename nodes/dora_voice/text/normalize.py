@@ -14,8 +14,9 @@ Choices (see ``tests/test_normalize.py`` for every rule pinned down):
       Inline code (single backticks) is read: it is usually a name.
     * Links ``[text](url)`` are read as their text; bare URLs as their domain ("example.com", which espeak reads
       "example dot com").
-    * Headings, bullets and numbered list items become plain sentences (a period is added where a line has no
-      closing punctuation, so each item gets its own pause); list numbers are dropped.
+    * Headings, bullets and numbered list items become plain sentences (a period is added where a line does not
+      already end at a pause, :func:`~dora_voice.text.segmenter.ends_at_pause`, so each item gets its own pause);
+      list numbers are dropped.
     * Emoji and other pictographs are removed.
     * Numbers use the ``inflect`` library (MIT; imported on first use, see :func:`warm_up`) for cardinals,
       ordinals and decimals; years (four digits, 1100-2099, no thousands separator) are read as years
@@ -30,6 +31,8 @@ from __future__ import annotations
 import functools
 import re
 from typing import TYPE_CHECKING, Callable
+
+from dora_voice.text.segmenter import ends_at_pause
 
 if TYPE_CHECKING:
     import inflect
@@ -124,7 +127,6 @@ _BULLET = re.compile(r"^\s*(?:[-*+\u2022]|\d{1,3}[.)])\s+(?=\S)")
 _QUOTE = re.compile(r"^\s*>+\s?")
 _RULE = re.compile(r"^\s*([-*_])(?:\s*\1){2,}\s*$")
 _TABLE_SEPARATOR = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$")
-_SENTENCE_END = re.compile(r"[.!?:;,]\s*$")
 
 _IMAGE = re.compile(r"!\[([^\]]*)\]\([^)\s]*(?:\s+\"[^\"]*\")?\)")
 _LINK = re.compile(r"\[([^\]]+)\]\((?:[^()\s]|\([^()\s]*\))+(?:\s+\"[^\"]*\")?\)")
@@ -174,7 +176,7 @@ def _markdown_lines(text: str) -> str:
     if len(out) <= 1:
         return out[0] if out else ""
     # Every line but the last becomes its own sentence (LLMs do not hard-wrap paragraphs).
-    return " ".join(line if _SENTENCE_END.search(line) else line + "." for line in out[:-1]) + " " + out[-1]
+    return " ".join(line if ends_at_pause(line) else line + "." for line in out[:-1]) + " " + out[-1]
 
 
 def _domain(url: str) -> str:

@@ -8,9 +8,9 @@ last line: it checks every sentence before it is spoken and ends the reply befor
 Loop measure (the answer-quality benchmark's too, :func:`repeated_ngram`): a word 4-gram that occurs three times.
 Words are lower-cased runs of letters, digits and apostrophes, so punctuation and case do not hide a repeat.
 
-Sentence boundaries come from the project's one segmentation policy (:class:`~dora_voice.text.segmenter.
-TextSegmenter`: ``. ! ? …`` followed by whitespace, line breaks, abbreviations and decimals respected); this
-module adds no rule of its own about where a sentence ends.
+Sentence boundaries come from the project's one segmentation policy
+(:meth:`~dora_voice.text.segmenter.SegmentationPolicy.sentences`: ``. ! ? …`` followed by whitespace, line breaks,
+abbreviations and decimals respected); this module adds no rule of its own about where a sentence ends.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import re
 from collections import Counter
 from typing import Sequence
 
-from dora_voice.text.segmenter import TextSegmenter
+from dora_voice.text.segmenter import SegmentationPolicy, TextSegmenter
 
 _WORD = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)*")
 
@@ -61,7 +61,7 @@ def split_sentences(text: str, *, final: bool) -> tuple[list[str], str]:
         ``(sentences, rest)``: the finished sentences, stripped, and the text after the last of them (stripped;
         ``""`` when the text ends on a finished sentence).
     """
-    segmenter = TextSegmenter(max(len(text), 1) + 1, 0, first_clause_cut=False)
+    segmenter = TextSegmenter(SegmentationPolicy.sentences(max(len(text), 1) + 1))
     sentences = segmenter.push(text + (" " if final else ""))
     return sentences, segmenter.pending.strip()
 

@@ -1,34 +1,46 @@
-"""Streaming text segmentation for speech: where to cut a growing reply so each piece can be spoken.
+"""Where to cut a growing reply so each piece can be spoken: the project's one segmentation policy.
 
-One class serves both the LLM (cutting tokens into speakable chunks as they stream) and the TTS (splitting a long
-chunk into segments of ``TTS_MAX_SEGMENT_LENGTH`` characters at most). Interface as in pipecat's
-``SimpleTextAggregator`` and LiveKit's ``tokenize/token_stream.py``: :meth:`push` / :meth:`flush` / :meth:`reset`.
+:class:`SegmentationPolicy` holds the rules (one :class:`SegmentRule` for a turn's first segment, one for every
+later segment); each node builds its policy from its own settings (``LlmConfig.segmentation`` for the LLM's
+chunks, ``TtsConfig.segmentation`` for the TTS's segments) and drives a :class:`TextSegmenter` with it, one per
+turn. Interface as in pipecat's ``SimpleTextAggregator`` and LiveKit's ``tokenize/token_stream.py``:
+:meth:`~TextSegmenter.push` / :meth:`~TextSegmenter.flush` / :meth:`~TextSegmenter.reset`.
 
-Cut rules, in order (checked on the buffered text after every :meth:`push`):
+Cut rules, in order (checked on the buffered text after every push; ``rule`` is the first-segment rule until the
+first segment is out, the later-segment rule after that):
 
-1. The earliest *boundary* ``b`` with ``min_chars <= len(segment) <= max_chars``. Sentence boundaries are
-   ``. ! ? …`` (optionally followed by closing quotes/brackets) *followed by whitespace*, and line breaks. The
-   first segment may also cut at clause boundaries (``, ; :`` followed by whitespace) — a short first chunk buys
-   latency, later chunks buy prosody (RealtimeTTS keeps first-fragment thresholds apart for the same reason).
-2. First segment only: after ``first_max_tokens`` pushes (LLM tokens), cut at the last whitespace (the seeds'
-   "max_tokens first, sentence_boundary after" strategy).
-3. The buffer is longer than ``max_chars``: cut at the last clause boundary, else the last whitespace, at or
-   before ``max_chars``; a run with no whitespace at all is cut hard at ``max_chars``.
+1. The earliest *boundary* ``b`` with ``rule.min_chars <= len(segment) <= rule.max_chars``. Sentence boundaries
+   are ``. ! ? …`` (optionally followed by closing quotes/brackets) *followed by whitespace*, and line breaks. With
+   ``rule.clause_cut`` the segment may also end at a clause boundary (``, ; :`` followed by whitespace, or a
+   spaced dash): a short first chunk buys latency, later chunks buy prosody (RealtimeTTS keeps first-fragment
+   thresholds apart for the same reason).
+2. With ``rule.max_tokens``: after that many pushes (LLM tokens), cut at the last whitespace (the "max_tokens
+   first, sentence_boundary after" pause strategy).
+3. The buffer is longer than ``rule.max_chars`` (no boundary can come in time): cut at the last clause boundary,
+   else the last whitespace, at or before ``rule.cut_chars``; a run with no whitespace at all is cut hard there.
 
 Because a boundary needs the whitespace *after* the punctuation, a cut never depends on how the text was split
-into deltas: "3." followed later by "14" is never cut, and rules 1 and 3 give the same segments whether text
+into pushes: "3." followed later by "14" is never cut, and rules 1 and 3 give the same segments whether text
 arrives whole, one character at a time or in 7-character pieces (chunk invariance, tested as in stream2sentence's
 ``tests/test_stream2sentence.py``). Rule 2 counts pushes, so it is the one deliberate exception. A period is not a
 boundary after a known abbreviation ("Mr.", "e.g.", "etc."), an initial or initialism ("J.", "U.S.A."), or a
 list number at the start of a line ("1.").
+
+:func:`ends_at_pause` tells whether a piece of text ends where a speaker pauses (sentence or clause punctuation):
+the speaker's sentence pause and the normalizer's list items use it.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
-_SENTENCE_END = re.compile(r"[.!?\u2026]+[\"'\u201d\u2019)\]]*(?=\s)|\n")
-_CLAUSE_END = re.compile(r"[,;:]+(?=\s)|\s[-\u2013\u2014](?=\s)")
+_SENTENCE_PUNCT = ".!?\u2026"
+_CLAUSE_PUNCT = ",;:"
+_CLOSERS = "\"'\u201d\u2019)\\]"
+_SENTENCE_END = re.compile(rf"[{_SENTENCE_PUNCT}]+[{_CLOSERS}]*(?=\s)|\n")
+_CLAUSE_END = re.compile(rf"[{_CLAUSE_PUNCT}]+(?=\s)|\s[-\u2013\u2014](?=\s)")
+_ENDS_AT_PAUSE = re.compile(rf"[{_SENTENCE_PUNCT}{_CLAUSE_PUNCT}][{_CLOSERS}]*\s*$")
 _WORD_BEFORE_DOT = re.compile(r"(\S+)\.+$")
 _INITIALISM = re.compile(r"^(?:[A-Za-z]\.)*[A-Za-z]$")
 
@@ -58,37 +70,89 @@ def _is_false_sentence_end(text: str, match: re.Match[str]) -> bool:
     return False
 
 
-class TextSegmenter:
-    """Cuts streamed text into speakable segments.
+def ends_at_pause(text: str) -> bool:
+    """True when ``text`` ends at sentence or clause punctuation (``. ! ? … , ; :``, closing quotes and trailing
+    whitespace allowed): a natural pause follows it, unlike a piece cut mid-phrase by a length limit."""
+    return _ENDS_AT_PAUSE.search(text) is not None
+
+
+@dataclass(frozen=True)
+class SegmentRule:
+    """Where one kind of segment may end (see the module docstring for the order the rules apply in).
 
     Args:
-        max_chars: longest segment (characters) before a forced cut. ``>= 1``.
-        min_chars: shortest segment cut at a boundary (shorter pieces wait for more text), for every segment but
-            the first. ``0 <= min_chars <= max_chars``.
-        first_min_chars: ``min_chars`` for the first segment (default 0: cut as early as possible).
-        first_max_tokens: first segment only: cut after this many :meth:`push` calls (LLM tokens) even without
-            punctuation. ``None`` disables the rule.
-        first_clause_cut: whether the first segment may end at a clause boundary (comma, semicolon, colon, dash).
+        max_chars: longest segment (characters) that ends at a boundary; a longer buffer is cut by force. ``>= 1``.
+        min_chars: shortest segment cut at a boundary (shorter pieces wait for more text; the last piece of a
+            flush may be shorter). ``0 <= min_chars <= max_chars``.
+        clause_cut: whether the segment may end at a clause boundary (comma, semicolon, colon, spaced dash).
+        max_tokens: cut at the last whitespace after this many pushes (LLM tokens) even without punctuation;
+            ``None`` disables the rule.
+        cut_chars: where a forced cut falls when the buffer outgrew ``max_chars`` with no boundary in
+            ``min_chars..max_chars``: at the last clause boundary or whitespace at or before it. ``None`` (the
+            default) means ``max_chars``; ``1 <= cut_chars <= max_chars``.
 
     Raises:
         ValueError: inconsistent limits.
     """
 
-    def __init__(self, max_chars: int, min_chars: int = 0, *, first_min_chars: int = 0,
-                 first_max_tokens: int | None = None, first_clause_cut: bool = True) -> None:
-        if max_chars < 1:
-            raise ValueError(f"max_chars must be >= 1, got {max_chars}")
-        if not 0 <= min_chars <= max_chars:
-            raise ValueError(f"min_chars must be within 0..max_chars ({max_chars}), got {min_chars}")
-        if not 0 <= first_min_chars <= max_chars:
-            raise ValueError(f"first_min_chars must be within 0..max_chars ({max_chars}), got {first_min_chars}")
-        if first_max_tokens is not None and first_max_tokens < 1:
-            raise ValueError(f"first_max_tokens must be >= 1 or None, got {first_max_tokens}")
-        self.max_chars = max_chars
-        self.min_chars = min_chars
-        self.first_min_chars = first_min_chars
-        self.first_max_tokens = first_max_tokens
-        self.first_clause_cut = first_clause_cut
+    max_chars: int
+    min_chars: int = 0
+    clause_cut: bool = False
+    max_tokens: int | None = None
+    cut_chars: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_chars < 1:
+            raise ValueError(f"max_chars must be >= 1, got {self.max_chars}")
+        if not 0 <= self.min_chars <= self.max_chars:
+            raise ValueError(f"min_chars must be within 0..max_chars ({self.max_chars}), got {self.min_chars}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1 or None, got {self.max_tokens}")
+        if self.cut_chars is not None and not 1 <= self.cut_chars <= self.max_chars:
+            raise ValueError(f"cut_chars must be within 1..max_chars ({self.max_chars}), got {self.cut_chars}")
+
+    @property
+    def forced_cut_chars(self) -> int:
+        """Where a forced cut falls at the latest (``cut_chars``, else ``max_chars``)."""
+        return self.max_chars if self.cut_chars is None else self.cut_chars
+
+
+@dataclass(frozen=True)
+class SegmentationPolicy:
+    """The rules for a turn's first segment and for every later one.
+
+    Args:
+        first: the rule for the first segment after :meth:`TextSegmenter.reset` (a new turn).
+        later: the rule for every other segment.
+    """
+
+    first: SegmentRule
+    later: SegmentRule
+
+    @classmethod
+    def sentences(cls, max_chars: int) -> SegmentationPolicy:
+        """Every sentence end is a cut (no minimum, no clause cuts): finished sentences, one by one. Text that
+        runs on without one is cut by force after ``max_chars`` characters."""
+        rule = SegmentRule(max_chars)
+        return cls(first=rule, later=rule)
+
+    def rule(self, segments_emitted: int) -> SegmentRule:
+        """The rule for the next segment, after ``segments_emitted`` segments of the turn."""
+        return self.first if segments_emitted == 0 else self.later
+
+
+class TextSegmenter:
+    """Cuts the streamed text of one turn into speakable segments by a :class:`SegmentationPolicy`.
+
+    :meth:`push` text as it arrives; :meth:`flush` where the text ends (the end of the reply, or of a chunk that
+    must end a segment); :meth:`reset` at a new turn, which makes the next segment a first segment again.
+
+    Args:
+        policy: where to cut.
+    """
+
+    def __init__(self, policy: SegmentationPolicy) -> None:
+        self.policy = policy
         self.reset()
 
     def reset(self) -> None:
@@ -116,7 +180,10 @@ class TextSegmenter:
         return self._drain(final=False)
 
     def flush(self) -> list[str]:
-        """End of the text: return every remaining segment (the last may be shorter than ``min_chars``)."""
+        """The text ends here: return every remaining segment (the last may be shorter than ``min_chars``).
+
+        The turn goes on: the next segment is not a first segment again until :meth:`reset`.
+        """
         out = self._drain(final=True)
         rest = self._buffer.strip()
         self._buffer = ""
@@ -142,7 +209,8 @@ class TextSegmenter:
             elif not self._buffer:
                 return out
 
-    def _boundaries(self, text: str, final: bool, clauses: bool) -> list[int]:
+    @staticmethod
+    def _boundaries(text: str, final: bool, clauses: bool) -> list[int]:
         scan = text + " " if final else text
         ends = [m.end() for m in _SENTENCE_END.finditer(scan) if not _is_false_sentence_end(scan, m)]
         if clauses:
@@ -153,26 +221,27 @@ class TextSegmenter:
         text = self._buffer
         if not text.strip():
             return None
-        first = self._segments == 0
-        min_len = self.first_min_chars if first else self.min_chars
-        for end in self._boundaries(text, final, clauses=first and self.first_clause_cut):
+        rule = self.policy.rule(self._segments)
+        min_len = max(rule.min_chars, 1)
+        for end in self._boundaries(text, final, clauses=rule.clause_cut):
             length = len(text[:end].strip())
-            if length > self.max_chars:
+            if length > rule.max_chars:
                 break
-            if length >= max(min_len, 1):
+            if length >= min_len:
                 return end
-        if first and self.first_max_tokens is not None and self._pushes >= self.first_max_tokens and not final:
+        if rule.max_tokens is not None and self._pushes >= rule.max_tokens and not final:
             space = text.rstrip().rfind(" ")
             if space > 0 and text[:space].strip():
                 return space
-        if len(text) > self.max_chars:
-            window = text[: self.max_chars + 1]
-            clause_ends = [e for e in self._boundaries(window, False, clauses=True) if e <= self.max_chars]
-            clause_ends = [e for e in clause_ends if len(window[:e].strip()) >= max(min_len, 1)]
+        if len(text) > rule.max_chars:
+            limit = rule.forced_cut_chars
+            window = text[: limit + 1]
+            clause_ends = [e for e in self._boundaries(window, False, clauses=True)
+                           if e <= limit and len(window[:e].strip()) >= min_len]
             if clause_ends:
                 return clause_ends[-1]
             space = max(window.rfind(" "), window.rfind("\n"), window.rfind("\t"))
             if space > 0 and window[:space].strip():
                 return space
-            return self.max_chars
+            return limit
         return None
