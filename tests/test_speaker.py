@@ -65,7 +65,8 @@ class Harness:
         self.clock = FakeClock()
         self.path = tmp_path / "out.wav"
         self.config = load_config(SpeakerConfig, {"AUDIO_OUTPUT": str(self.path), **(env or {})})
-        self.sink = FileSink(self.config.audio_output, self.config.sample_rate_hz)
+        self.sink = FileSink(self.config.audio_output, self.config.sample_rate_hz, keep_samples=True,
+                             clock_ns=self.clock)
         self.core = SpeakerCore(self.config, self.sink, clock_ns=self.clock, sleep=self.clock.sleep)
         self.playback: list[PlaybackEvent] = []
         self.timing: list[TimingEvent] = []

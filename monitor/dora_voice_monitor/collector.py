@@ -40,7 +40,12 @@ Definitions (all durations in ms unless the name says ``_s``; ``None`` when an e
     * ``segments_cancelled``: interrupted turns only: audio segments not played in full (the one cut, those dropped
       by the speaker, those synthesized after playback stopped), ``tts_segments - segments_played``.
     * ``segments_lost``: uninterrupted turns only: ``tts_segments - segments_played`` (the speaker's
-      ``turn_played.cancelled`` there counts segments that never arrived: lost, not cancelled). Must be 0.
+      ``turn_played.cancelled`` there counts segments that never arrived: lost, not cancelled), plus, when the TTS
+      never closed the turn (``tts_done`` missing: it died), the LLM chunks that got no audio segment. Must be 0.
+
+Bounds: every turn id is checked against the session's sequence (:class:`~dora_voice.turns.TurnSequence`), segment
+indices and totals are capped (:data:`MAX_SEGMENTS_PER_TURN`), and an event costs work for its own turn only (the
+grace timers are a queue), so thousands of open or bogus turns cannot make the monitor fall behind.
 
 Per-chunk definitions (:class:`ChunkRecord`): ``llm_ttft_ms`` exists for the first chunk only (``llm_start`` -> first
 token; when a later chunk started generating is not observable); ``llm_gen_ms`` is the chunk's ``duration_ms`` as
@@ -51,21 +56,33 @@ any pacing wait); TTS figures aggregate the audio segments made from the chunk (
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import logging
 import math
 import statistics
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Mapping, Any, Callable, Iterable, Sequence
 
 from dora_voice.schema import Key, SchemaError, TimingEvent, TimingKind
+from dora_voice.turns import TurnSequence
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_GRACE_S = 2.0
 """How long a turn whose ``turn_played`` arrived waits for the rest of its events (s, monitor clock)."""
+
+MAX_SEGMENTS_PER_TURN = 10_000
+"""Largest segment index or total a timing event may carry (a 512-token answer has about 50 segments); larger
+values are rejected, so one bad event cannot make the collector build huge lists."""
+
+MAX_OPEN_TURNS = 256
+"""Turns kept open at once; when a new turn would exceed it, the oldest open turn is built as incomplete (its
+events stopped coming long ago: a real session has one or two turns in flight)."""
+
+_BOUNDED_FIELDS = (Key.SEGMENT_INDEX, Key.TEXT_SEGMENT_INDEX, Key.SEGMENTS_TOTAL, Key.COUNT)
 
 _FIELD_TYPES: dict[str, type] = {
     Key.SEGMENT_INDEX: int, Key.TEXT_SEGMENT_INDEX: int, Key.SEGMENTS_TOTAL: int, Key.TOKENS: int, Key.COUNT: int,
@@ -106,6 +123,9 @@ def validate_event(event: TimingEvent) -> None:
         if not ok:
             raise SchemaError(f"timing field {key!r} of {event.kind.value!r} must be {kind.__name__}, "
                               f"got {type(value).__name__} {value!r}")
+        if key in _BOUNDED_FIELDS and not 0 <= value <= MAX_SEGMENTS_PER_TURN:
+            raise SchemaError(f"timing field {key!r} of {event.kind.value!r} from {event.node!r} is {value}: "
+                              f"expected 0..{MAX_SEGMENTS_PER_TURN}")
 
 
 def _ms(start_ns: int | None, end_ns: int | None) -> float | None:
@@ -394,17 +414,32 @@ class _TurnEvents:
     (LLM chunk index for ``llm_chunk``, audio segment index for the TTS and speaker events).
     """
 
-    def __init__(self, events: Iterable[TimingEvent]) -> None:
+    def __init__(self, events: Iterable[TimingEvent] = ()) -> None:
         self.by_kind: dict[TimingKind, list[TimingEvent]] = defaultdict(list)
+        self.llm_chunks: dict[int, TimingEvent] = {}
+        self.tts_starts: dict[int, TimingEvent] = {}
+        self.first_fragments: dict[int, TimingEvent] = {}
+        self.tts_dones: dict[int, TimingEvent] = {}
+        self.played: dict[int, TimingEvent] = {}
+        self._per_segment = {TimingKind.LLM_CHUNK: self.llm_chunks, TimingKind.TTS_SEGMENT_START: self.tts_starts,
+                             TimingKind.TTS_FIRST_FRAGMENT: self.first_fragments,
+                             TimingKind.TTS_SEGMENT_DONE: self.tts_dones, TimingKind.SEGMENT_PLAYED: self.played}
         for event in events:
-            self.by_kind[event.kind].append(event)
-        for items in self.by_kind.values():
-            items.sort(key=lambda e: e.t_ns)
-        self.llm_chunks = self._per_segment(TimingKind.LLM_CHUNK)
-        self.tts_starts = self._per_segment(TimingKind.TTS_SEGMENT_START)
-        self.first_fragments = self._per_segment(TimingKind.TTS_FIRST_FRAGMENT)
-        self.tts_dones = self._per_segment(TimingKind.TTS_SEGMENT_DONE)
-        self.played = self._per_segment(TimingKind.SEGMENT_PLAYED)
+            self.add(event)
+
+    def add(self, event: TimingEvent) -> None:
+        """Index one more event (cost independent of the other turns; logarithmic in this turn's events)."""
+        items = self.by_kind[event.kind]
+        if not items or items[-1].t_ns <= event.t_ns:
+            items.append(event)
+        else:
+            bisect.insort(items, event, key=lambda e: e.t_ns)
+        per_segment = self._per_segment.get(event.kind)
+        if per_segment is not None:
+            index = int(event.fields[Key.SEGMENT_INDEX])
+            known = per_segment.get(index)
+            if known is None or event.t_ns < known.t_ns:
+                per_segment[index] = event
 
     def first(self, kind: TimingKind) -> TimingEvent | None:
         items = self.by_kind.get(kind)
@@ -412,12 +447,6 @@ class _TurnEvents:
 
     def all_events(self) -> list[TimingEvent]:
         return [event for items in self.by_kind.values() for event in items]
-
-    def _per_segment(self, kind: TimingKind) -> dict[int, TimingEvent]:
-        out: dict[int, TimingEvent] = {}
-        for event in self.by_kind.get(kind, []):
-            out.setdefault(int(event.fields[Key.SEGMENT_INDEX]), event)
-        return out
 
     def chunk_of(self, audio_segment: int) -> int:
         """The LLM chunk an audio segment was made from: the ``text_segment_index`` of any of its TTS events (its
@@ -489,6 +518,10 @@ def build_turn(turn_id: int, events: Iterable[TimingEvent], *, complete: bool,
     # playback stopped). Otherwise every synthesized segment must be played.
     cancelled = max(0, tts_segments - segments_played) if interrupted else 0
     lost = 0 if interrupted else tts_segments - segments_played
+    if not interrupted and tts_done is None:
+        # The TTS never closed the turn (it died): the chunks it never turned into audio were lost too.
+        voiced = {ev.chunk_of(seg) for seg in set(ev.tts_starts) | set(ev.tts_dones)}
+        lost += sum(1 for i, e in ev.llm_chunks.items() if i not in voiced and _field(e, Key.TEXT, "x").strip())
 
     reply = _field(llm_done, Key.TEXT)
     if reply is None:
@@ -571,10 +604,22 @@ def _build_chunks(ev: _TurnEvents, llm_start_ns: int | None, first_token_ns: int
 _VAD_KINDS = {TimingKind.SPEECH_STARTED, TimingKind.SPEECH_ENDED}
 
 
+def _lacking(kind: TimingKind, seen: Mapping[int, TimingEvent], total: int) -> list[str]:
+    """``"kind #i"`` for each index below ``total`` not in ``seen``; cheap when none is missing."""
+    if len(seen) >= total and all(i in seen for i in range(min(total, len(seen)))):
+        return []
+    return [f"{kind.value} #{i}" for i in range(total) if i not in seen]
+
+
 @dataclass
 class _OpenTurn:
     events: list[TimingEvent] = field(default_factory=list)
     played_at_ns: int | None = None  # monitor clock when turn_played arrived
+    index: _TurnEvents = field(default_factory=_TurnEvents)
+
+    def add(self, event: TimingEvent) -> None:
+        self.events.append(event)
+        self.index.add(event)
 
     def missing(self) -> tuple[list[str], bool]:
         """What this turn still lacks: ``(missing event descriptions, maybe_barge_in)``.
@@ -584,7 +629,7 @@ class _OpenTurn:
         ``maybe_barge_in`` is true when fewer segments were played than synthesized and no ``barge_in`` has arrived:
         either one is still coming or segments were lost; only the grace period can tell.
         """
-        ev = _TurnEvents(self.events)
+        ev = self.index
         lacking = [k.value for k in (TimingKind.TURN_PLAYED, TimingKind.LLM_START, TimingKind.LLM_DONE,
                                      TimingKind.TTS_DONE) if ev.first(k) is None]
         if ev.first(TimingKind.ASR_DONE) is not None:
@@ -595,13 +640,12 @@ class _OpenTurn:
         turn_played = ev.first(TimingKind.TURN_PLAYED)
         if _field(llm_done, Key.TOKENS, 0) > 0 and ev.first(TimingKind.LLM_FIRST_TOKEN) is None:
             lacking.append(TimingKind.LLM_FIRST_TOKEN.value)
-        lacking += [f"llm_chunk #{i}" for i in range(_field(llm_done, Key.SEGMENTS_TOTAL, 0))
-                    if i not in ev.llm_chunks]
+        lacking += _lacking(TimingKind.LLM_CHUNK, ev.llm_chunks, _field(llm_done, Key.SEGMENTS_TOTAL, 0))
         tts_total = _field(tts_done, Key.SEGMENTS_TOTAL, 0)
         for kind, seen in ((TimingKind.TTS_SEGMENT_START, ev.tts_starts),
                            (TimingKind.TTS_FIRST_FRAGMENT, ev.first_fragments),
                            (TimingKind.TTS_SEGMENT_DONE, ev.tts_dones)):
-            lacking += [f"{kind.value} #{i}" for i in range(tts_total) if i not in seen]
+            lacking += _lacking(kind, seen, tts_total)
         if _field(turn_played, Key.INTERRUPTED, False) and ev.first(TimingKind.BARGE_IN) is None:
             lacking.append(TimingKind.BARGE_IN.value)  # the speaker reports a barge-in before the turn it stopped
         played = _field(turn_played, Key.COUNT, 0)
@@ -638,6 +682,8 @@ class TimingCollector:
         self.unanswered_turns: list[int] = []
         self._open: dict[int, _OpenTurn] = {}
         self._done: set[int] = set()
+        self._grace: deque[tuple[int, int]] = deque()  # (monitor clock when turn_played arrived, turn id)
+        self._turn_ids = TurnSequence()
 
     def add(self, event: TimingEvent) -> list[TurnRecord]:
         """Take one event; return the turns it (or the grace period) completed, oldest first.
@@ -647,6 +693,9 @@ class TimingCollector:
                 (see :func:`validate_event`). Nothing is recorded then.
         """
         validate_event(event)
+        if event.turn_id >= 0:
+            self._turn_ids.check(event.turn_id, f"timing event {event.kind.value!r} from {event.node!r}")
+        ready: list[TurnRecord] = []
         if event.kind is TimingKind.INPUT_ERROR:
             self.input_errors.append(event)
         elif event.kind is TimingKind.STREAM_STARTED:
@@ -657,24 +706,37 @@ class TimingCollector:
             logger.warning("late timing event %s from %s for turn %d, already reported; ignored",
                            event.kind.value, event.node, event.turn_id)
         else:
-            turn = self._open.setdefault(event.turn_id, _OpenTurn())
-            turn.events.append(event)
+            turn = self._open.get(event.turn_id)
+            if turn is None:
+                if len(self._open) >= MAX_OPEN_TURNS:
+                    oldest = min(self._open)
+                    logger.warning("%d turns open at once: the oldest, turn %d, is built now", len(self._open),
+                                   oldest)
+                    record = self._close(oldest)
+                    if record is not None:
+                        ready.append(record)
+                turn = self._open[event.turn_id] = _OpenTurn()
+            turn.add(event)
             if event.kind is TimingKind.TURN_PLAYED and turn.played_at_ns is None:
                 turn.played_at_ns = self.clock_ns()
-        return self.poll()
-
-    def poll(self) -> list[TurnRecord]:
-        """Build the turns that have every event they need, or whose grace period after ``turn_played`` ran out."""
-        now = self.clock_ns()
-        ready = []
-        for turn_id in sorted(self._open):
-            turn = self._open[turn_id]
+                self._grace.append((turn.played_at_ns, event.turn_id))
             lacking, maybe_barge_in = turn.missing()
             if not lacking and not maybe_barge_in:
-                ready.append((turn_id, True))
-            elif turn.played_at_ns is not None and now - turn.played_at_ns >= self.grace_s * 1e9:
-                ready.append((turn_id, not lacking))
-        return [self._finish(turn_id, complete) for turn_id, complete in ready]
+                ready.append(self._finish(event.turn_id, True))
+        return sorted(ready + self.poll(), key=lambda t: t.turn_id)
+
+    def poll(self) -> list[TurnRecord]:
+        """Build the turns whose grace period after ``turn_played`` ran out (complete turns are built by :meth:`add`
+        as their last event arrives). Cost: the turns that expire, not the turns open."""
+        now = self.clock_ns()
+        ready = []
+        while self._grace and now - self._grace[0][0] >= self.grace_s * 1e9:
+            _played_at, turn_id = self._grace.popleft()
+            turn = self._open.get(turn_id)
+            if turn is not None:
+                lacking, _maybe_barge_in = turn.missing()
+                ready.append(self._finish(turn_id, not lacking))
+        return ready
 
     def flush(self) -> list[TurnRecord]:
         """Build every open turn now (end of stream), oldest first; those lacking events are incomplete.
@@ -683,14 +745,20 @@ class TimingCollector:
         """
         turns = []
         for turn_id in sorted(self._open):
-            if {e.kind for e in self._open[turn_id].events} <= _VAD_KINDS:
-                del self._open[turn_id]
-                self._done.add(turn_id)
-                self.unanswered_turns.append(turn_id)
-                logger.info("turn %d: speech without a transcript; not a turn of the conversation", turn_id)
-            else:
-                turns.append(self._finish(turn_id, not self._open[turn_id].missing()[0]))
+            record = self._close(turn_id)
+            if record is not None:
+                turns.append(record)
         return turns
+
+    def _close(self, turn_id: int) -> TurnRecord | None:
+        """Build open turn ``turn_id`` as it is; ``None`` (and listed as unanswered) when it had VAD events only."""
+        if {e.kind for e in self._open[turn_id].events} <= _VAD_KINDS:
+            del self._open[turn_id]
+            self._done.add(turn_id)
+            self.unanswered_turns.append(turn_id)
+            logger.info("turn %d: speech without a transcript; not a turn of the conversation", turn_id)
+            return None
+        return self._finish(turn_id, not self._open[turn_id].missing()[0])
 
     @property
     def open_turns(self) -> list[int]:

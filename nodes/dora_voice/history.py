@@ -12,6 +12,10 @@ Strategies (``HISTORY_STRATEGY``):
     * ``token_budget`` — as many recent turns as fit ``max_tokens``; when over, drops oldest turns until the
       history is under half the budget (the same amortisation, measured in tokens).
 
+Whatever the strategy, :meth:`ConversationHistory.fit` bounds every prompt by tokens against the model's context
+window: it drops the oldest exchanges, and shortens a user message that alone would not fit, so that a long session
+or a long utterance never asks the runtime for more than its context holds.
+
 When turns are dropped the LLM node re-evaluates the new prefix right away, while the answer is still playing
 (:meth:`ConversationHistory.add` says when), so the next user turn does not pay for it.
 """
@@ -33,6 +37,11 @@ class HistoryStrategy(str, enum.Enum):
     TOKEN_BUDGET = "token_budget"
 
 
+MESSAGE_OVERHEAD_TOKENS = 8
+"""Tokens a chat template adds around each message (role markers, separators; ChatML uses 5), counted on top of
+the content's own tokens when a prompt is fitted to the context window."""
+
+
 @dataclass
 class Exchange:
     """One turn: what the user said and what the assistant said (as far as it was heard)."""
@@ -40,6 +49,7 @@ class Exchange:
     turn_id: int
     user: str
     assistant: str
+    tokens: int | None = None  # prompt tokens of the pair, overhead included; computed once when needed
 
 
 class ConversationHistory:
@@ -73,6 +83,60 @@ class ConversationHistory:
         out.append({"role": "user", "content": user_text})
         return out
 
+    def fit(self, user_text: str, budget_tokens: int) -> tuple[list[Message], int, bool]:
+        """The prompt for ``user_text`` (as :meth:`messages`) made to fit ``budget_tokens``.
+
+        The system prompt and the newest user message are always kept. Oldest exchanges are dropped from the
+        history for good (so later prompts keep a stable prefix) until the prompt fits; if the new message alone
+        does not fit beside the system prompt, only its end is kept (the newest words of a long utterance carry
+        the request), behind ``"... "``.
+
+        Args:
+            user_text: the new user message.
+            budget_tokens: tokens the prompt may take (context window minus the reply's ``max_tokens``).
+
+        Returns:
+            ``(messages, exchanges_dropped, user_text_shortened)``.
+
+        Raises:
+            ValueError: the system prompt alone does not leave room for a message (a configuration error).
+        """
+        system = self.count_tokens(self.system_prompt) + MESSAGE_OVERHEAD_TOKENS
+        room = budget_tokens - system - MESSAGE_OVERHEAD_TOKENS
+        if room < 16:
+            raise ValueError(f"the system prompt takes {system} tokens of a {budget_tokens}-token prompt budget: "
+                             "shorten LLM_SYSTEM_PROMPT, lower LLM_MAX_TOKENS or raise LLM_CONTEXT_TOKENS")
+        user_tokens = self.count_tokens(user_text)
+        shortened = False
+        if user_tokens > room:
+            user_text, user_tokens = self._keep_end(user_text, user_tokens, room)
+            shortened = True
+        dropped = 0
+        total = user_tokens + sum(self._exchange_tokens(ex) for ex in self.exchanges)
+        while self.exchanges and total > room:
+            total -= self._exchange_tokens(self.exchanges.pop(0))
+            dropped += 1
+        return self.messages(user_text), dropped, shortened
+
+    def _exchange_tokens(self, ex: Exchange) -> int:
+        if ex.tokens is None:
+            ex.tokens = self.count_tokens(ex.user) + self.count_tokens(ex.assistant) + 2 * MESSAGE_OVERHEAD_TOKENS
+        return ex.tokens
+
+    def _keep_end(self, text: str, tokens: int, room: int) -> tuple[str, int]:
+        """The longest end of ``text`` (cut at a space) that fits ``room`` tokens with its ``"... "`` marker."""
+        keep = len(text)
+        while True:
+            keep = max(1, min(keep - 1, int(keep * room / max(tokens, 1) * 0.95)))
+            tail = text[-keep:]
+            space = tail.find(" ")
+            if 0 <= space < len(tail) - 1:
+                tail = tail[space + 1:]
+            tail = "... " + tail
+            tokens = self.count_tokens(tail)
+            if tokens <= room or keep == 1:
+                return tail, tokens
+
     def add(self, turn_id: int, user: str, assistant: str) -> bool:
         """Record a finished turn and forget old ones according to the strategy.
 
@@ -93,11 +157,12 @@ class ConversationHistory:
         for ex in self.exchanges:
             if ex.turn_id == turn_id:
                 ex.assistant = heard
+                ex.tokens = None
                 return True
         return False
 
     def _tokens(self) -> int:
-        return sum(self.count_tokens(ex.user) + self.count_tokens(ex.assistant) + 8 for ex in self.exchanges)
+        return sum(self._exchange_tokens(ex) for ex in self.exchanges)
 
     def _trim(self) -> None:
         if self.max_turns == 0 and self.strategy is not HistoryStrategy.TOKEN_BUDGET:

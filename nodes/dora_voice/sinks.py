@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import wave
 from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -79,36 +80,65 @@ class Sink(Protocol):
 
 
 class FileSink:
-    """Writes what the listener hears to a WAV file, on the same wall clock as the mic input.
+    """Writes what the listener hears to a WAV file, on the same wall clock as the mic input, as it is heard.
 
     Position 0 is the origin: the mic's ``stream_start_ns``, or the first fragment's arrival when no mic stream
     exists. A fragment arriving at wall time ``t`` can start no earlier than ``(t - origin) * rate``: the virtual
-    play head. Samples are kept in memory and the WAV (16-bit PCM) is rewritten on every :meth:`checkpoint`
-    (turn ends) and on :meth:`close`, atomically, so an interrupted run leaves a usable file.
+    play head. The WAV (16-bit PCM) is written progressively: a writer thread appends, every
+    :attr:`COMMIT_INTERVAL_S`, the audio the play head passed more than :attr:`COMMIT_LAG_S` ago (nothing placed can
+    change there any more), with the header patched after each append (Python's ``wave``), so a crash, even
+    ``kill -9``, leaves a valid file holding what was heard up to about half a second before. Only audio not yet
+    written is kept in memory. :meth:`close` writes the rest.
 
     The fade before an underrun gap is applied even when its samples are behind the virtual play head: this sink
-    stands for a device with at least ``CROSSFADE_MS`` of output buffer.
+    stands for a device with at least ``CROSSFADE_MS`` of output buffer (less than :attr:`COMMIT_LAG_S`).
 
     Args:
         path: the WAV to write.
         rate_hz: output rate (Hz), or 0 to :meth:`open` it at the first fragment's rate.
+        keep_samples: also keep every placed sample in memory as float32 (:meth:`samples` then returns it exactly;
+            for tests and analysis; a session grows it by about 5 MB per minute at 22 kHz).
+        clock_ns: wall clock of the writer thread.
     """
 
     virtual = True
+    COMMIT_INTERVAL_S = 0.2
+    COMMIT_LAG_S = 0.3
 
-    def __init__(self, path: str | Path, rate_hz: int = 0) -> None:
+    def __init__(self, path: str | Path, rate_hz: int = 0, *, keep_samples: bool = False,
+                 clock_ns: Callable[[], int] = time.time_ns) -> None:
         self.path = Path(path)
         self.rate = 0
         self.end = 0
         self.origin_ns: int | None = None
+        self.keep_samples = keep_samples
+        self.clock_ns = clock_ns
+        self._base = 0  # position of _buf[0]: everything before it is in the file
         self._buf = np.zeros(0, dtype=np.float32)
+        self._kept: list[np.ndarray] = []  # committed float samples, with keep_samples
+        self._lock = threading.Lock()
+        self._wav: wave.Wave_write | None = None
+        self._file: Any = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
         self._closed = False
+        self.write_error: OSError | None = None
         if rate_hz:
             self.open(rate_hz)
 
     def open(self, rate_hz: int) -> None:
         self.rate = int(rate_hz)
         self._buf = np.zeros(self.rate * 30, dtype=np.float32)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "wb")  # noqa: SIM115 - closed by close()
+        self._wav = wave.open(self._file, "wb")
+        self._wav.setnchannels(1)
+        self._wav.setsampwidth(2)
+        self._wav.setframerate(self.rate)
+        self._wav.writeframes(b"")  # the header: a valid, empty WAV from now on
+        self._file.flush()
+        self._thread = threading.Thread(target=self._writer, name="wav-writer", daemon=True)
+        self._thread.start()
 
     def set_origin(self, origin_ns: int) -> bool:
         if self.origin_ns is not None:
@@ -125,47 +155,104 @@ class FileSink:
         return (self.origin_ns or 0) + position * _NS_PER_S // self.rate
 
     def place(self, due: int, samples: np.ndarray, now_ns: int) -> int:
-        start = max(due, self.earliest_position(now_ns), self.end)
-        stop = start + samples.shape[0]
-        if stop > self._buf.shape[0]:
-            grown = np.zeros(max(stop, 2 * self._buf.shape[0]), dtype=np.float32)
-            grown[: self.end] = self._buf[: self.end]
-            self._buf = grown
-        self._buf[start:stop] = samples
-        self.end = max(self.end, stop)
-        return start
+        with self._lock:
+            start = max(due, self.earliest_position(now_ns), self.end, self._base)
+            stop = start + samples.shape[0]
+            if stop - self._base > self._buf.shape[0]:
+                grown = np.zeros(max(stop - self._base, 2 * self._buf.shape[0]), dtype=np.float32)
+                grown[: self.end - self._base] = self._buf[: self.end - self._base]
+                self._buf = grown
+            self._buf[start - self._base: stop - self._base] = samples
+            self.end = max(self.end, stop)
+            return start
 
     def fade_tail(self, end: int, n: int) -> None:
-        lo = max(0, end - n)
-        if end > lo:
-            audio.fade_out(self._buf[lo:end], end - lo, inplace=True)
+        with self._lock:
+            lo = max(self._base, end - n)
+            if end > lo:
+                curve = audio.fade_curve(n, rising=False)[n - (end - lo):]
+                self._buf[lo - self._base: end - self._base] *= curve
 
     def truncate(self, at: int, fade: int, now_ns: int) -> tuple[int, int]:
-        at = max(at, self.earliest_position(now_ns))
-        if at >= self.end:
-            return at, self.end
-        hi = min(self.end, at + fade)
-        if hi > at:
-            self._buf[at:hi] *= audio.fade_curve(fade, rising=False)[: hi - at]
-        self._buf[hi: self.end] = 0.0
-        self.end = hi
-        return at, hi
+        with self._lock:
+            at = max(at, self.earliest_position(now_ns), self._base)
+            if at >= self.end:
+                return at, self.end
+            hi = min(self.end, at + fade)
+            if hi > at:
+                self._buf[at - self._base: hi - self._base] *= audio.fade_curve(fade, rising=False)[: hi - at]
+            self._buf[hi - self._base: self.end - self._base] = 0.0
+            self.end = hi
+            return at, hi
 
     def take_underflows(self) -> int:
         return 0
 
     def samples(self) -> np.ndarray:
-        """What has been placed so far: shape ``(end,)`` float32 (a view)."""
-        return self._buf[: self.end]
+        """What has been placed so far: shape ``(end,)`` float32. Exact with ``keep_samples``; otherwise the
+        written part is read back from the WAV (16-bit)."""
+        with self._lock:
+            tail = self._buf[: self.end - self._base].copy()
+            if self.keep_samples:
+                return np.concatenate([*self._kept, tail]) if self._kept else tail
+            base = self._base
+        if base == 0:
+            return tail
+        written, _rate = audio.read_wav_mono(self.path)
+        return np.concatenate([written[:base], tail])
+
+    def _commit(self, upto: int) -> None:
+        """Append positions ``[_base, upto)`` to the WAV and drop them from memory. Lock held."""
+        n = min(upto, self.end) - self._base
+        if n <= 0 or self._wav is None or self.write_error is not None:
+            return
+        chunk = self._buf[:n]
+        pcm = np.round(np.clip(chunk, -1.0, 1.0) * 32767.0).astype("<i2")
+        try:
+            self._wav.writeframes(pcm.tobytes())  # patches the header's sizes after the data
+            self._file.flush()
+        except OSError as exc:
+            self.write_error = exc
+            logger.error("speaker: cannot write %s: %s", self.path, exc)
+            return
+        if self.keep_samples:
+            self._kept.append(chunk.copy())
+        rest = self.end - self._base - n
+        self._buf[:rest] = self._buf[n: n + rest]
+        self._buf[rest: rest + n] = 0.0
+        self._base += n
+
+    def _writer(self) -> None:
+        lag = int(self.COMMIT_LAG_S * self.rate)
+        while not self._stop.wait(self.COMMIT_INTERVAL_S):
+            if self.origin_ns is None:
+                continue
+            with self._lock:
+                self._commit(self.earliest_position(self.clock_ns()) - lag)
 
     def checkpoint(self) -> None:
-        audio.write_wav(self.path, self._buf[: self.end], self.rate or PIPELINE_SAMPLE_RATE_HZ)
+        if self.write_error is not None:
+            raise self.write_error
+        if self._wav is None:  # not opened yet: an empty WAV, so an unwritable path fails now
+            audio.write_wav(self.path, np.zeros(0, np.float32), self.rate or PIPELINE_SAMPLE_RATE_HZ)
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self.checkpoint()
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+        with self._lock:
+            if self._wav is not None:
+                self._commit(self.end)
+                try:
+                    self._wav.close()
+                    self._file.close()
+                except OSError as exc:
+                    logger.error("speaker: cannot finish %s: %s", self.path, exc)
+            else:
+                audio.write_wav(self.path, np.zeros(0, np.float32), self.rate or PIPELINE_SAMPLE_RATE_HZ)
         logger.info("speaker: wrote %s (%.2f s at %d Hz)", self.path, self.end / max(self.rate, 1), self.rate)
 
 

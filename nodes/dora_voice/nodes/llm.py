@@ -26,7 +26,16 @@ Replies that fit speech:
   progress is finished and generation stops. When ``LLM_MAX_TOKENS`` cuts the reply anyway, its unfinished last
   sentence is dropped, unless the text before it does not end a sentence either (then nothing would be gained).
   ``llm_done`` carries the reason in ``detail``: ``""`` (the model ended), ``word_cap``, ``max_tokens``,
-  ``repetition`` or ``barge_in``.
+  ``repetition``, ``barge_in``, ``runtime_error``, ``tts_gone`` or ``speaker_gone`` (see below).
+
+Bounded input: every prompt is fitted to ``LLM_CONTEXT_TOKENS`` minus ``LLM_MAX_TOKENS`` (oldest exchanges dropped,
+an over-long user message shortened to its end; see :meth:`~dora_voice.history.ConversationHistory.fit`). A turn id
+that is not newer than the last one, or impossibly far ahead, is an ``input_error``.
+
+Failures: a runtime error while a turn generates is that turn's error: the text not yet sent is dropped, the turn is
+closed with an empty final chunk, an ``input_error`` timing event names it, the history does not keep it, and the
+next turn is served. Dead peers: when the TTS (``segment_done``) or the speaker (``playback``) input closes while
+text can still come, nobody will speak what the LLM generates: it stops at once, drops what is queued and exits.
 """
 
 from __future__ import annotations
@@ -49,10 +58,11 @@ from dora_voice.history import ConversationHistory, HistoryStrategy
 from dora_voice.llm_backends import LlmBackend, default_backend_name
 from dora_voice.runtime import Emit, NodeCore, UnknownInputError, emit
 from dora_voice.schema import (
-    Key, Output, PlaybackEvent, PlaybackKind, SegmentDone, TextSegment, TimingKind, Transcript,
+    Key, Output, PlaybackEvent, PlaybackKind, SchemaError, SegmentDone, TextSegment, TimingKind, Transcript,
 )
 from dora_voice.text.repetition import RepetitionGuard, split_sentences
 from dora_voice.text.segmenter import SegmentationPolicy, SegmentRule, TextSegmenter
+from dora_voice.turns import TurnSequence
 
 logger = logging.getLogger(__name__)
 
@@ -175,35 +185,81 @@ class LlmCore(NodeCore):
         self.text_closed = False
         self.cancelled_turns = 0
         self.prefill_pending = False  # history was trimmed: re-evaluate its new prefix while the answer plays
+        self.turn_ids = TurnSequence()
+        self.last_text_turn = -1
+        self.failed_turns = 0
+        self.dead_peer: str | None = None  # the consumer input that closed early (tts or speaker died)
+        self.dropped_turns = 0
+        self.prompt_budget = config.context_tokens - config.max_tokens
+        # A system prompt that leaves no room is a bad setting: fail at start-up, naming the variables.
+        try:
+            self.history.fit("", self.prompt_budget)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     # -- dora hooks ------------------------------------------------------------------------------------------
     def on_input(self, input_id: str, value: pa.Array, metadata: Mapping[str, Any]) -> Iterable[Emit]:
         if input_id == "text":
             transcript = Transcript.decode(value, metadata)
+            self.turn_ids.check(transcript.turn_id, "text")
+            if transcript.turn_id <= self.last_text_turn:
+                raise SchemaError(f"text: turn_id {transcript.turn_id} is not newer than the last turn "
+                                  f"{self.last_text_turn} (one transcript per turn, in order)")
+            self.last_text_turn = transcript.turn_id
             self.session_id = transcript.session_id or self.session_id
+            if self.dead_peer is not None:
+                self.dropped_turns += 1
+                logger.error("turn %d dropped: the %s is gone", transcript.turn_id, self.dead_peer)
+                return []
             self.queue.append(transcript)
             return self._start_next() if self.current is None else []
         if input_id == "segment_done":
             done = SegmentDone.decode(value, metadata)
+            self.turn_ids.check_known(done.turn_id, "segment_done")
             turn = self.current
             if turn is not None and turn.waiting_for is not None and done.turn_id == turn.transcript.turn_id \
                     and done.text_segment_index >= turn.waiting_for:
                 turn.waiting_for = None
             return []
         if input_id == "playback":
-            return self._on_playback(PlaybackEvent.decode(value, metadata))
+            event = PlaybackEvent.decode(value, metadata)
+            self.turn_ids.check_known(event.turn_id, "playback")
+            return self._on_playback(event)
         raise UnknownInputError(f"unknown input id {input_id!r} (expected text, segment_done or playback)")
 
     def on_input_closed(self, input_id: str) -> Iterable[Emit]:
         if input_id == "text":
             self.text_closed = True
+            return ()
+        if input_id in ("segment_done", "playback") and not self.text_closed:
+            # The TTS and the speaker finish only after the LLM's text ends: closing earlier means they died.
+            return self._peer_died("TTS" if input_id == "segment_done" else "speaker", input_id)
         return ()
+
+    def _peer_died(self, peer: str, input_id: str) -> list[Emit]:
+        """Stop generating for a consumer that is gone; what was queued is dropped and counted."""
+        if self.dead_peer is not None:
+            return []
+        self.dead_peer = peer
+        out: list[Emit] = []
+        turn = self.current
+        if turn is not None:
+            self._close_tokens(turn)
+            out += self._finish(turn, cancelled=True, start_next=False)
+        self.dropped_turns += len(self.queue)
+        logger.error("the %s is gone (%s closed before the LLM finished): stopped generating, %d queued turn(s) "
+                     "dropped; the LLM exits", peer, input_id, len(self.queue))
+        self.queue.clear()
+        self.prefill_pending = False
+        return out
 
     def busy(self) -> bool:
         return self.current is not None or self.prefill_pending
 
     def finished(self) -> bool:
         # Feedback inputs (segment_done, playback) stay open as long as tts/speaker run; they in turn wait for us.
+        if self.dead_peer is not None:
+            return True
         return self.text_closed and self.current is None and not self.queue
 
     def step(self) -> Iterable[Emit]:
@@ -225,6 +281,8 @@ class LlmCore(NodeCore):
             if turn.tokens_total >= self.config.max_tokens or getattr(self.backend, "finish_reason", "") == "length":
                 turn.stop_reason = "max_tokens"
             return self._finish(turn)
+        except Exception as exc:  # noqa: BLE001 - a runtime failing on one prompt must not end the session
+            return self._fail(turn, exc)
         now = self.clock_ns()
         out: list[Emit] = []
         if turn.first_token_ns is None:
@@ -339,16 +397,28 @@ class LlmCore(NodeCore):
             return []
         transcript = self.queue.popleft()
         self.prefill_pending = False  # this prompt evaluates the new prefix anyway
-        messages = self.history.messages(transcript.text)
+        messages, dropped, shortened = self.history.fit(transcript.text, self.prompt_budget)
+        if dropped:
+            logger.info("turn %d: %d oldest exchange(s) dropped to fit the %d-token context window",
+                        transcript.turn_id, dropped, self.config.context_tokens)
+        if shortened:
+            logger.warning("turn %d: the user's %d-character message does not fit the %d-token context window "
+                           "(LLM_CONTEXT_TOKENS) beside the reply (LLM_MAX_TOKENS): only its last %d characters are "
+                           "used", transcript.turn_id, len(transcript.text), self.config.context_tokens,
+                           len(messages[-1]["content"]) - 4)
         self.segmenter.reset()
         start = self.clock_ns()
-        self.current = _Turn(transcript, iter(self.backend.stream(messages, self.config.max_tokens)), start,
-                             last_chunk_ns=start)
+        self.current = _Turn(transcript, iter(()), start, last_chunk_ns=start)
         if not self.config.enable_streaming:
             self.current.sentences = TextSegmenter(SegmentationPolicy.sentences(self.config.context_tokens * 8))
         self.texts[transcript.turn_id] = self.current.chunks
-        logger.info("turn %d: generating a reply to %r", transcript.turn_id, transcript.text)
-        return [self.timing(TimingKind.LLM_START, transcript.turn_id, start, **{Key.TEXT: transcript.text})]
+        logger.info("turn %d: generating a reply to %r", transcript.turn_id, transcript.text[:200])
+        out = [self.timing(TimingKind.LLM_START, transcript.turn_id, start, **{Key.TEXT: transcript.text[:2000]})]
+        try:
+            self.current.tokens = iter(self.backend.stream(messages, self.config.max_tokens))
+        except Exception as exc:  # noqa: BLE001 - see step()
+            return out + self._fail(self.current, exc)
+        return out
 
     def _chunk(self, turn: _Turn, text: str, *, is_final: bool) -> list[Emit]:
         now = self.clock_ns()
@@ -372,10 +442,37 @@ class LlmCore(NodeCore):
             turn.waiting_since_ns = now
         return out
 
-    def _finish(self, turn: _Turn, *, cancelled: bool = False) -> list[Emit]:
+    def _fail(self, turn: _Turn, exc: Exception) -> list[Emit]:
+        """The runtime failed during ``turn``: report it, speak nothing more of it, and go on with the next turn."""
+        self.failed_turns += 1
+        turn_id = turn.transcript.turn_id
+        logger.error("turn %d: the LLM runtime failed (%s: %s); the turn ends here, the next one is served",
+                     turn_id, type(exc).__name__, str(exc)[:300])
+        self._close_tokens(turn)
+        self.segmenter.reset()  # text not yet sent may be cut mid-word: drop it
+        error = self.timing(TimingKind.INPUT_ERROR, turn_id, **{
+            Key.DETAIL: f"llm: turn {turn_id}: runtime error {type(exc).__name__}: {exc}"[:500]})
+        return [error] + self._finish(turn, cancelled=True, failed=True)
+
+    @staticmethod
+    def _close_tokens(turn: _Turn) -> None:
+        close = getattr(turn.tokens, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - closing a failed generator may raise again
+                logger.debug("closing the token stream raised", exc_info=True)
+
+    def _finish(self, turn: _Turn, *, cancelled: bool = False, failed: bool = False,
+                start_next: bool = True) -> list[Emit]:
         out: list[Emit] = []
         if cancelled:
-            turn.stop_reason = "barge_in"
+            if failed:
+                turn.stop_reason = "runtime_error"
+            elif self.dead_peer is not None:
+                turn.stop_reason = f"{self.dead_peer.lower()}_gone"
+            else:
+                turn.stop_reason = "barge_in"
             out += self._chunk(turn, "", is_final=True)
         elif self.config.enable_streaming:
             rest = [] if turn.stop_reason == "repetition" else self.segmenter.flush()
@@ -393,21 +490,30 @@ class LlmCore(NodeCore):
         reply = " ".join((" ".join(turn.chunks) if truncated else turn.reply).split())
         turn_id = turn.transcript.turn_id
         heard = self._heard_text(turn_id) if turn_id in self.interrupted_turns else reply
-        if self.history.add(turn_id, turn.transcript.text, heard):
+        if not failed and self.dead_peer is None and self.history.add(turn_id, turn.transcript.text, heard):
             self.prefill_pending = True
-        out.append(self.timing(TimingKind.LLM_DONE, turn_id, now, **{
+        fields: dict[str, Any] = {
             Key.TOKENS: turn.tokens_total, Key.TEXT: reply, Key.SEGMENTS_TOTAL: len(turn.chunks),
-            Key.DURATION_MS: (now - turn.start_ns) / 1e6, Key.INTERRUPTED: cancelled, Key.DETAIL: turn.stop_reason}))
+            Key.DURATION_MS: (now - turn.start_ns) / 1e6,
+            Key.INTERRUPTED: cancelled and not failed and self.dead_peer is None, Key.DETAIL: turn.stop_reason}
+        out.append(self.timing(TimingKind.LLM_DONE, turn_id, now, **fields))
+        reason = " (runtime error)" if failed else f" (the {self.dead_peer} is gone)" if self.dead_peer else \
+            " (cancelled by barge-in)" if cancelled else ""
         logger.info("turn %d: %d tokens, %d chunks in %.0f ms%s", turn_id, turn.tokens_total, len(turn.chunks),
-                    (now - turn.start_ns) / 1e6, " (cancelled by barge-in)" if cancelled else "")
+                    (now - turn.start_ns) / 1e6, reason)
         self.current = None
-        return out + self._start_next()
+        return out + (self._start_next() if start_next else [])
 
     def _prefill(self) -> None:
         """Evaluate the system prompt and the trimmed history once, so the next turn's prompt hits the cache."""
         self.prefill_pending = False
         started = time.perf_counter()
-        self.backend.warmup(self.history.messages(""))
+        try:
+            self.backend.warmup(self.history.fit("", self.prompt_budget)[0])
+        except Exception as exc:  # noqa: BLE001 - a cache warm-up failing must not end the session
+            logger.error("re-evaluating the trimmed history failed (%s: %s); the next turn will do it",
+                         type(exc).__name__, str(exc)[:300])
+            return
         logger.info("history trimmed to %d turns: prefix re-evaluated in %.0f ms, off the user's path",
                     len(self.history.exchanges), (time.perf_counter() - started) * 1000)
 
@@ -422,9 +528,7 @@ class LlmCore(NodeCore):
             self.cancelled_turns += 1
             turn = self.current
             if turn is not None and turn.transcript.turn_id == event.turn_id:
-                close = getattr(turn.tokens, "close", None)
-                if close is not None:
-                    close()
+                self._close_tokens(turn)
                 return self._finish(turn, cancelled=True)
             self.history.set_heard(event.turn_id, self._heard_text(event.turn_id))
         elif event.kind is PlaybackKind.TURN_DONE:
@@ -506,6 +610,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         backend = load_backend(config)
     except ModelError as exc:
+        sys.exit(f"{CONTRACT.path}: {exc}")
+    try:
+        LlmCore(config, backend)  # settings that do not fit the context window fail here, before dora starts
+    except ConfigError as exc:
         sys.exit(f"{CONTRACT.path}: {exc}")
     started = time.perf_counter()
     backend.warmup(ConversationHistory(config.system_prompt, HistoryStrategy.FIXED).messages("Hello."))

@@ -26,6 +26,10 @@ in and out over ``CROSSFADE_MS`` (raised cosine); where an underrun cuts a segme
 faded out (as far as it has not left yet) and the audio after it faded in. So no join jumps by more than the audio
 itself does.
 
+Turn ids are checked against the session's sequence (:class:`~dora_voice.turns.TurnSequence`): an id that cannot be
+right (negative, or impossibly far ahead of the newest turn) is an ``input_error`` and does not touch the turn
+bookkeeping, so one bad message cannot make every later turn look finished.
+
 Ordering: fragments are placed in (turn_id, segment_index, fragment_index) order through a per-turn reorder
 buffer. A duplicate, or a fragment whose place has already passed, is rejected (counted as a bad input). A
 fragment of a finished or cancelled turn is discarded and counted (``fragments_discarded``). The audio of a newer
@@ -72,6 +76,7 @@ from dora_voice.schema import (
     AudioFragment, Key, Output, PlaybackEvent, PlaybackKind, SchemaError, StreamStarted,
     TimingKind, VadEvent, VadEventKind,
 )
+from dora_voice.turns import TurnSequence
 
 logger = logging.getLogger(__name__)
 
@@ -238,6 +243,7 @@ class SpeakerCore(NodeCore):
         self.barge_ins = 0
         self.turns_done = 0
         self._ended = False
+        self.turn_ids = TurnSequence()
 
     # -- helpers ------------------------------------------------------------------------------------------------------
     def _samples(self, ms: float) -> int:
@@ -274,6 +280,12 @@ class SpeakerCore(NodeCore):
             self._events_closed = True
             self._speech = None
             return self._report(self.clock_ns())
+        if input_id == Output.AUDIO and self._turns:
+            # The TTS is gone (it closes every turn before it finishes normally): report what never came now.
+            now = self.clock_ns()
+            logger.error("speaker: the TTS stopped (audio closed) with turn(s) %s incomplete; reporting them",
+                         sorted(self._turns))
+            return self._close_stalled(max(self._turns) + 1, now) + self._report(now)
         return ()
 
     def _on_stream_started(self, msg: StreamStarted) -> list[Emit]:
@@ -286,6 +298,7 @@ class SpeakerCore(NodeCore):
         return []
 
     def _on_vad(self, event: VadEvent) -> list[Emit]:
+        self.turn_ids.check(event.turn_id, f"VAD {event.kind.value}")
         now = self.clock_ns()
         if event.kind is VadEventKind.SPEECH_ENDED:
             if self._speech is not None and event.t_ns >= self._speech.onset_ns:
@@ -320,6 +333,7 @@ class SpeakerCore(NodeCore):
             raise SchemaError(f"negative turn/segment/fragment index in fragment {self._key(frag)}")
         if frag.segments_total is not None and frag.segments_total < 0:
             raise SchemaError(f"segments_total {frag.segments_total} < 0")
+        self.turn_ids.check(frag.turn_id, f"fragment {self._key(frag)}")
         now = self.clock_ns()
         if frag.session_id:
             self.session_id = frag.session_id

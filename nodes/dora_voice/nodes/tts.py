@@ -22,6 +22,10 @@ numbered 0, 1, … per turn by the TTS and carry ``text_segment_index`` = the LL
 ``RETURN_FRAGMENT`` each segment's audio leaves in fragments of about ``FRAGMENT_INTERVAL`` seconds as soon as the
 engine yields it (Piper: one chunk per sentence); without it, one fragment per segment.
 
+Order: chunks are taken in ``segment_index`` order per turn, whatever order they arrive in (a reorder buffer of
+at most ``MAX_PENDING_CHUNKS``); a duplicate, a chunk after the turn's final one, or a turn id that cannot belong to
+the session (:class:`~dora_voice.turns.TurnSequence`) is an ``input_error`` and changes nothing.
+
 Turn closing: the turn's last fragment has ``is_final=True`` and ``segments_total``. When the LLM's final chunk has
 no speakable text (empty, only emoji), or the turn is cancelled, the TTS sends an empty fragment that only closes
 the turn: its ``segment_index`` is ``segments_total`` (not a segment) unless it closes a segment cut short by a
@@ -53,6 +57,7 @@ from dora_voice.text import normalize
 from dora_voice.text.normalize import SpeechNormalizer
 from dora_voice.text.segmenter import SegmentationPolicy, SegmentRule, TextSegmenter, ends_at_pause
 from dora_voice.tts_engines import TtsEngine
+from dora_voice.turns import TurnSequence
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +66,8 @@ FIRST_FRAGMENT_HOLD_S = 0.01
 segment's last fragment then always has samples (no empty ``is_last_fragment`` message after every short segment)."""
 
 _MAX_CLOSED_TURNS = 1024
+MAX_PENDING_CHUNKS = 256
+"""Reorder buffer bound per turn (LLM chunks); more waiting chunks means one went missing upstream."""
 _PLAYBACK_KINDS = frozenset(k.value for k in PlaybackKind)
 _VAD_KINDS = frozenset(k.value for k in VadEventKind)
 
@@ -129,6 +136,8 @@ class _Turn:
     normalizer: SpeechNormalizer = field(default_factory=SpeechNormalizer)
     last_text_segment_index: int = -1
     final_received: bool = False
+    pending: dict[int, TextSegment] = field(default_factory=dict)  # reorder buffer: segment_index -> chunk
+    final_index: int | None = None  # segment_index of the final chunk, once it arrived
     segments_started: int = 0  # TTS segment indices handed out = segments with audio emitted
     audio_samples: int = 0
     cancelled: int = 0  # segments dropped unsynthesized by a barge-in
@@ -193,6 +202,7 @@ class TtsCore(NodeCore):
         self.cancelled_segments = 0
         self.synthesis_errors = 0
         self.text_closed = False  # the LLM finished: no more text will come
+        self.turn_ids = TurnSequence()
 
     # -- dora hooks ------------------------------------------------------------------------------------------
     def on_input(self, input_id: str, value: pa.Array, metadata: Mapping[str, Any]) -> Iterable[Emit]:
@@ -228,6 +238,12 @@ class TtsCore(NodeCore):
 
     def on_end(self) -> Iterable[Emit]:
         out: list[Emit] = []
+        for turn in sorted(self.turns.values(), key=lambda t: t.turn_id):
+            if turn.pending:  # chunks held back behind one that never came: speak what there is, in order
+                logger.warning("turn %d: input ended with chunk %d missing; %d later chunk(s) spoken without it",
+                               turn.turn_id, turn.last_text_segment_index + 1, len(turn.pending))
+                for index in sorted(turn.pending):
+                    self._queue_chunk(turn, turn.pending.pop(index), self.clock_ns())
         while self.busy():
             out += self.step()
         for turn in sorted(self.turns.values(), key=lambda t: t.turn_id):
@@ -241,11 +257,13 @@ class TtsCore(NodeCore):
         if raw in _PLAYBACK_KINDS:
             played = PlaybackEvent.decode(value, metadata)
             if played.kind is PlaybackKind.TURN_INTERRUPTED:
+                self.turn_ids.check_known(played.turn_id, "turn_interrupted")
                 return self._barge_in(played.turn_id + 1, "speaker interrupted playback")
             return []
         if raw in _VAD_KINDS:
             event = VadEvent.decode(value, metadata)
             if event.kind is VadEventKind.SPEECH_STARTED:
+                self.turn_ids.check(event.turn_id, "speech_started")
                 return self._barge_in(event.turn_id, "speech started")
             return []
         raise SchemaError(f"unknown event {raw!r}: expected a playback or VAD event")
@@ -254,6 +272,7 @@ class TtsCore(NodeCore):
     def _on_text(self, segment: TextSegment) -> list[Emit]:
         if segment.segment_index < 0:
             raise SchemaError(f"segment_index must be >= 0, got {segment.segment_index}")
+        self.turn_ids.check(segment.turn_id, "text")
         now = self.clock_ns()
         self.session_id = segment.session_id or self.session_id
         turn = self.turns.get(segment.turn_id)
@@ -270,11 +289,28 @@ class TtsCore(NodeCore):
             if segment.turn_id < self.cancel_below:
                 logger.info("turn %d: superseded by newer speech before any audio; closing it", segment.turn_id)
                 return self._close_turn(turn, 0, 0, segment.segment_index, cancelled=True)
-        if turn.final_received:
-            raise SchemaError(f"turn {turn.turn_id}: chunk {segment.segment_index} came after the final chunk")
-        if segment.segment_index != turn.last_text_segment_index + 1:
-            logger.warning("turn %d: chunk %d follows chunk %d", turn.turn_id, segment.segment_index,
-                           turn.last_text_segment_index)
+        index = segment.segment_index
+        if turn.final_index is not None and index > turn.final_index:
+            raise SchemaError(f"turn {turn.turn_id}: chunk {index} came after the final chunk {turn.final_index}")
+        if index <= turn.last_text_segment_index or index in turn.pending:
+            raise SchemaError(f"turn {turn.turn_id}: duplicate chunk {index} rejected")
+        if segment.is_final and any(i > index for i in turn.pending):
+            raise SchemaError(f"turn {turn.turn_id}: final chunk {index} comes before chunk {max(turn.pending)}")
+        if len(turn.pending) >= MAX_PENDING_CHUNKS:
+            raise SchemaError(f"turn {turn.turn_id}: reorder buffer full ({MAX_PENDING_CHUNKS} chunks) waiting for "
+                              f"chunk {turn.last_text_segment_index + 1}")
+        if segment.is_final:
+            turn.final_index = index
+        turn.pending[index] = segment
+        if index != turn.last_text_segment_index + 1:
+            logger.warning("turn %d: chunk %d arrived before chunk %d; held back", turn.turn_id, index,
+                           turn.last_text_segment_index + 1)
+        while turn.last_text_segment_index + 1 in turn.pending:
+            self._queue_chunk(turn, turn.pending.pop(turn.last_text_segment_index + 1), now)
+        return []
+
+    def _queue_chunk(self, turn: _Turn, segment: TextSegment, now: int) -> None:
+        """Normalize and segment one in-order chunk and put it in the work queue."""
         text = turn.normalizer.normalize(segment.text) if self.config.normalize_text else " ".join(segment.text.split())
         texts = self._segments(turn, text) if text else []
         if segment.text.strip() and not texts:
@@ -284,7 +320,6 @@ class TtsCore(NodeCore):
         turn.final_received = segment.is_final
         self.queue.append(_Chunk(turn, segment.segment_index, now, deque(texts), segment.is_final,
                                  speakable=bool(segment.text.strip())))
-        return []
 
     def _segments(self, turn: _Turn, text: str) -> list[str]:
         """One normalized chunk as TTS segments (:attr:`TtsConfig.segmentation`), or whole.
