@@ -236,7 +236,7 @@ class EndlessBackend(ScriptedBackend):
 @pytest.mark.parametrize("input_id", ["segment_done", "playback"])
 def test_llm_stops_generating_for_a_dead_tts_or_speaker(input_id: str) -> None:
     backend = EndlessBackend([])
-    core = llm({"LLM_MAX_TOKENS": "2000"}, backend)
+    core = llm({"LLM_MAX_TOKENS": "2000", "LLM_MAX_WORDS": "0", "LLM_REPETITION_GUARD": "false"}, backend)
     ask(core, "tell me a story", 0)
     ask(core, "and another", 1)
     for _ in range(20):
