@@ -39,9 +39,11 @@ def main() -> None:
                 sys.exit(f"sender: {start_file} did not appear within 60 s")
             time.sleep(0.05)
     if os.environ.get("SENDER_BAD_MESSAGE", "").lower() == "true":
-        bad = TimingEvent(kind=TimingKind.LLM_CHUNK, node="llm", session_id=monitor_scenarios.SESSION, turn_id=0,
-                          t_ns=monitor_scenarios.BASE_NS, fields={"tokens": 3})
-        node.send_output("llm", *bad.encode())
+        value, meta = TimingEvent(kind=TimingKind.LLM_CHUNK, node="llm", session_id=monitor_scenarios.SESSION,
+                                  turn_id=0, t_ns=monitor_scenarios.BASE_NS,
+                                  fields={Key.SEGMENT_INDEX: 0, Key.TOKENS: 3}).encode()
+        del meta[Key.SEGMENT_INDEX]  # a malformed message, as a sender that does not validate would send it
+        node.send_output("llm", value, meta)
     events = [e for e in monitor_scenarios.all_turns() if e.turn_id in turns or e.turn_id < 0]
     previous = events[0].t_ns if events else 0
     for event in events:

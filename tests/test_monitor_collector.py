@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile
 from dora_voice.config import ConfigError, load_config
-from dora_voice.schema import AudioFragment, Key, SchemaError, TimingEvent, TimingKind
+from dora_voice.schema import AudioFragment, Key, TimingEvent, TimingKind
 from dora_voice_monitor import report
 from dora_voice_monitor.collector import TimingCollector, TurnRecord, percentile, summarize
 from dora_voice_monitor.node import CONTRACT, MonitorConfig, MonitorCore
@@ -233,19 +233,6 @@ def test_late_event_is_dropped_not_double_reported(caplog):
     assert "late timing event" in caplog.text
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({Key.TOKENS: 3}, "lacks 'segment_index'"),
-    ({Key.SEGMENT_INDEX: 0, Key.TOKENS: "3"}, "'tokens' of 'llm_chunk' must be int"),
-    ({Key.SEGMENT_INDEX: 0, Key.DURATION_MS: True}, "'duration_ms' of 'llm_chunk' must be float"),
-])
-def test_malformed_events_are_rejected(fields, message):
-    collector = TimingCollector()
-    bad = TimingEvent(kind=TimingKind.LLM_CHUNK, node="llm", session_id="", turn_id=0, t_ns=1, fields=fields)
-    with pytest.raises(SchemaError, match=message):
-        collector.add(bad)
-    assert collector.open_turns == []
-
-
 def test_summary_percentiles_and_totals(turns):
     summary = summarize(list(turns.values()), ["tts: boom"])
     ttft = next(m for m in summary.metrics if m.name == "llm_ttft_ms")
@@ -342,8 +329,9 @@ def test_core_writes_jsonl_and_table(tmp_path):
 def test_core_rejects_bad_timing_and_unknown_inputs():
     out = io.StringIO()
     core = MonitorCore(MonitorConfig(), out=out)
-    bad = TimingEvent(kind=TimingKind.TTS_FIRST_FRAGMENT, node="tts", session_id="", turn_id=0, t_ns=1)
-    value, meta = bad.encode()
+    value, meta = TimingEvent(kind=TimingKind.TTS_FIRST_FRAGMENT, node="tts", session_id="", turn_id=0, t_ns=1,
+                              fields={Key.SEGMENT_INDEX: 0}).encode()
+    del meta[Key.SEGMENT_INDEX]  # as a sender that does not validate would send it
     assert core.handle("tts_timing", value, meta) == []
     value, meta = sc.turn0()[0].encode()
     assert core.handle("what", value, meta) == []

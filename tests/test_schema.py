@@ -7,9 +7,9 @@ import pyarrow as pa
 import pytest
 
 from dora_voice.schema import (
-    AudioChunk, AudioFragment, Key, PlaybackEvent, PlaybackKind, SchemaError, SegmentDone, StreamStarted,
-    TextSegment, TimingEvent, TimingKind, Transcript, Utterance, VadEvent, VadEventKind, audio_to_numpy,
-    text_from_array,
+    TIMING_FIELD_TYPES, TIMING_FIELDS, AudioChunk, AudioFragment, Key, PlaybackEvent, PlaybackKind, SchemaError,
+    SegmentDone, StreamStarted, TextSegment, TimingEvent, TimingKind, Transcript, Utterance, VadEvent, VadEventKind,
+    audio_to_numpy, text_from_array,
 )
 
 AUDIO = np.linspace(-0.5, 0.5, 2048, dtype=np.float32)
@@ -25,7 +25,8 @@ MESSAGES = [
     AudioFragment(AUDIO[:0], 22050, "s", 1, 2, 0, 1, True, True, True, 500, segments_total=2),
     SegmentDone("s", 1, 0, 600),
     PlaybackEvent(PlaybackKind.SEGMENT_INTERRUPTED, "s", 1, 0, 0, 0.25, 700),
-    TimingEvent(TimingKind.LLM_CHUNK, "llm", "s", 1, 800, {Key.TOKENS: 4, Key.TEXT: "Hi.", Key.DURATION_MS: 1.5}),
+    TimingEvent(TimingKind.LLM_CHUNK, "llm", "s", 1, 800,
+                {Key.SEGMENT_INDEX: 0, Key.TOKENS: 4, Key.TEXT: "Hi.", Key.DURATION_MS: 1.5, Key.IS_FINAL: False}),
 ]
 
 
@@ -53,7 +54,8 @@ def test_sample_rate_is_an_int_on_every_audio_message() -> None:
 
 
 def test_numpy_scalars_become_python_scalars() -> None:
-    _, meta = TimingEvent(TimingKind.TTS_SEGMENT_DONE, "tts", "s", 1, 5, {Key.AUDIO_MS: np.float32(2.5)}).encode()
+    _, meta = TimingEvent(TimingKind.TTS_SEGMENT_DONE, "tts", "s", 1, 5,
+                          {Key.SEGMENT_INDEX: np.int64(0), Key.AUDIO_MS: np.float32(2.5)}).encode()
     assert type(meta[Key.AUDIO_MS]) is float
 
 
@@ -97,3 +99,50 @@ def test_sample_rate_out_of_range() -> None:
     meta[Key.SAMPLE_RATE] = 0
     with pytest.raises(SchemaError, match="sample_rate"):
         AudioChunk.decode(value, meta)
+
+
+# -- timing events: fields declared per kind, checked where built (the sender) and where decoded (the reader) ------
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({Key.TOKENS: 3}, "lacks 'segment_index'"),
+    ({Key.SEGMENT_INDEX: 0, Key.TOKENS: "3"}, "'tokens' of 'llm_chunk' must be int"),
+    ({Key.SEGMENT_INDEX: 0, Key.DURATION_MS: True}, "'duration_ms' of 'llm_chunk' must be float"),
+    ({Key.SEGMENT_INDEX: 0, Key.UNDERRUNS: 1}, "'underruns' is not declared for 'llm_chunk'"),
+])
+def test_timing_events_are_checked_where_sent(fields, message) -> None:
+    with pytest.raises(SchemaError, match=message):
+        TimingEvent(TimingKind.LLM_CHUNK, "llm", "s", 0, 1, fields)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda meta: meta.pop(Key.SEGMENT_INDEX), "lacks 'segment_index'"),
+    (lambda meta: meta.update({Key.TOKENS: "3"}), "'tokens' of 'llm_chunk' must be int"),
+])
+def test_timing_events_are_checked_where_read(change, message) -> None:
+    value, meta = TimingEvent(TimingKind.LLM_CHUNK, "llm", "s", 0, 1, {Key.SEGMENT_INDEX: 0, Key.TOKENS: 3}).encode()
+    change(meta)
+    with pytest.raises(SchemaError, match=message):
+        TimingEvent.decode(value, meta)
+
+
+def test_a_field_a_newer_sender_added_is_dropped_where_read() -> None:
+    value, meta = TimingEvent(TimingKind.LLM_FIRST_TOKEN, "llm", "s", 0, 1).encode()
+    meta["future_field"] = 1
+    assert TimingEvent.decode(value, meta).fields == {}
+
+
+def test_every_timing_kind_declares_its_fields() -> None:
+    assert set(TIMING_FIELDS) == set(TimingKind)
+    for spec in TIMING_FIELDS.values():
+        assert spec.allowed <= set(TIMING_FIELD_TYPES)
+
+
+def test_timing_get_reads_a_non_finite_duration_as_missing() -> None:
+    value, meta = TimingEvent(TimingKind.TTS_SEGMENT_DONE, "tts", "s", 1, 5, {
+        Key.SEGMENT_INDEX: 0, Key.AUDIO_MS: 2.5, Key.DURATION_MS: float("inf")}).encode()
+    event = TimingEvent.decode(value, meta)
+    assert event.get(Key.AUDIO_MS) == 2.5 and event.get(Key.DURATION_MS) is None
+    assert event.get(Key.TEXT_SEGMENT_INDEX, -1) == -1
+    with pytest.raises(KeyError, match="not a field of timing event 'tts_segment_done'"):
+        event.get(Key.TOKENS)

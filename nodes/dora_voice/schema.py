@@ -106,26 +106,27 @@ class PlaybackKind(str, enum.Enum):
 
 
 class TimingKind(str, enum.Enum):
-    """Timing events, stamped where they happen and combined by the monitor."""
+    """Timing events, stamped where they happen (``t_ns``) and combined by the monitor. The fields each kind
+    carries are declared in :data:`TIMING_FIELDS`."""
 
     STREAM_STARTED = "stream_started"  # mic: sample 0 of the input
-    SPEECH_STARTED = "speech_started"  # vad: t_ns = first voiced sample
+    SPEECH_STARTED = "speech_started"  # vad: t_ns = first voiced sample; detected_ns = decision time
     SPEECH_ENDED = "speech_ended"  # vad: t_ns = last voiced sample; detected_ns = decision time
-    ASR_DONE = "asr_done"  # asr: transcript emitted; text
-    TEXT_INPUT = "text_input"  # text-input: a typed query emitted; text
+    ASR_DONE = "asr_done"  # asr: transcript emitted
+    TEXT_INPUT = "text_input"  # text-input: a typed query emitted
     LLM_START = "llm_start"  # llm: prompt submitted
     LLM_FIRST_TOKEN = "llm_first_token"  # llm: first token generated
-    LLM_CHUNK = "llm_chunk"  # llm: a speakable chunk emitted; segment_index, tokens, text, duration_ms
-    LLM_DONE = "llm_done"  # llm: generation finished; tokens, text (reply), segments_total
-    TTS_SEGMENT_START = "tts_segment_start"  # tts: a segment's text received/queued; text_segment_index
+    LLM_CHUNK = "llm_chunk"  # llm: a speakable chunk emitted; duration_ms since the previous chunk (or llm_start)
+    LLM_DONE = "llm_done"  # llm: generation finished; detail = why the reply ended
+    TTS_SEGMENT_START = "tts_segment_start"  # tts: t_ns = the segment's chunk received
     TTS_FIRST_FRAGMENT = "tts_first_fragment"  # tts: a segment's first audio fragment emitted
-    TTS_SEGMENT_DONE = "tts_segment_done"  # tts: a segment synthesized; audio_ms, duration_ms
-    TTS_DONE = "tts_done"  # tts: the turn's last segment emitted; segments_total
+    TTS_SEGMENT_DONE = "tts_segment_done"  # tts: a segment synthesized; duration_ms = synthesis time
+    TTS_DONE = "tts_done"  # tts: the turn's last segment emitted (or the turn cancelled)
     PLAYBACK_STARTED = "playback_started"  # speaker: first sample of the turn left
-    SEGMENT_PLAYED = "segment_played"  # speaker: a segment finished playing; segment_index, audio_ms
-    TURN_PLAYED = "turn_played"  # speaker: turn finished; count (segments played), underruns, underrun_ms
-    BARGE_IN = "barge_in"  # speaker: playback stopped by the user; cancelled, duration_ms
-    INPUT_ERROR = "input_error"  # any node: a bad message was rejected; detail
+    SEGMENT_PLAYED = "segment_played"  # speaker: a segment finished playing
+    TURN_PLAYED = "turn_played"  # speaker: turn finished; count = segments played
+    BARGE_IN = "barge_in"  # speaker: playback stopped by the user; duration_ms = detection -> stopped
+    INPUT_ERROR = "input_error"  # any node: a bad message was rejected
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -570,7 +571,71 @@ class PlaybackEvent:
 # every node -> monitor
 
 
-_TIMING_SCALARS = (bool, int, float, str)
+TIMING_FIELD_TYPES: Mapping[str, type] = {
+    Key.SEGMENT_INDEX: int, Key.TEXT_SEGMENT_INDEX: int, Key.SEGMENTS_TOTAL: int, Key.TOKENS: int, Key.COUNT: int,
+    Key.UNDERRUNS: int, Key.CANCELLED: int, Key.DETECTED_NS: int, Key.SPEECH_START_NS: int, Key.SPEECH_END_NS: int,
+    Key.TEXT: str, Key.DETAIL: str, Key.DURATION_MS: float, Key.AUDIO_MS: float, Key.UNDERRUN_MS: float,
+    Key.INTERRUPTED: bool, Key.IS_FINAL: bool,
+}
+"""Type of every field a timing event may carry (``float`` fields also accept an int). Float fields are durations
+(ms, >= 0): a non-finite value is sent as ``-1.0`` and :meth:`TimingEvent.get` reads it as missing."""
+
+
+@dataclass(frozen=True)
+class TimingFields:
+    """The fields one :class:`TimingKind` carries: ``required`` ones place the event (which chunk or segment it is
+    about) and must be present; ``optional`` ones may be left out (readers then fall back, e.g. to counting)."""
+
+    required: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
+
+    @property
+    def allowed(self) -> frozenset[str]:
+        return frozenset(self.required + self.optional)
+
+
+TIMING_FIELDS: Mapping[TimingKind, TimingFields] = {
+    TimingKind.STREAM_STARTED: TimingFields(),
+    TimingKind.SPEECH_STARTED: TimingFields(optional=(Key.DETECTED_NS,)),
+    TimingKind.SPEECH_ENDED: TimingFields(optional=(Key.DETECTED_NS, Key.SPEECH_START_NS)),
+    TimingKind.ASR_DONE: TimingFields(optional=(Key.TEXT, Key.DURATION_MS, Key.AUDIO_MS, Key.SPEECH_END_NS)),
+    TimingKind.TEXT_INPUT: TimingFields(optional=(Key.TEXT,)),
+    TimingKind.LLM_START: TimingFields(optional=(Key.TEXT,)),
+    TimingKind.LLM_FIRST_TOKEN: TimingFields(),
+    TimingKind.LLM_CHUNK: TimingFields(required=(Key.SEGMENT_INDEX,),
+                                       optional=(Key.TOKENS, Key.TEXT, Key.DURATION_MS, Key.IS_FINAL)),
+    TimingKind.LLM_DONE: TimingFields(optional=(Key.TOKENS, Key.TEXT, Key.SEGMENTS_TOTAL, Key.DURATION_MS,
+                                                Key.INTERRUPTED, Key.DETAIL)),
+    TimingKind.TTS_SEGMENT_START: TimingFields(required=(Key.SEGMENT_INDEX,),
+                                               optional=(Key.TEXT_SEGMENT_INDEX, Key.TEXT)),
+    TimingKind.TTS_FIRST_FRAGMENT: TimingFields(required=(Key.SEGMENT_INDEX,), optional=(Key.TEXT_SEGMENT_INDEX,)),
+    TimingKind.TTS_SEGMENT_DONE: TimingFields(required=(Key.SEGMENT_INDEX,),
+                                              optional=(Key.TEXT_SEGMENT_INDEX, Key.AUDIO_MS, Key.DURATION_MS)),
+    TimingKind.TTS_DONE: TimingFields(optional=(Key.SEGMENTS_TOTAL, Key.AUDIO_MS, Key.CANCELLED, Key.INTERRUPTED)),
+    TimingKind.PLAYBACK_STARTED: TimingFields(optional=(Key.SEGMENT_INDEX,)),
+    TimingKind.SEGMENT_PLAYED: TimingFields(required=(Key.SEGMENT_INDEX,),
+                                            optional=(Key.TEXT_SEGMENT_INDEX, Key.AUDIO_MS)),
+    TimingKind.TURN_PLAYED: TimingFields(optional=(Key.COUNT, Key.UNDERRUNS, Key.UNDERRUN_MS, Key.AUDIO_MS,
+                                                   Key.CANCELLED, Key.INTERRUPTED)),
+    TimingKind.BARGE_IN: TimingFields(optional=(Key.CANCELLED, Key.DURATION_MS, Key.SPEECH_START_NS,
+                                                Key.DETECTED_NS)),
+    TimingKind.INPUT_ERROR: TimingFields(optional=(Key.DETAIL,)),
+}
+"""The fields of every timing kind (their meaning: :class:`Key` and :class:`TimingKind`). A new field or kind is
+declared here first: :class:`TimingEvent` rejects an undeclared field where it is built (the sender) and drops one
+where it is decoded (a newer sender), and checks the types of the others both ways."""
+
+
+def _timing_field_ok(value: Any, kind: type) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if kind is int:
+        return isinstance(value, (int, np.integer))
+    if kind is float:
+        return isinstance(value, (int, float, np.integer, np.floating))
+    return isinstance(value, kind)
 
 
 @dataclass(frozen=True)
@@ -582,7 +647,12 @@ class TimingEvent:
         node: the node id that stamped it.
         turn_id: the turn it belongs to (-1 when none).
         t_ns: wall clock of the event.
-        fields: extra scalar fields, keyed by :class:`Key` names (e.g. ``Key.TOKENS``, ``Key.TEXT``).
+        fields: the kind's fields (:data:`TIMING_FIELDS`), keyed by :class:`Key` names (e.g. ``Key.TOKENS``);
+            read them with :meth:`get`.
+
+    Raises:
+        SchemaError: (on construction) a required field is missing, a field is not declared for the kind, or a
+            field has the wrong type (e.g. ``tokens`` as a string).
     """
 
     kind: TimingKind
@@ -592,11 +662,39 @@ class TimingEvent:
     t_ns: int
     fields: Mapping[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        spec = TIMING_FIELDS[self.kind]
+        for key in spec.required:
+            if key not in self.fields:
+                raise SchemaError(f"timing event {self.kind.value!r} from {self.node!r} lacks {key!r}")
+        for key, value in self.fields.items():
+            if key not in spec.allowed:
+                raise SchemaError(f"timing field {key!r} is not declared for {self.kind.value!r} "
+                                  "(declare it in dora_voice.schema.TIMING_FIELDS)")
+            kind = TIMING_FIELD_TYPES[key]
+            if not _timing_field_ok(value, kind):
+                raise SchemaError(f"timing field {key!r} of {self.kind.value!r} must be {kind.__name__}, "
+                                  f"got {type(value).__name__} {value!r}")
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of field ``key``, or ``default`` when the event does not carry it (or carries the encoding of
+        a non-finite duration, ``-1.0``).
+
+        Raises:
+            KeyError: ``key`` is not a field of this kind (a reader's typo, not a sender's omission).
+        """
+        if key not in TIMING_FIELDS[self.kind].allowed:
+            raise KeyError(f"{key!r} is not a field of timing event {self.kind.value!r}")
+        if key not in self.fields:
+            return default
+        value = self.fields[key]
+        if TIMING_FIELD_TYPES[key] is float and value < 0:
+            return default
+        return value
+
     def encode(self) -> tuple[pa.Array, dict[str, Any]]:
         meta = _clean(dict(self.fields))
         for key, value in meta.items():
-            if not isinstance(value, _TIMING_SCALARS):
-                raise SchemaError(f"timing field {key!r} must be bool/int/float/str, got {type(value).__name__}")
             if isinstance(value, float) and not math.isfinite(value):
                 meta[key] = -1.0
         meta.update({Key.EVENT: self.kind.value, Key.NODE: self.node, Key.SESSION_ID: self.session_id,
@@ -610,7 +708,7 @@ class TimingEvent:
             kind = TimingKind(raw)
         except ValueError:
             raise SchemaError(f"unknown timing event {raw!r}") from None
-        reserved = {Key.EVENT, Key.NODE, Key.SESSION_ID, Key.TURN_ID, Key.T_NS}
+        allowed = TIMING_FIELDS[kind].allowed  # a field a newer sender added is dropped, not an error
         return cls(kind=kind, node=_get(meta, Key.NODE, str, ""), session_id=_get(meta, Key.SESSION_ID, str, ""),
                    turn_id=_get(meta, Key.TURN_ID, int), t_ns=_get(meta, Key.T_NS, int),
-                   fields={k: v for k, v in meta.items() if k not in reserved})
+                   fields={k: v for k, v in meta.items() if k in allowed})
