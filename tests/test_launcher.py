@@ -36,3 +36,26 @@ touch {marker}; echo "spawning"; sleep 60
     assert result.wall_s < 20
     log = result.log
     assert "nodes not ready" in log and log.index("nodes not ready") < log.index("all nodes are ready")
+
+
+def test_a_packaged_dataflow_runs_from_a_copy_in_the_run_folder(tmp_path, monkeypatch) -> None:
+    # dora writes out/ beside the YAML it runs: never into the installed package.
+    import dora_voice_tools.launcher as launcher
+    from dora_voice_tools.resources import VOICE_DATAFLOW
+
+    seen = tmp_path / "seen"
+    fake = tmp_path / "dora"
+    fake.write_text(f"""#!/bin/sh
+echo "$2" > {seen}; pwd >> {seen}; echo "all nodes are ready"; exit 0
+""")
+    fake.chmod(0o755)
+    monkeypatch.setattr(launcher, "dora_executable", lambda: str(fake))
+    out = tmp_path / "run"
+    assert launcher.run_dataflow(VOICE_DATAFLOW, out, timeout_s=30).returncode == 0
+    yaml_arg, cwd = seen.read_text().split()
+    assert yaml_arg == str(out / "voice-chatbot.yml") and cwd == str(out)
+    assert (out / "voice-chatbot.yml").read_bytes() == VOICE_DATAFLOW.read_bytes()
+    own = tmp_path / "mine.yml"
+    own.write_bytes(VOICE_DATAFLOW.read_bytes())
+    launcher.run_dataflow(own, tmp_path / "run2", timeout_s=30)
+    assert seen.read_text().split() == [str(own), str(tmp_path)]  # a YAML of the user's runs where it is

@@ -42,6 +42,13 @@ def test_packaged_text_dataflow_is_the_examples_with_the_console_script() -> Non
                                  "text-input node's path): make the same change in both")
 
 
+def test_packaged_dataflows_name_only_console_scripts() -> None:
+    # The launcher runs them from a copy in the run folder: a node script beside the YAML would not be found.
+    for path in (resources.VOICE_DATAFLOW, resources.TEXT_DATAFLOW):
+        paths = {node["path"] for node in yaml.safe_load(path.read_text())["nodes"]}
+        assert paths <= set(SCRIPTS) | {"dynamic"}, (path.name, paths - set(SCRIPTS))
+
+
 def test_packaged_recordings_are_the_test_recordings() -> None:
     originals = {p.name: p.read_bytes() for p in (ROOT / "tests" / "data").iterdir()}
     packaged = {p.name: p.read_bytes() for p in resources.RECORDINGS_DIR.iterdir() if p.is_file()}
@@ -54,7 +61,7 @@ def _build_wheel(tmp_path: Path) -> Path:
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
-    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "out")
     for name in ("nodes", "monitor"):
         shutil.copytree(ROOT / name, src / name, ignore=ignore)
     out = tmp_path / "dist"

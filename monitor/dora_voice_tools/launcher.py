@@ -2,6 +2,11 @@
 
 ``dora run`` needs the node console scripts on ``PATH``; :func:`run_dataflow` puts the directory of the running
 Python interpreter first on ``PATH`` so the venv's scripts are found even when the venv is not activated.
+
+``dora run`` writes its logs and a session file to ``out/`` beside the YAML it is given. A dataflow shipped inside
+this package (:mod:`dora_voice_tools.resources`) is therefore run from a copy placed in the run's folder, so
+nothing is written into the installed package (read-only in a system install); its nodes are console scripts, so
+the copy runs the same nodes.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+
+from dora_voice_tools.resources import PACKAGE_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +95,8 @@ def run_dataflow(yaml_path: Path, out_dir: Path, env: Mapping[str, str] | None =
 
     Args:
         yaml_path: dataflow YAML.
-        out_dir: created if needed; receives ``dora.log`` and ``timing.jsonl`` (unless ``TIMING_REPORT`` is set).
+        out_dir: created if needed; receives ``dora.log`` and ``timing.jsonl`` (unless ``TIMING_REPORT`` is set),
+            and a copy of ``yaml_path`` (run instead of it) when that is a dataflow shipped in this package.
         env: extra environment for every node (``AUDIO_INPUT``, ``LLM_ENABLE_STREAMING``, ...).
         timeout_s: passed to ``dora run --stop-after``; the process is also killed 30 s after it.
         stream_output: also copy dora's output to this process's stderr as it comes.
@@ -104,6 +112,8 @@ def run_dataflow(yaml_path: Path, out_dir: Path, env: Mapping[str, str] | None =
         raise LaunchError(f"no dataflow at {yaml_path}")
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
+    if yaml_path.is_relative_to(PACKAGE_DIR):
+        yaml_path = Path(shutil.copy(yaml_path, out_dir / yaml_path.name))
     extra = dict(env or {})
     extra.setdefault("TIMING_REPORT", str(out_dir / "timing.jsonl"))
     report = Path(extra["TIMING_REPORT"])
