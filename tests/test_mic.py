@@ -8,6 +8,7 @@ import soundfile as sf
 
 from dora_voice.config import ConfigError, load_config
 from dora_voice.nodes import mic
+from dora_voice.runtime import run_node
 from dora_voice.schema import AudioChunk, Output, StreamStarted, TimingEvent, TimingKind
 
 RATE = 16_000
@@ -249,3 +250,59 @@ def test_contract() -> None:
     assert mic.CONTRACT.inputs == {}
     assert set(mic.CONTRACT.outputs) == {Output.AUDIO, Output.STREAM_STARTED, Output.TIMING}
     assert "AUDIO_INPUT" in mic.CONTRACT.env()
+
+
+class ScriptedNode:
+    """A stand-in for ``dora.Node`` with no inputs: ``try_recv`` returns the scripted events in turn (``None`` = none
+    pending), ``next`` ends the stream; sent outputs are recorded."""
+
+    def __init__(self, outputs: list[str], events: dict[int, dict] | None = None) -> None:
+        self.outputs = outputs
+        self.events = events or {}  # poll number -> event
+        self.polls = 0
+        self.sent: list[tuple[str, object, dict]] = []
+
+    def node_config(self) -> dict:
+        return {"outputs": self.outputs}
+
+    def try_recv(self):
+        event = self.events.get(self.polls)
+        self.polls += 1
+        return event
+
+    def next(self):
+        return None
+
+    def send_output(self, output_id, value, metadata) -> None:
+        self.sent.append((output_id, value, metadata))
+
+
+def test_run_node_drives_the_file_replay_like_iterating_it() -> None:
+    samples = np.linspace(-0.5, 0.5, RATE // 2, dtype=np.float32)
+    clock = FakeClock()
+    expected = [(o, m) for o, _v, m in mic.FileReplay(samples, block_samples=512, trailing_silence_samples=512,
+                                                        session_id="s", clock_ns=clock, sleep=clock.sleep).run()]
+    clock = FakeClock()
+    replay = mic.FileReplay(samples, block_samples=512, trailing_silence_samples=512, session_id="s",
+                            clock_ns=clock, sleep=clock.sleep)
+    node = ScriptedNode([Output.AUDIO, Output.STREAM_STARTED])  # no timing output wired: it is skipped
+    run_node(node, replay)
+    assert [(o, m) for o, _v, m in node.sent] == [(o, m) for o, m in expected if o != Output.TIMING]
+    assert replay.done and replay.finished()
+
+
+def test_stop_ends_the_file_replay_and_the_device_capture() -> None:
+    clock = FakeClock()
+    replay = mic.FileReplay(np.zeros(RATE, dtype=np.float32), block_samples=512, trailing_silence_samples=0,
+                            session_id="s", clock_ns=clock, sleep=clock.sleep)
+    node = ScriptedNode([Output.AUDIO, Output.STREAM_STARTED, Output.TIMING], {5: {"type": "STOP"}})
+    run_node(node, replay)
+    assert [o for o, _v, _m in node.sent] == [Output.STREAM_STARTED, Output.TIMING, Output.AUDIO, Output.AUDIO,
+                                              Output.AUDIO]
+    assert replay.stopped and not replay.done
+
+    clock = FakeClock()
+    capture = mic.DeviceCapture(FakeInputStream(clock), block_ms=32, session_id="dev", clock_ns=clock)
+    node = ScriptedNode([Output.AUDIO, Output.STREAM_STARTED, Output.TIMING], {10: {"type": "STOP"}})
+    run_node(node, capture)
+    assert node.polls == 11 and capture.stream.reads == 10 and capture.stopped

@@ -336,7 +336,7 @@ def test_node_finishes_once_the_llm_is_done_and_everything_is_synthesized(clock:
     core, _ = make(clock)
     send(core, ("text", chunk("Hello there.", 0)))
     assert not core.finished()
-    core.on_input_closed("events")
+    core.on_input_closed("playback")
     core.on_input_closed("text")
     assert core.busy() and not core.finished()  # queued text is still synthesized first
     out = drain(core)
@@ -427,7 +427,7 @@ def test_speaker_turn_interrupted_cancels_that_turn(clock: FakeClock) -> None:
     core, _ = make(clock)
     send(core, ("text", chunk("One thing.", 0, turn=7)), ("text", chunk("Another thing.", 1, turn=7)))
     event = PlaybackEvent(PlaybackKind.TURN_INTERRUPTED, "s1", 7, -1, -1, 0.0, 0).encode()
-    out = send(core, ("events", event))
+    out = send(core, ("playback", event))
     assert len(out.audio) == 1 and out.audio[0].is_final and out.audio[0].segments_total == 0
     assert out.events(TimingKind.TTS_DONE)[0].fields[Key.CANCELLED] == 2
     assert not core.busy()
@@ -437,9 +437,20 @@ def test_other_playback_events_are_ignored(clock: FakeClock) -> None:
     core, _ = make(clock)
     send(core, ("text", chunk("One thing.", 0, turn=7)))
     for kind in (PlaybackKind.SEGMENT_PLAYED, PlaybackKind.SEGMENT_INTERRUPTED, PlaybackKind.TURN_DONE):
-        out = send(core, ("events", PlaybackEvent(kind, "s1", 7, 0, 0, 1.0, 0).encode()))
+        out = send(core, ("playback", PlaybackEvent(kind, "s1", 7, 0, 0, 1.0, 0).encode()))
         assert not out.audio and not out.timing
     assert core.busy() and core.input_errors == 0
+
+
+def test_playback_and_vad_events_come_on_their_own_inputs(clock: FakeClock) -> None:
+    # playback carries the speaker's PlaybackEvents, events the VAD's VadEvents (as on the speaker): a message of
+    # the other kind is bad input, rejected and counted.
+    core, _ = make(clock)
+    send(core, ("text", chunk("One thing.", 0, turn=7)))
+    interrupted = PlaybackEvent(PlaybackKind.TURN_INTERRUPTED, "s1", 7, -1, -1, 0.0, 0).encode()
+    assert not send(core, ("events", interrupted)).audio and core.input_errors == 1
+    assert not send(core, ("playback", speech_started(8))).audio and core.input_errors == 2
+    assert core.busy()
 
 
 # -- bad input --------------------------------------------------------------------------------------------------
@@ -506,7 +517,7 @@ def test_config_defaults_and_strict_parsing() -> None:
 
 def test_contract_lists_inputs_outputs_and_env() -> None:
     assert CONTRACT.path == "dora-voice-tts"
-    assert set(CONTRACT.inputs) == {"text", "events"}
+    assert set(CONTRACT.inputs) == {"text", "playback", "events"}
     assert set(CONTRACT.outputs) == {Output.AUDIO, Output.SEGMENT_DONE, Output.TIMING}
     env = CONTRACT.env()
     for name in ("TTS_BACKEND", "ENABLE_INTERNAL_SEGMENTATION", "TTS_MAX_SEGMENT_LENGTH", "TTS_MIN_SEGMENT_LENGTH",

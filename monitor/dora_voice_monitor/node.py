@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, TextIO
 
 import pyarrow as pa
-from dora_voice.config import env_field, load_config, parse_bool, parse_optional_path
+from dora_voice.config import env_field, parse_bool, parse_optional_path
 from dora_voice.contracts import NodeContract
-from dora_voice.logs import setup_logging
 from dora_voice.runtime import Emit, NodeCore, UnknownInputError, run_node
 from dora_voice.schema import AudioFragment, TimingEvent
 
@@ -179,19 +178,9 @@ class MonitorCore(NodeCore):
 
 def main(argv: list[str] | None = None) -> None:
     """Console script ``dora-voice-monitor``: run the monitor as a node of the dataflow."""
-    import argparse
-
     from dora import Node
 
-    from dora_voice.config import ConfigError
-    from dora_voice.nodes import describe_env
+    from dora_voice.nodes import node_cli
 
-    argparse.ArgumentParser(prog=CONTRACT.path, description=(__doc__ or "").split("\n\n")[0],
-                            epilog=describe_env(MonitorConfig),
-                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
-    setup_logging()
-    try:
-        config = load_config(MonitorConfig)
-    except ConfigError as exc:
-        sys.exit(f"{CONTRACT.path}: {exc}")
+    config, _ = node_cli(CONTRACT, __doc__, argv)
     run_node(Node(), MonitorCore(config))

@@ -8,9 +8,13 @@ Cooperative scheduling: a core that has work in progress (an LLM generating, a T
 :meth:`NodeCore.busy`; the loop then polls for events without blocking (``Node.try_recv``) between units of work
 (:meth:`NodeCore.step`), so control messages such as a barge-in are seen within one unit of work.
 
-Nothing is lost: the loop never ``break``s on STOP (dora can deliver STOP before queued inputs, DESIGN.md); it
-drains until the event stream ends, or until the core reports :meth:`NodeCore.finished` (needed where a feedback
-edge would otherwise keep an input open forever).
+Nothing is lost: the loop never ``break``s on STOP (dora can deliver STOP before queued inputs); it tells the core
+(:meth:`NodeCore.on_stop`: a source such as the mic stops producing there) and drains until the event stream ends,
+or until the core reports :meth:`NodeCore.finished` (needed where a feedback edge would otherwise keep an input open
+forever).
+
+Source nodes (no inputs, e.g. the mic) use the same loop: their core is :meth:`~NodeCore.busy` while it has
+something to produce and produces it in :meth:`~NodeCore.step`.
 
 Bad input: a :class:`~dora_voice.schema.SchemaError` or ``ValueError`` from the core is logged with the input id,
 counted in :attr:`NodeCore.input_errors`, reported to the monitor as a ``input_error`` timing event, and the node
@@ -78,6 +82,11 @@ class NodeCore:
     def finished(self) -> bool:
         """True when the node should exit although some input is still open (feedback edges)."""
         return False
+
+    def on_stop(self) -> Iterable[Emit]:
+        """The dataflow asked the node to stop (dora's STOP). Queued inputs are still delivered afterwards; a source
+        stops producing here."""
+        return ()
 
     def on_end(self) -> Iterable[Emit]:
         """The event stream ended: flush what is left."""
@@ -157,7 +166,8 @@ def run_node(node: Any, core: NodeCore) -> None:
         elif kind == "ERROR":
             if "Timeout" not in str(event.get("error", "")):
                 logger.error("%s: dora error event: %s", core.node_id, str(event.get("error"))[:300])
-        # STOP: keep draining; the stream ends by itself once every input is closed.
+        elif kind == "STOP":  # keep draining; the stream ends by itself once every input is closed
+            _send(node, core.on_stop(), declared)
     while core.busy():
         _send(node, core.step(), declared)
     _send(node, core.on_end(), declared)

@@ -85,7 +85,7 @@ class Output:
     EVENTS = "events"  # vad -> speaker, tts, llm (barge-in), monitor
     TEXT = "text"  # asr -> llm; text-input -> llm; llm -> tts
     SEGMENT_DONE = "segment_done"  # tts -> llm (pacing feedback)
-    PLAYBACK = "playback"  # speaker -> llm (what was heard), monitor
+    PLAYBACK = "playback"  # speaker -> llm (what was heard), tts (barge-in), text-input (pacing), monitor
     TIMING = "timing"  # every node -> monitor
 
 

@@ -1,16 +1,52 @@
-"""dora nodes: each module is a thin adapter (``main``) over a pure core class that tests drive without dora."""
+"""dora nodes: each module is a thin adapter (``main``) over a pure core class that tests drive without dora.
+
+Every node's ``main()`` has the same shape: :func:`node_cli` (``--help``, logging, settings), load what the core
+needs (models, files, devices), build the core, then ``runtime.run_node(dora.Node(), core)``.
+
+Exit status of every node (and the convention :func:`fatal` applies):
+
+    0  the event stream ended and the node finished (also after ``--help`` / ``--list-devices``).
+    2  the node could not start: a bad setting, a missing or unreadable file or model, an audio device that
+       cannot be opened. One line on stderr, ``<node>: <what is wrong>``, names the variable, file or device and
+       the fix; ``dora run`` prints it and stops the dataflow.
+    1  the node crashed while running (an uncaught exception: Python's own status, with its traceback).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from dora_voice.config import ConfigError, env_vars, load_config
 from dora_voice.logs import setup_logging
 
 if TYPE_CHECKING:
     from dora_voice.contracts import NodeContract
+
+
+EXIT_OK = 0
+"""The event stream ended and the node finished."""
+EXIT_CRASHED = 1
+"""An uncaught exception while running (Python's own exit status)."""
+EXIT_CANNOT_START = 2
+"""A bad setting, file, model or device at start-up (see :func:`fatal`)."""
+
+
+def fatal(node: str, message: str) -> NoReturn:
+    """Stop a node that cannot start: write ``<node>: <message>`` to stderr and exit with
+    :data:`EXIT_CANNOT_START`.
+
+    Args:
+        node: the console script (``CONTRACT.path``), e.g. ``dora-voice-asr``.
+        message: what is wrong and how to fix it, naming the variable, file or device.
+
+    Raises:
+        SystemExit: always, with code :data:`EXIT_CANNOT_START`.
+    """
+    sys.stderr.write(f"{node}: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(EXIT_CANNOT_START)
 
 
 def describe_env(config_cls: type) -> str:
@@ -36,8 +72,8 @@ def node_cli(contract: "NodeContract", doc: str | None, argv: list[str] | None =
         ``(config, args)``.
 
     Raises:
-        SystemExit: 0 after ``--help`` / ``--list-devices``; 2 on a bad setting, after printing a message that
-            names the variable.
+        SystemExit: 0 after ``--help`` / ``--list-devices``; :func:`fatal` (2) on a bad setting or when the audio
+            devices cannot be listed, with a message that names the variable.
     """
     parser = argparse.ArgumentParser(prog=contract.path, description=(doc or "").split("\n\n")[0],
                                      epilog=describe_env(contract.config),
@@ -52,10 +88,9 @@ def node_cli(contract: "NodeContract", doc: str | None, argv: list[str] | None =
         try:
             print(audio.describe_devices())
         except audio.AudioDeviceError as exc:
-            raise SystemExit(f"{contract.path}: {exc}") from None
-        raise SystemExit(0)
+            fatal(contract.path, str(exc))
+        raise SystemExit(EXIT_OK)
     try:
         return load_config(contract.config), args
     except ConfigError as exc:
-        print(f"{contract.path}: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        fatal(contract.path, str(exc))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
@@ -130,14 +129,14 @@ def main(argv: list[str] | None = None) -> None:
     from dora import Node
 
     from dora_voice.models import ModelError
-    from dora_voice.nodes import node_cli
+    from dora_voice.nodes import fatal, node_cli
     from dora_voice.runtime import run_node
 
     config, _ = node_cli(CONTRACT, __doc__, argv)
     try:
         transcribe = load_whisper(config)
     except ModelError as exc:
-        sys.exit(f"{CONTRACT.path}: {exc}")
+        fatal(CONTRACT.path, str(exc))
     run_node(Node(), AsrCore(transcribe))
 
 if __name__ == "__main__":

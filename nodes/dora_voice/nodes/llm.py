@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -603,18 +602,18 @@ def main(argv: list[str] | None = None) -> None:
     from dora import Node
 
     from dora_voice.models import ModelError
-    from dora_voice.nodes import node_cli
+    from dora_voice.nodes import fatal, node_cli
     from dora_voice.runtime import declared_inputs, run_node
 
     config, _ = node_cli(CONTRACT, __doc__, argv)
     try:
         backend = load_backend(config)
     except ModelError as exc:
-        sys.exit(f"{CONTRACT.path}: {exc}")
+        fatal(CONTRACT.path, str(exc))
     try:
         LlmCore(config, backend)  # settings that do not fit the context window fail here, before dora starts
     except ConfigError as exc:
-        sys.exit(f"{CONTRACT.path}: {exc}")
+        fatal(CONTRACT.path, str(exc))
     started = time.perf_counter()
     backend.warmup(ConversationHistory(config.system_prompt, HistoryStrategy.FIXED).messages("Hello."))
     logger.info("LLM warm-up (system prompt cached) took %.0f ms", (time.perf_counter() - started) * 1000)

@@ -37,8 +37,8 @@ from dora_voice.config import (
     env_field, parse_bool, parse_int, parse_optional_path, parse_str,
 )
 from dora_voice.contracts import NodeContract
-from dora_voice.nodes import node_cli
-from dora_voice.runtime import Emit, NodeCore, emit
+from dora_voice.nodes import fatal, node_cli
+from dora_voice.runtime import Emit, NodeCore, emit, run_node
 from dora_voice.schema import PIPELINE_SAMPLE_RATE_HZ, AudioChunk, Output, StreamStarted, TimingKind
 
 logger = logging.getLogger(__name__)
@@ -104,7 +104,9 @@ class FileReplay(NodeCore):
         clock_ns: wall clock (``time.time_ns``); tests inject a fake.
         sleep: ``sleep(seconds)``; tests inject one that advances the fake clock.
 
-    Iterating :meth:`run` yields the outputs in order and sleeps in between; the node sends each as it comes.
+    Iterating :meth:`run` yields the outputs in order and sleeps in between. As a node core (a source: no inputs)
+    it is :meth:`busy` until the last block is out or the dataflow stops it, and each :meth:`step` produces the next
+    output.
     """
 
     node_id = "mic"
@@ -124,6 +126,9 @@ class FileReplay(NodeCore):
         self.stream_start_ns: int | None = None
         self.blocks_sent = 0
         self.max_lateness_ms = 0.0
+        self.done = False
+        self.stopped = False
+        self._outputs: Iterator[Emit] | None = None
 
     @property
     def total_samples(self) -> int:
@@ -166,6 +171,29 @@ class FileReplay(NodeCore):
         logger.info("mic: file replay done: %d blocks, %.2f s (%.2f s trailing silence), max lateness %.1f ms",
                     self.blocks_sent, self.total_samples / RATE_HZ, self.trailing_silence_samples / RATE_HZ,
                     self.max_lateness_ms)
+
+    # -- the node core (runtime.run_node) -------------------------------------------------------------------------
+    def busy(self) -> bool:
+        return not (self.done or self.stopped)
+
+    def step(self) -> list[Emit]:
+        """The next output of :meth:`run` (after waiting for its real-time instant)."""
+        if self._outputs is None:
+            self._outputs = self.run()
+        try:
+            return [next(self._outputs)]
+        except StopIteration:
+            self.done = True
+            return []
+
+    def finished(self) -> bool:
+        return self.done or self.stopped
+
+    def on_stop(self) -> list[Emit]:
+        if not self.done:
+            logger.info("mic: stop requested after %d blocks", self.blocks_sent)
+        self.stopped = True
+        return []
 
 
 def load_file_replay(config: MicConfig, **kwargs: Any) -> FileReplay:
@@ -231,6 +259,7 @@ class DeviceCapture(NodeCore):
         self.overflows = 0
         self.reanchors = 0
         self._started = False
+        self.stopped = False
 
     def _update_anchor(self, estimate_ns: int) -> None:
         if self.anchor_ns is None or estimate_ns < self.anchor_ns:
@@ -287,6 +316,21 @@ class DeviceCapture(NodeCore):
             self.sample_offset += n
         return out
 
+    # -- the node core (runtime.run_node): capture until the dataflow stops ----------------------------------------
+    def busy(self) -> bool:
+        return not self.stopped
+
+    def step(self) -> list[Emit]:
+        """One blocking read (:meth:`read_block`)."""
+        return self.read_block()
+
+    def finished(self) -> bool:
+        return self.stopped
+
+    def on_stop(self) -> list[Emit]:
+        self.stopped = True
+        return []
+
     def _append(self, samples: np.ndarray) -> None:
         n = samples.shape[0]
         if self._pending_len + n > self._pending.shape[0]:
@@ -329,23 +373,6 @@ def open_input_stream(config: MicConfig) -> Any:
 # dora adapter
 
 
-def _stop_requested(node: Any) -> bool:
-    """Poll the node without blocking; True once the dataflow asked it to stop or its event stream ended."""
-    while True:
-        event = node.try_recv()
-        if event is None:
-            return False
-        if event.get("type") == "STOP":
-            return True
-
-
-def _send_all(node: Any, outputs: list[Emit] | tuple[Emit, ...]) -> None:
-    """Send each output. An output the YAML does not declare (``timing`` without a monitor) is dropped by dora 1.1
-    without an error (measured), so no filtering is needed here."""
-    for output_id, value, meta in outputs:
-        node.send_output(output_id, value, meta)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Console script ``dora-voice-mic``: ``--list-devices`` / ``--help``, else run as a dora node."""
     config, _ = node_cli(CONTRACT, __doc__, argv, list_devices=True)
@@ -355,25 +382,18 @@ def main(argv: list[str] | None = None) -> None:
         try:
             replay = load_file_replay(config)
         except (FileNotFoundError, ValueError) as exc:
-            raise SystemExit(f"dora-voice-mic: AUDIO_INPUT: {exc}") from None
-        node = Node()
-        for output in replay.run():
-            _send_all(node, (output,))
-            if _stop_requested(node):
-                logger.info("mic: stop requested after %d blocks", replay.blocks_sent)
-                break
+            fatal(CONTRACT.path, f"AUDIO_INPUT: {exc}")
+        run_node(Node(), replay)
         return
 
     node = Node()
     try:
         stream = open_input_stream(config)
     except audio.AudioDeviceError as exc:
-        logger.error("mic: %s", exc)
-        raise SystemExit(f"dora-voice-mic: {exc}") from None
+        fatal(CONTRACT.path, str(exc))
     capture = DeviceCapture(stream, block_ms=config.block_ms, session_id=config.session_id)
     try:
-        while not _stop_requested(node):
-            _send_all(node, capture.read_block())
+        run_node(node, capture)
     finally:
         stream.stop()
         stream.close()

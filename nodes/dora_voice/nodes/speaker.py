@@ -69,7 +69,7 @@ from dora_voice.config import (
     parse_str,
 )
 from dora_voice.contracts import NodeContract
-from dora_voice.nodes import node_cli
+from dora_voice.nodes import fatal, node_cli
 from dora_voice.runtime import Emit, NodeCore, declared_inputs, emit, run_node
 from dora_voice.sinks import DEVICE_BLOCK_MS, DeviceSink, FileSink, Sink
 from dora_voice.schema import (
@@ -698,8 +698,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         sink = build_sink(config)
     except (audio.AudioDeviceError, OSError) as exc:
-        logger.error("speaker: %s", exc)
-        raise SystemExit(f"dora-voice-speaker: {exc}") from None
+        fatal(CONTRACT.path, str(exc))
     core = SpeakerCore(config, sink)
     wired = declared_inputs(node)
     if wired is not None and Output.EVENTS not in wired:

@@ -9,7 +9,6 @@ benchmark. Without a ``playback`` input wired, queries are sent ``TEXT_INPUT_INT
 from __future__ import annotations
 
 import logging
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -129,14 +128,14 @@ def main(argv: list[str] | None = None) -> None:
     """Run the text-input node inside a dora dataflow."""
     from dora import Node
 
-    from dora_voice.nodes import node_cli
+    from dora_voice.nodes import fatal, node_cli
     from dora_voice.runtime import declared_inputs, run_node
 
     config, _ = node_cli(CONTRACT, __doc__, argv)
     try:
         queries = config.load_queries()
     except ConfigError as exc:
-        sys.exit(f"{CONTRACT.path}: {exc}")
+        fatal(CONTRACT.path, str(exc))
     node = Node()
     paced = "playback" in (declared_inputs(node) or {"playback"})
     run_node(node, TextInputCore(queries, config.session_id or uuid.uuid4().hex[:12], config.interval_s, paced))

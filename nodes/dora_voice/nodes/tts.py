@@ -2,12 +2,13 @@
 
 Inputs:
     * ``text`` — llm/text :class:`~dora_voice.schema.TextSegment` chunks (``segment_index`` = LLM chunk index).
-    * ``events`` — barge-in (optional), from either source, told apart by the ``event`` key:
-      speaker/playback :class:`~dora_voice.schema.PlaybackEvent` ``turn_interrupted`` for turn ``T`` cancels ``T``
-      and older turns (recommended: the speaker has already applied its minimum-speech and echo guards); or
+    * ``playback`` — barge-in (optional, recommended): speaker/playback :class:`~dora_voice.schema.PlaybackEvent`
+      ``turn_interrupted`` for turn ``T`` cancels ``T`` and older turns (the speaker has already applied its
+      minimum-speech and echo guards). Other playback events are ignored.
+    * ``events`` — barge-in straight from the VAD (optional, for a dataflow without a speaker feeding back):
       vad/events :class:`~dora_voice.schema.VadEvent` ``speech_started`` for turn ``T`` cancels every older turn
-      (raw VAD: a cough, or the assistant's own voice on an open microphone, cancels too). Other playback and VAD
-      events are ignored.
+      (raw VAD: a cough, or the assistant's own voice on an open microphone, cancels too). Other VAD events are
+      ignored. (The same id and type as the speaker's ``events`` input.)
 
 Outputs ``audio`` (:class:`~dora_voice.schema.AudioFragment`), ``segment_done`` (one
 :class:`~dora_voice.schema.SegmentDone` per LLM chunk once all its audio is synthesized, for LLM pacing) and
@@ -35,7 +36,6 @@ barge-in, in which case it is that segment's last fragment.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -68,8 +68,6 @@ segment's last fragment then always has samples (no empty ``is_last_fragment`` m
 _MAX_CLOSED_TURNS = 1024
 MAX_PENDING_CHUNKS = 256
 """Reorder buffer bound per turn (LLM chunks); more waiting chunks means one went missing upstream."""
-_PLAYBACK_KINDS = frozenset(k.value for k in PlaybackKind)
-_VAD_KINDS = frozenset(k.value for k in VadEventKind)
 
 
 @dataclass(frozen=True)
@@ -206,11 +204,13 @@ class TtsCore(NodeCore):
 
     # -- dora hooks ------------------------------------------------------------------------------------------
     def on_input(self, input_id: str, value: pa.Array, metadata: Mapping[str, Any]) -> Iterable[Emit]:
-        if input_id == "text":
+        if input_id == Output.TEXT:
             return self._on_text(TextSegment.decode(value, metadata))
-        if input_id == "events":
-            return self._on_event(value, metadata)
-        raise UnknownInputError(f"unknown input id {input_id!r} (expected text or events)")
+        if input_id == Output.PLAYBACK:
+            return self._on_playback(PlaybackEvent.decode(value, metadata))
+        if input_id == Output.EVENTS:
+            return self._on_vad_event(VadEvent.decode(value, metadata))
+        raise UnknownInputError(f"unknown input id {input_id!r} (expected text, playback or events)")
 
     def busy(self) -> bool:
         return self.active is not None or bool(self.queue)
@@ -221,7 +221,7 @@ class TtsCore(NodeCore):
         return ()
 
     def finished(self) -> bool:
-        # The ``events`` input comes back from the speaker, which itself waits for our audio to end: exit once
+        # The ``playback`` input comes back from the speaker, which itself waits for our audio to end: exit once
         # the LLM is done and everything it sent has been synthesized (the loop then runs on_end).
         return self.text_closed and not self.busy()
 
@@ -251,22 +251,19 @@ class TtsCore(NodeCore):
             out += self._close_turn(turn, turn.segments_started, 0, turn.last_text_segment_index, cancelled=False)
         return out
 
-    def _on_event(self, value: pa.Array, metadata: Mapping[str, Any]) -> list[Emit]:
-        """A barge-in signal from the speaker (turn_interrupted) or the VAD (speech_started); others ignored."""
-        raw = metadata.get(Key.EVENT)
-        if raw in _PLAYBACK_KINDS:
-            played = PlaybackEvent.decode(value, metadata)
-            if played.kind is PlaybackKind.TURN_INTERRUPTED:
-                self.turn_ids.check_known(played.turn_id, "turn_interrupted")
-                return self._barge_in(played.turn_id + 1, "speaker interrupted playback")
-            return []
-        if raw in _VAD_KINDS:
-            event = VadEvent.decode(value, metadata)
-            if event.kind is VadEventKind.SPEECH_STARTED:
-                self.turn_ids.check(event.turn_id, "speech_started")
-                return self._barge_in(event.turn_id, "speech started")
-            return []
-        raise SchemaError(f"unknown event {raw!r}: expected a playback or VAD event")
+    def _on_playback(self, played: PlaybackEvent) -> list[Emit]:
+        """The speaker's barge-in (turn_interrupted); other playback events are ignored."""
+        if played.kind is PlaybackKind.TURN_INTERRUPTED:
+            self.turn_ids.check_known(played.turn_id, "turn_interrupted")
+            return self._barge_in(played.turn_id + 1, "speaker interrupted playback")
+        return []
+
+    def _on_vad_event(self, event: VadEvent) -> list[Emit]:
+        """The VAD's barge-in (speech_started); other VAD events are ignored."""
+        if event.kind is VadEventKind.SPEECH_STARTED:
+            self.turn_ids.check(event.turn_id, "speech_started")
+            return self._barge_in(event.turn_id, "speech started")
+        return []
 
     # -- text ------------------------------------------------------------------------------------------------
     def _on_text(self, segment: TextSegment) -> list[Emit]:
@@ -486,8 +483,8 @@ CONTRACT = NodeContract(
     path="dora-voice-tts",
     inputs={
         "text": "llm/text: TextSegment",
-        "events": "speaker/playback: PlaybackEvent (turn_interrupted cancels the turn), or vad/events: VadEvent "
-                  "(speech_started cancels older turns); optional",
+        Output.PLAYBACK: "speaker/playback: PlaybackEvent (turn_interrupted cancels the turn); optional",
+        Output.EVENTS: "vad/events: VadEvent (speech_started cancels older turns); optional",
     },
     outputs=(Output.AUDIO, Output.SEGMENT_DONE, Output.TIMING),
     config=TtsConfig,
@@ -497,7 +494,7 @@ CONTRACT = NodeContract(
 def main(argv: list[str] | None = None) -> None:
     """Run the TTS node inside a dora dataflow: load and warm up the voice, then serve."""
     from dora_voice.models import ModelError
-    from dora_voice.nodes import node_cli
+    from dora_voice.nodes import fatal, node_cli
     from dora_voice.tts_engines import load_engine
 
     config, _ = node_cli(CONTRACT, __doc__, argv)
@@ -506,8 +503,7 @@ def main(argv: list[str] | None = None) -> None:
                              voice_config=config.voice_config or None, threads=config.threads,
                              speaker_id=config.speaker_id, speed=config.speed)
     except (ModelError, ValueError) as exc:
-        logger.error("%s: %s", CONTRACT.path, exc)
-        sys.exit(2)
+        fatal(CONTRACT.path, str(exc))
     engine.warmup()
     if config.normalize_text:
         normalize.warm_up()
