@@ -7,7 +7,7 @@ import pytest
 
 from dora_voice.config import ConfigError, load_config
 from dora_voice.history import ConversationHistory, HistoryStrategy
-from dora_voice.nodes.llm import LlmConfig, LlmCore
+from dora_voice.nodes.llm import PACING_POLL_S, LlmConfig, LlmCore
 from dora_voice.schema import (
     Output, PlaybackEvent, PlaybackKind, SegmentDone, TextSegment, TimingEvent, TimingKind, Transcript,
 )
@@ -42,9 +42,11 @@ REPLY = ["Sure", ",", " the", " answer", " is", " 3", ".", "14", ".", " That", "
          " places", ".", " Mr", ".", " Smith", " agrees", " with", " it"]
 
 
-def make(env: dict | None = None, tokens=REPLY, clock=None) -> tuple[LlmCore, ScriptedBackend]:
+def make(env: dict | None = None, tokens=REPLY, clock=None, sleep=None) -> tuple[LlmCore, ScriptedBackend]:
     backend = ScriptedBackend(tokens)
     kwargs = {"clock_ns": clock} if clock else {}
+    if sleep is not None:
+        kwargs["sleep"] = sleep
     env = {"LLM_PACING": "off", **(env or {})}  # pacing is tested on its own below
     return LlmCore(load_config(LlmConfig, env), backend, **kwargs), backend
 
@@ -146,15 +148,24 @@ def test_pacing_waits_for_tts_feedback(clock) -> None:
 
 
 def test_pacing_gives_up_after_the_timeout(clock) -> None:
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock.advance(seconds)
+
     core, _ = make({"LLM_PACING": "tts", "LLM_PACING_TIMEOUT_S": "0.5", "LLM_CHUNK_MIN_CHARS": "0", "LLM_FIRST_CHUNK_MIN_CHARS": "0"},
-                   tokens=["Yes", ".", " No", "."], clock=clock)
+                   tokens=["Yes", ".", " No", "."], clock=clock, sleep=sleep)
     ask(core, "q", 0)
     for _ in range(3):
         core.step()
-    assert core.current.waiting_for == 0
-    clock.advance(1.0)
-    core.step()
-    assert core.current.waiting_for is None
+    assert core.current.waiting_for == 0 and slept == []
+    steps = 0
+    while core.current.waiting_for is not None:  # each waiting step sleeps one poll on the injected clock
+        core.step()
+        steps += 1
+    # the last step found the time-out passed and generated on
+    assert slept == [PACING_POLL_S] * (steps - 1) and 0.5 - 1e-9 <= sum(slept) < 0.5 + 2 * PACING_POLL_S
 
 
 def test_barge_in_stops_generation_and_history_keeps_what_was_heard() -> None:

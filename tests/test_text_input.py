@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dora_voice.config import ConfigError, load_config
-from dora_voice.nodes.text_input import TextInputConfig, TextInputCore
+from dora_voice.nodes.text_input import POLL_S, TextInputConfig, TextInputCore
 from dora_voice.schema import Output, PlaybackEvent, PlaybackKind, Transcript
 
 
@@ -18,13 +18,15 @@ def done(turn: int, t_ns: int):
 
 
 def test_waits_for_each_answer_to_finish_playing(clock) -> None:
-    core = TextInputCore(["one", "two"], "s", clock_ns=clock)
+    slept: list[float] = []
+    core = TextInputCore(["one", "two"], "s", clock_ns=clock, sleep=slept.append)
     first = sent(core.step())
     assert [t.text for t in first] == ["one"] and first[0].turn_id == 0 and first[0].source == "text"
     assert not core.busy()  # waiting for turn 0 to be played
     core.handle("playback", *done(0, clock.now_ns + 3_000_000_000))  # its audio ends 3 s from now
     assert core.busy()
     assert sent(core.step()) == []  # still playing: not yet
+    assert slept == [POLL_S]  # waited one poll on the injected sleep
     clock.advance(3.0)
     assert [t.text for t in sent(core.step())] == ["two"]
     assert not core.finished()

@@ -45,7 +45,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import pyarrow as pa
 
@@ -157,19 +157,28 @@ class _Turn:
     waiting_since_ns: int = 0
 
 
+PACING_POLL_S = 0.002
+"""How long :meth:`LlmCore.step` sleeps while it waits for the TTS's feedback (s): short next to a chunk's
+synthesis time, so generation resumes within ~2 ms of the ``segment_done``."""
+
+
 class LlmCore(NodeCore):
     """Turns transcripts into streamed reply chunks.
 
     Args:
         config: LLM settings.
         backend: the runtime (injected; tests pass a scripted fake).
-        clock_ns: wall clock.
+        clock_ns: wall clock (``time.time_ns``); tests inject a fake.
+        sleep: ``sleep(seconds)``, used while pacing waits for the TTS; tests inject one that advances the fake
+            clock.
     """
 
     node_id = "llm"
 
-    def __init__(self, config: LlmConfig, backend: LlmBackend, clock_ns=time.time_ns) -> None:
+    def __init__(self, config: LlmConfig, backend: LlmBackend, clock_ns: Callable[[], int] = time.time_ns,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         super().__init__(clock_ns)
+        self.sleep = sleep
         self.config = config
         self.backend = backend
         self.history = ConversationHistory(config.system_prompt, HistoryStrategy(config.history_strategy),
@@ -269,7 +278,7 @@ class LlmCore(NodeCore):
             return []
         if turn.waiting_for is not None:
             if self.clock_ns() - turn.waiting_since_ns < self.config.pacing_timeout_s * 1e9:
-                time.sleep(0.002)
+                self.sleep(PACING_POLL_S)
                 return []
             logger.warning("turn %d: no TTS feedback for chunk %d within %.1f s; generating on",
                            turn.transcript.turn_id, turn.waiting_for, self.config.pacing_timeout_s)
@@ -506,7 +515,7 @@ class LlmCore(NodeCore):
     def _prefill(self) -> None:
         """Evaluate the system prompt and the trimmed history once, so the next turn's prompt hits the cache."""
         self.prefill_pending = False
-        started = time.perf_counter()
+        started = self.clock_ns()
         try:
             self.backend.warmup(self.history.fit("", self.prompt_budget)[0])
         except Exception as exc:  # noqa: BLE001 - a cache warm-up failing must not end the session
@@ -514,7 +523,7 @@ class LlmCore(NodeCore):
                          type(exc).__name__, str(exc)[:300])
             return
         logger.info("history trimmed to %d turns: prefix re-evaluated in %.0f ms, off the user's path",
-                    len(self.history.exchanges), (time.perf_counter() - started) * 1000)
+                    len(self.history.exchanges), (self.clock_ns() - started) / 1e6)
 
     def _on_playback(self, event: PlaybackEvent) -> list[Emit]:
         heard = self.heard.setdefault(event.turn_id, {})

@@ -13,7 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import pyarrow as pa
 
@@ -54,6 +54,10 @@ class TextInputConfig:
         return queries
 
 
+POLL_S = 0.01
+"""Longest :meth:`TextInputCore.step` sleeps before the next query is due (s)."""
+
+
 class TextInputCore(NodeCore):
     """Sends queries one at a time, each after the previous answer finished playing.
 
@@ -62,13 +66,16 @@ class TextInputCore(NodeCore):
         session_id: conversation id.
         interval_s: pause after an answer before the next query.
         paced_by_playback: wait for ``turn_done`` (True) or only for ``interval_s`` (False).
+        clock_ns: wall clock (``time.time_ns``); tests inject a fake.
+        sleep: ``sleep(seconds)`` while the next query is not yet due; tests inject one that advances the fake clock.
     """
 
     node_id = "text-input"
 
     def __init__(self, queries: list[str], session_id: str, interval_s: float = 0.0, paced_by_playback: bool = True,
-                 clock_ns=time.time_ns) -> None:
+                 clock_ns: Callable[[], int] = time.time_ns, sleep: Callable[[float], None] = time.sleep) -> None:
         super().__init__(clock_ns)
+        self.sleep = sleep
         self.queries = list(queries)
         self.session_id = session_id
         self.interval_s = interval_s
@@ -93,7 +100,7 @@ class TextInputCore(NodeCore):
     def step(self) -> Iterable[Emit]:
         wait_s = (self.next_at_ns - self.clock_ns()) / 1e9
         if wait_s > 0:
-            time.sleep(min(wait_s, 0.01))
+            self.sleep(min(wait_s, POLL_S))
             return []
         return self._send()
 
