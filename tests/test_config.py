@@ -45,7 +45,8 @@ def test_env_vars_lists_names_defaults_and_help() -> None:
 
 def test_every_node_config_loads_with_defaults() -> None:
     for contract in all_contracts().values():
-        load_config(contract.config, {})
+        for config in contract.configs:
+            load_config(config, {})
 
 
 @pytest.mark.parametrize("path", sorted(all_contracts()))
@@ -54,6 +55,7 @@ def test_every_node_has_a_helpful_help(path: str) -> None:
     assert exe, f"console script {path} is not installed"
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    for name in all_contracts()[path].env():
-        if name != "LOG_LEVEL" and name in env_vars(all_contracts()[path].config):
+    contract = all_contracts()[path]
+    for name in contract.env():
+        if name != "LOG_LEVEL" and any(name in env_vars(config) for config in contract.configs):
             assert name in out.stdout, f"{path} --help does not mention {name}"

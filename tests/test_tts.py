@@ -15,12 +15,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from dora_voice.config import ConfigError, load_config
+from dora_voice.config import ConfigError, env_field, load_config, parse_int
 from dora_voice.nodes.tts import CONTRACT, TtsConfig, TtsCore
 from dora_voice.schema import (
     MAX_TEXT_CHARS, AudioFragment, Key, Output, PlaybackEvent, PlaybackKind, SegmentDone, TextSegment, TimingEvent,
     TimingKind, VadEvent, VadEventKind,
 )
+from dora_voice.tts_engines import TtsEngine
 
 from conftest import FakeClock
 
@@ -506,13 +507,48 @@ def test_config_defaults_and_strict_parsing() -> None:
     config = load_config(TtsConfig, {})
     assert (config.max_segment_chars, config.min_segment_chars, config.fragment_interval_s) == (100, 20, 0.3)
     assert config.return_fragment and config.enable_internal_segmentation and config.normalize_text
-    assert config.threads == 2 and config.backend == "piper"
+    assert config.backend == "piper"
     with pytest.raises(ConfigError, match="TTS_MIN_SEGMENT_LENGTH"):
         load_config(TtsConfig, {"TTS_MIN_SEGMENT_LENGTH": "50", "TTS_MAX_SEGMENT_LENGTH": "40"})
     with pytest.raises(ConfigError, match="FRAGMENT_INTERVAL"):
         load_config(TtsConfig, {"FRAGMENT_INTERVAL": "0"})
     with pytest.raises(ConfigError, match="TTS_BACKEND"):
         load_config(TtsConfig, {"TTS_BACKEND": "festival"})
+
+
+def test_each_engine_has_its_own_settings_and_a_registry_line() -> None:
+    from dora_voice.tts_engines import ENGINES, EngineSpec, load_engine
+    from dora_voice.tts_engines.piper import PiperConfig
+
+    assert ENGINES["piper"].config is PiperConfig
+    assert load_config(PiperConfig, {}).threads == 2
+    with pytest.raises(ConfigError, match="TTS_SPEED"):
+        load_engine("piper", {"TTS_SPEED": "fast"})  # the engine's own settings, checked when it is selected
+    with pytest.raises(ValueError, match="unknown TTS backend 'festival' \\(expected piper\\)"):
+        load_engine("festival", {})
+
+    @dataclass(frozen=True)
+    class EchoConfig:
+        rate_hz: int = env_field("ECHO_TTS_RATE_HZ", 8000, parse_int(min_value=1), "output rate, Hz")
+
+    class Echo:
+        def __init__(self, config: EchoConfig) -> None:
+            self.sample_rate = config.rate_hz
+
+        def synthesize(self, text: str) -> Iterator[np.ndarray]:
+            yield np.zeros(len(text), dtype=np.float32)
+
+        def warmup(self) -> None:
+            pass
+
+    registry = dict(ENGINES)
+    try:  # a new engine: its module's spec plus one registry line
+        ENGINES["echo"] = EngineSpec("echo", EchoConfig, Echo)
+        engine = load_engine("echo", {"ECHO_TTS_RATE_HZ": "16000"})
+        assert isinstance(engine, TtsEngine) and engine.sample_rate == 16000
+    finally:
+        ENGINES.clear()
+        ENGINES.update(registry)
 
 
 def test_contract_lists_inputs_outputs_and_env() -> None:
@@ -522,7 +558,7 @@ def test_contract_lists_inputs_outputs_and_env() -> None:
     env = CONTRACT.env()
     for name in ("TTS_BACKEND", "ENABLE_INTERNAL_SEGMENTATION", "TTS_MAX_SEGMENT_LENGTH", "TTS_MIN_SEGMENT_LENGTH",
                  "RETURN_FRAGMENT", "FRAGMENT_INTERVAL", "TTS_NORMALIZE_TEXT", "TTS_THREADS", "TTS_VOICE_PATH",
-                 "TTS_VOICE_CONFIG", "TTS_SPEED"):
+                 "TTS_VOICE_CONFIG", "TTS_SPEED", "TTS_SPEAKER_ID"):  # the node's and the Piper engine's
         assert name in env
 
 
@@ -531,7 +567,7 @@ def test_contract_lists_inputs_outputs_and_env() -> None:
 
 @pytest.fixture(scope="module")
 def piper():
-    from dora_voice.tts_engines import PiperEngine, resolve_voice_paths
+    from dora_voice.tts_engines.piper import PiperEngine, resolve_voice_paths
 
     model, config = resolve_voice_paths()
     engine = PiperEngine(model, config, threads=1)
@@ -551,7 +587,7 @@ def test_piper_yields_one_float32_chunk_per_sentence(piper) -> None:
 
 
 def test_piper_speed_shortens_the_audio(piper) -> None:
-    from dora_voice.tts_engines import PiperEngine, resolve_voice_paths
+    from dora_voice.tts_engines.piper import PiperEngine, resolve_voice_paths
 
     text = "The quick brown fox jumps over the lazy dog."
     normal = sum(len(c) for c in piper.synthesize(text))
@@ -602,7 +638,7 @@ def test_a_file_that_is_not_a_voice_is_a_model_error(tmp_path) -> None:
     model.write_bytes(b"not an onnx model")
     (tmp_path / "voice.onnx.json").write_text("{}")
     with pytest.raises(ModelError, match="cannot load Piper voice"):
-        load_engine("piper", voice_path=model)
+        load_engine("piper", {"TTS_VOICE_PATH": str(model)})
 
 
 def test_fragments_say_whether_their_segment_ends_at_punctuation(clock: FakeClock) -> None:

