@@ -19,7 +19,7 @@ REPLY = ["Sure,", "here is a short answer in three sentences.", "Each one become
 
 @pytest.fixture(scope="module")
 def fragments() -> list[AudioFragment]:
-    engine = load_engine("piper", threads=1)
+    engine = load_engine("piper", {"TTS_THREADS": "1"})
     core = TtsCore(load_config(TtsConfig, {"FRAGMENT_INTERVAL": "0.25"}), engine)
     out = []
     for index, text in enumerate(REPLY):
