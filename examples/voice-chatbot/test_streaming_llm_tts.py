@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import uuid
 
 DEFAULT_QUERIES = [
@@ -36,6 +35,7 @@ def main() -> None:
 
     from dora_voice.config import ConfigError, load_config
     from dora_voice.logs import setup_logging
+    from dora_voice.nodes import fatal
     from dora_voice.nodes.text_input import TextInputConfig, TextInputCore
     from dora_voice.runtime import declared_inputs, run_node
 
@@ -50,9 +50,9 @@ def main() -> None:
     try:
         node = Node(args.node_id) if args.dynamic else Node()
     except RuntimeError as exc:
-        sys.exit(f"could not attach as dynamic node {args.node_id!r}: {exc}\n"
-                 "start the dataflow first (dora up && dora start test_streaming_pipeline.yml) and declare "
-                 f"`- id: {args.node_id}` with `path: dynamic` in it")
+        fatal("test_streaming_llm_tts.py", f"could not attach as dynamic node {args.node_id!r}: {exc}; start the "
+              "dataflow first (dora up && dora start test_streaming_pipeline.yml) and declare "
+              f"`- id: {args.node_id}` with `path: dynamic` in it")
     paced = "playback" in (declared_inputs(node) or {"playback"})
     session = config.session_id or os.environ.get("SESSION_ID") or uuid.uuid4().hex[:12]
     run_node(node, TextInputCore(queries, session, config.interval_s, paced))
