@@ -83,7 +83,7 @@ def test_two_utterances_two_turns_nothing_lost(tmp_path: Path) -> None:
     assert [t["turn_id"] for t in turns] == [0, 1], result.log[-4000:]
     for turn in turns:
         check_turn(turn)
-    # Corpus WER over both utterances (Whisper tiny.en, greedy: 5.9-7.9 % on these recordings per MODELS.md).
+    # Corpus WER over both utterances (Whisper tiny.en, greedy: 5.9-7.9 % on these recordings, README).
     reference = TRANSCRIPTS[a] + " " + TRANSCRIPTS[b]
     hypothesis = turns[0]["transcript"] + " " + turns[1]["transcript"]
     assert wer(reference, hypothesis) <= 0.20, hypothesis

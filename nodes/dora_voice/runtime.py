@@ -8,9 +8,9 @@ Cooperative scheduling: a core that has work in progress (an LLM generating, a T
 :meth:`NodeCore.busy`; the loop then polls for events without blocking (``Node.try_recv``) between units of work
 (:meth:`NodeCore.step`), so control messages such as a barge-in are seen within one unit of work.
 
-Nothing is lost: the loop never ``break``s on STOP (dora can deliver STOP before queued inputs, DESIGN.md); it
-drains until the event stream ends, or until the core reports :meth:`NodeCore.finished` (needed where a feedback
-edge would otherwise keep an input open forever).
+Nothing is lost: the loop never ``break``s on STOP (dora can deliver STOP before queued inputs:
+``docs/architecture.md``); it drains until the event stream ends, or until the core reports
+:meth:`NodeCore.finished` (needed where a feedback edge would otherwise keep an input open forever).
 
 Bad input: a :class:`~dora_voice.schema.SchemaError` or ``ValueError`` from the core is logged with the input id,
 counted in :attr:`NodeCore.input_errors`, reported to the monitor as a ``input_error`` timing event, and the node
