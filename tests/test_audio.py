@@ -100,32 +100,6 @@ def test_fades_start_and_end_at_zero() -> None:
     assert short[0] == 0.0 and short[-1] == pytest.approx(1.0)
 
 
-def test_equal_power_crossfade_keeps_power_constant() -> None:
-    rng = np.random.default_rng(0)
-    n = 200_000
-    a = rng.normal(0, 0.1, n).astype(np.float32)
-    b = rng.normal(0, 0.1, n).astype(np.float32)
-    mixed = audio.equal_power_crossfade(a, b)
-    window_power = np.mean(np.square(mixed).reshape(20, -1), axis=1)
-    np.testing.assert_allclose(window_power, 0.01, rtol=0.05)
-    assert mixed[0] == pytest.approx(a[0]) and mixed[-1] == pytest.approx(b[-1])
-    # the gains themselves: cos^2 + sin^2 == 1 at every sample
-    ones = np.ones(64, np.float32)
-    gain_a = audio.equal_power_crossfade(ones, np.zeros(64, np.float32))
-    gain_b = audio.equal_power_crossfade(np.zeros(64, np.float32), ones)
-    np.testing.assert_allclose(gain_a ** 2 + gain_b ** 2, 1.0, atol=1e-6)
-    with pytest.raises(ValueError):
-        audio.equal_power_crossfade(ones, ones[:10])
-
-
-def test_rms_dbfs() -> None:
-    assert audio.rms_dbfs(np.ones(100)) == pytest.approx(0.0)
-    assert audio.rms_dbfs(tone(1000, 1.0, 16_000, 1.0)) == pytest.approx(-3.01, abs=0.01)
-    assert audio.rms_dbfs(np.full(100, 0.1)) == pytest.approx(-20.0)
-    assert audio.rms_dbfs(np.zeros(10)) == float("-inf")
-    assert audio.rms_dbfs(np.zeros(0)) == float("-inf")
-
-
 def test_parse_device() -> None:
     assert audio.parse_device("") is None
     assert audio.parse_device(" 3 ") == 3

@@ -29,7 +29,7 @@ from dora_voice.schema import (
     VadEventKind,
 )
 
-pytestmark = pytest.mark.device
+pytestmark = [pytest.mark.device, pytest.mark.real_time]
 
 RATE = 48_000
 

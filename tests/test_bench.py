@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import DATA, TRANSCRIPTS
+from recordings import DATA, TRANSCRIPTS
 from dora_voice.models import TEST_LLM
 from dora_voice_monitor.collector import TurnRecord
 from dora_voice_tools.bench import cli as bench_cli
@@ -443,6 +443,7 @@ def test_rss_sampler_reads_node_descendants_only(tmp_path: Path) -> None:
     assert sampler.samples == taken
 
 
+@pytest.mark.real_time
 def test_rss_sampler_thread_samples_until_stopped(tmp_path: Path) -> None:
     proc = tmp_path / "proc"
     proc.mkdir()

@@ -9,22 +9,18 @@ import re
 from pathlib import Path
 
 import jiwer
-import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import TRANSCRIPTS, load_clip
-from dora_voice.models import TEST_ASR, TEST_LLM
 from dora_voice_tools.launcher import run_dataflow
+from recordings import E2E_SETTINGS, TRANSCRIPTS, active_seconds, compose, load_clip, silence
 
 VOICE_DATAFLOW = Path(__file__).resolve().parents[1] / "dataflows" / "voice-chatbot.yml"
 
 pytestmark = pytest.mark.e2e
 
-RATE = 16_000
 REQUIRED = ("turn_id", "transcript", "reply", "asr_latency_ms", "llm_ttft_ms", "tts_ttfb_ms", "first_audio_ms",
             "llm_start_to_first_audio_ms", "segments")
-SMALL_MODELS = {"LLM_MODEL": TEST_LLM, "ASR_MODEL": TEST_ASR, "LLM_MAX_TOKENS": "60", "LOG_LEVEL": "INFO"}
 _NUMBERS = {"0": "zero", "1": "one", "2": "two", "3": "three", "4": "four", "5": "five", "6": "six", "7": "seven",
             "8": "eight", "9": "nine", "10": "ten", "11": "eleven", "12": "twelve"}
 
@@ -36,33 +32,6 @@ def normalize(text: str) -> str:
 
 def wer(reference: str, hypothesis: str) -> float:
     return jiwer.wer(normalize(reference), normalize(hypothesis))
-
-
-def compose(path: Path, parts: list[np.ndarray]) -> list[tuple[float, float]]:
-    """Write the parts one after another; return (start_s, end_s) of each non-silent part."""
-    spans, t = [], 0.0
-    for part in parts:
-        if np.any(part):
-            spans.append((t, t + len(part) / RATE))
-        t += len(part) / RATE
-    sf.write(path, np.concatenate(parts), RATE, subtype="PCM_16")
-    return spans
-
-
-def silence(seconds: float) -> np.ndarray:
-    return np.zeros(int(seconds * RATE), dtype=np.float32)
-
-
-def active_seconds(samples: np.ndarray, rate: int, threshold_dbfs: float = -40.0) -> tuple[float, float | None]:
-    """Seconds of 20 ms frames louder than ``threshold_dbfs``, and the time of the first such frame."""
-    frame = int(0.02 * rate)
-    n = len(samples) // frame
-    if n == 0:
-        return 0.0, None
-    rms = np.sqrt(np.mean(samples[: n * frame].reshape(n, frame) ** 2, axis=1) + 1e-12)
-    loud = 20 * np.log10(rms) > threshold_dbfs
-    first = float(np.argmax(loud)) * frame / rate if loud.any() else None
-    return float(loud.sum()) * frame / rate, first
 
 
 def check_turn(turn: dict) -> None:
@@ -81,7 +50,7 @@ def test_one_question_streamed_answer(tmp_path: Path) -> None:
     spans = compose(tmp_path / "in.wav", [silence(0.5), load_clip(clip), silence(0.3)])
     out_wav = tmp_path / "answer.wav"
     result = run_dataflow(VOICE_DATAFLOW, tmp_path,
-                          {**SMALL_MODELS, "AUDIO_INPUT": str(tmp_path / "in.wav"), "AUDIO_OUTPUT": str(out_wav)},
+                          {**E2E_SETTINGS, "AUDIO_INPUT": str(tmp_path / "in.wav"), "AUDIO_OUTPUT": str(out_wav)},
                           timeout_s=240)
     assert result.returncode == 0, result.log[-4000:]
     assert len(result.turns) == 1, result.log[-4000:]
@@ -107,14 +76,14 @@ def test_two_utterances_two_turns_nothing_lost(tmp_path: Path) -> None:
     a, b = "librivox-0880.wav", "cards-005.wav"
     compose(tmp_path / "in.wav", [silence(0.5), load_clip(a), silence(2.0), load_clip(b), silence(0.3)])
     result = run_dataflow(VOICE_DATAFLOW, tmp_path,
-                          {**SMALL_MODELS, "AUDIO_INPUT": str(tmp_path / "in.wav"),
+                          {**E2E_SETTINGS, "AUDIO_INPUT": str(tmp_path / "in.wav"),
                            "AUDIO_OUTPUT": str(tmp_path / "out.wav"), "BARGE_IN": "false"}, timeout_s=300)
     assert result.returncode == 0, result.log[-4000:]
     turns = sorted(result.turns, key=lambda t: t["turn_id"])
     assert [t["turn_id"] for t in turns] == [0, 1], result.log[-4000:]
     for turn in turns:
         check_turn(turn)
-    # Corpus WER over both utterances (Whisper tiny.en, greedy: 5.9-7.9 % on these recordings per MODELS.md).
+    # Corpus WER over both utterances (Whisper tiny.en, greedy: 5.9-7.9 % on these recordings, README).
     reference = TRANSCRIPTS[a] + " " + TRANSCRIPTS[b]
     hypothesis = turns[0]["transcript"] + " " + turns[1]["transcript"]
     assert wer(reference, hypothesis) <= 0.20, hypothesis

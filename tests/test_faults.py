@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 import monitor_scenarios as sc
-from conftest import FakeClock
 from dora_voice import audio
 from dora_voice.config import ConfigError, load_config
 from dora_voice.nodes.llm import LlmConfig, LlmCore
@@ -27,10 +26,10 @@ from dora_voice.sinks import FileSink
 from dora_voice.turns import MAX_TURN_ID_STEP
 from dora_voice_monitor import collector as collector_module
 from dora_voice_monitor.collector import MAX_SEGMENTS_PER_TURN, TimingCollector, build_turn
-from test_llm_core import ScriptedBackend, run_all, segments, timings
-from test_speaker import Harness, dc, fragment
-from test_tts import Out, check_turn, chunk, drain, send
-from test_tts import make as make_tts
+from fakes import (
+    FakeClock, ScriptedBackend, check_turn, chunk, dc, drain, fragment, make_tts, run_all, segments, send, timings,
+)
+from fakes import SpeakerHarness as Harness
 
 BIG = 10 ** 12
 
@@ -271,6 +270,7 @@ def test_report_counts_chunks_a_dead_tts_never_delivered() -> None:
     assert turn.segments == 3 and turn.segments_lost == 3 and not turn.interrupted
 
 
+@pytest.mark.real_time
 def test_wav_sink_writes_what_was_heard_without_a_clean_close(tmp_path) -> None:
     path = tmp_path / "heard.wav"
     sink = FileSink(path, 16_000)

@@ -68,6 +68,7 @@ def llama() -> LlamaCppBackend:
     return LlamaCppBackend(resolve_llm(None, TEST_LLM), threads=2, context_tokens=1024, temperature=0.0, seed=1)
 
 
+@pytest.mark.real_model
 def test_llama_cpp_streams_and_can_be_stopped(llama: LlamaCppBackend) -> None:
     messages = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Count to ten."}]
     stream = llama.stream(messages, max_tokens=40)
@@ -77,3 +78,16 @@ def test_llama_cpp_streams_and_can_be_stopped(llama: LlamaCppBackend) -> None:
     again = list(llama.stream(messages, max_tokens=5))
     assert 1 <= len(again) <= 5
     assert llama.count_tokens("hello world") >= 2
+
+
+@pytest.mark.real_model
+def test_llama_cpp_ignore_eos_runs_to_max_tokens() -> None:
+    # What the end-to-end tests rely on: however the small model would have answered, the reply is max_tokens long.
+    backend = LlamaCppBackend(resolve_llm(None, TEST_LLM), threads=2, context_tokens=512, temperature=0.0, seed=1,
+                              ignore_eos=True)
+    assert backend.logit_bias and set(backend.logit_bias.values()) == {float("-inf")}
+    assert backend.llm.token_eos() in backend.logit_bias
+    messages = [{"role": "system", "content": "Reply with one word."}, {"role": "user", "content": "Say yes."}]
+    reply = "".join(backend.stream(messages, max_tokens=24))
+    assert backend.finish_reason == "length", reply
+    assert backend.count_tokens(reply) >= 20

@@ -9,34 +9,10 @@ from dora_voice.config import ConfigError, load_config
 from dora_voice.history import ConversationHistory, HistoryStrategy
 from dora_voice.nodes.llm import PACING_POLL_S, LlmConfig, LlmCore
 from dora_voice.schema import (
-    Output, PlaybackEvent, PlaybackKind, SegmentDone, TextSegment, TimingEvent, TimingKind, Transcript,
+    PlaybackEvent, PlaybackKind, SegmentDone, TimingKind, Transcript,
 )
 
-
-class ScriptedBackend:
-    """Yields a fixed reply token by token and records the prompts it was given."""
-
-    name = "scripted"
-
-    def __init__(self, tokens: list[str]) -> None:
-        self.tokens = tokens
-        self.prompts: list[list[dict]] = []
-        self.warmups: list[list[dict]] = []
-        self.closed = 0
-
-    def stream(self, messages, max_tokens):
-        self.prompts.append(messages)
-        try:
-            yield from self.tokens[:max_tokens]
-        finally:
-            self.closed += 1
-
-    def count_tokens(self, text: str) -> int:
-        return len(text.split())
-
-    def warmup(self, messages) -> None:
-        self.warmups.append(messages)
-
+from fakes import ScriptedBackend, run_all, segments, timings
 
 REPLY = ["Sure", ",", " the", " answer", " is", " 3", ".", "14", ".", " That", " is", " pi", " to", " two",
          " places", ".", " Mr", ".", " Smith", " agrees", " with", " it"]
@@ -53,21 +29,6 @@ def make(env: dict | None = None, tokens=REPLY, clock=None, sleep=None) -> tuple
 
 def ask(core: LlmCore, text: str, turn_id: int) -> list:
     return core.handle("text", *Transcript(text, "s", turn_id, 0, 1, "text").encode())
-
-
-def run_all(core: LlmCore) -> list:
-    out = []
-    while core.busy():
-        out += core.step()
-    return out
-
-
-def segments(out: list) -> list[TextSegment]:
-    return [TextSegment.decode(v, m) for (oid, v, m) in out if oid == Output.TEXT]
-
-
-def timings(out: list) -> list[TimingEvent]:
-    return [TimingEvent.decode(v, m) for (oid, v, m) in out if oid == Output.TIMING]
 
 
 def test_streaming_chunks_cover_the_reply_in_order() -> None:

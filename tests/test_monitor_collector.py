@@ -20,6 +20,7 @@ from dora_voice_monitor import report
 from dora_voice_monitor.collector import TimingCollector, TurnRecord, percentile, summarize
 from dora_voice_monitor.node import CONTRACT, MonitorConfig, MonitorCore
 from dora_voice_monitor.sinks import WavCollector
+from fakes import FakeClock
 
 REQUIRED_JSON_FIELDS = {
     "turn_id", "transcript", "reply", "asr_latency_ms", "llm_ttft_ms", "llm_first_chunk_ms", "tts_ttfb_ms",
@@ -31,22 +32,9 @@ REQUIRED_CHUNK_FIELDS = {"segment_index", "tokens", "llm_ttft_ms", "llm_gen_ms",
                          "audio_ms", "combined_ms", "text"}
 
 
-class FakeClock:
-    """Monotonic ns clock the test advances by hand."""
-
-    def __init__(self) -> None:
-        self.now_ns = 0
-
-    def __call__(self) -> int:
-        return self.now_ns
-
-    def advance(self, seconds: float) -> None:
-        self.now_ns += int(seconds * 1e9)
-
-
 def collect(events: list[TimingEvent]) -> dict[int, TurnRecord]:
     """Feed ``events`` in the given order, let the grace period run out, flush; turns by id."""
-    clock = FakeClock()
+    clock = FakeClock(0)
     collector = TimingCollector(grace_s=2.0, clock_ns=clock)
     turns = []
     for event in events:
@@ -137,7 +125,7 @@ def test_lost_segment_split_chunk_and_input_error(turns):
 
 
 def test_speech_without_transcript_is_not_a_turn():
-    collector = TimingCollector(clock_ns=FakeClock())
+    collector = TimingCollector(clock_ns=FakeClock(0))
     reported = [t for e in sc.all_turns() for t in collector.add(e)] + collector.flush()
     assert sorted(t.turn_id for t in reported) == [0, 1, 2]
     assert collector.unanswered_turns == [3]
@@ -172,7 +160,7 @@ def test_fallbacks_when_vad_events_are_missing():
 
 
 def test_turn_reported_when_its_last_event_arrives_not_before():
-    collector = TimingCollector(clock_ns=FakeClock())
+    collector = TimingCollector(clock_ns=FakeClock(0))
     events = sc.turn0()
     for event in events[:-1]:
         assert collector.add(event) == []
@@ -185,7 +173,7 @@ def test_turn_played_first_waits_for_the_other_nodes():
     events = sc.turn0()
     played = [e for e in events if e.node == "speaker"]
     others = [e for e in events if e.node != "speaker"]
-    collector = TimingCollector(clock_ns=FakeClock())
+    collector = TimingCollector(clock_ns=FakeClock(0))
     for event in played + others[:-1]:
         assert collector.add(event) == []
     assert [t.turn_id for t in collector.add(others[-1])] == [0]
@@ -193,7 +181,7 @@ def test_turn_played_first_waits_for_the_other_nodes():
 
 def test_ambiguous_turn_waits_for_grace_then_reports():
     """Fewer segments played than synthesized and no barge-in: wait for the grace period."""
-    clock = FakeClock()
+    clock = FakeClock(0)
     collector = TimingCollector(grace_s=2.0, clock_ns=clock)
     for event in sc.turn2():
         assert collector.add(event) == []
@@ -205,7 +193,7 @@ def test_ambiguous_turn_waits_for_grace_then_reports():
 
 
 def test_missing_event_reports_incomplete_turn_after_grace():
-    clock = FakeClock()
+    clock = FakeClock(0)
     collector = TimingCollector(grace_s=2.0, clock_ns=clock)
     for event in sc.turn0():
         if event.kind is not TimingKind.TTS_DONE:
@@ -217,7 +205,7 @@ def test_missing_event_reports_incomplete_turn_after_grace():
 
 
 def test_flush_reports_open_turns_as_incomplete():
-    collector = TimingCollector(clock_ns=FakeClock())
+    collector = TimingCollector(clock_ns=FakeClock(0))
     for event in sc.turn0()[:6]:
         collector.add(event)
     (turn,) = collector.flush()
@@ -226,7 +214,7 @@ def test_flush_reports_open_turns_as_incomplete():
 
 
 def test_late_event_is_dropped_not_double_reported(caplog):
-    collector = TimingCollector(clock_ns=FakeClock())
+    collector = TimingCollector(clock_ns=FakeClock(0))
     reported = [t for e in sc.turn0() for t in collector.add(e)]
     assert len(reported) == 1
     assert collector.add(sc.turn0()[0]) == [] and collector.flush() == []

@@ -11,7 +11,10 @@ from dora_voice.config import load_config
 from dora_voice.nodes.tts import TtsConfig, TtsCore
 from dora_voice.schema import AudioFragment, Key, Output, TextSegment, TimingKind
 from dora_voice.tts_engines import load_engine
-from test_speaker import Harness, max_jump
+from fakes import SpeakerHarness as Harness
+from fakes import max_jump
+
+pytestmark = pytest.mark.real_model
 
 REPLY = ["Sure,", "here is a short answer in three sentences.", "Each one becomes a segment of its own.",
          "And this is the last one."]

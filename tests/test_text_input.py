@@ -23,14 +23,14 @@ def test_waits_for_each_answer_to_finish_playing(clock) -> None:
     first = sent(core.step())
     assert [t.text for t in first] == ["one"] and first[0].turn_id == 0 and first[0].source == "text"
     assert not core.busy()  # waiting for turn 0 to be played
-    core.handle("playback", *done(0, clock.now_ns + 3_000_000_000))  # its audio ends 3 s from now
+    core.handle("playback", *done(0, clock.t_ns + 3_000_000_000))  # its audio ends 3 s from now
     assert core.busy()
     assert sent(core.step()) == []  # still playing: not yet
     assert slept == [POLL_S]  # waited one poll on the injected sleep
     clock.advance(3.0)
     assert [t.text for t in sent(core.step())] == ["two"]
     assert not core.finished()
-    core.handle("playback", *done(1, clock.now_ns))
+    core.handle("playback", *done(1, clock.t_ns))
     assert core.finished()
 
 

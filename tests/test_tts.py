@@ -7,9 +7,8 @@ reports is exact.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -18,125 +17,17 @@ import pytest
 from dora_voice.config import ConfigError, env_field, load_config, parse_int
 from dora_voice.nodes.tts import CONTRACT, TtsConfig, TtsCore
 from dora_voice.schema import (
-    MAX_TEXT_CHARS, AudioFragment, Key, Output, PlaybackEvent, PlaybackKind, SegmentDone, TextSegment, TimingEvent,
-    TimingKind, VadEvent, VadEventKind,
+    MAX_TEXT_CHARS, Key, Output, PlaybackEvent, PlaybackKind, TimingKind, VadEvent, VadEventKind,
 )
 from dora_voice.tts_engines import TtsEngine
-
-from conftest import FakeClock
-
-RATE = 1000  # Hz: one sample per millisecond keeps the arithmetic readable
-
-
-@dataclass
-class FakeEngine:
-    """Scripted synthesizer.
-
-    Each sentence of the text (split after ``.!?``) becomes one chunk of ``ms_per_char`` ms of audio per character,
-    unless ``script`` gives the chunk durations (s) for that exact text. Pulling a chunk advances ``clock`` by
-    ``synth_s`` (the engine's compute time for it). ``fail_on`` makes synthesis raise after the first chunk.
-    """
-
-    clock: FakeClock
-    sample_rate: int = RATE
-    ms_per_char: float = 50.0
-    synth_s: float = 0.05
-    script: dict[str, list[float]] = field(default_factory=dict)
-    fail_on: str | None = None
-    texts: list[str] = field(default_factory=list)
-    pulls: int = 0
-
-    def synthesize(self, text: str) -> Iterator[np.ndarray]:
-        self.texts.append(text)
-        durations = self.script.get(text)
-        if durations is None:
-            durations = [len(s) * self.ms_per_char / 1000 for s in re.split(r"(?<=[.!?])\s+", text) if s]
-        for i, seconds in enumerate(durations):
-            if self.fail_on == text and i == 1:
-                raise RuntimeError("engine exploded")
-            self.clock.advance(self.synth_s)
-            self.pulls += 1
-            yield np.full(round(seconds * self.sample_rate), 0.25, np.float32)
-
-    def warmup(self) -> None:
-        pass
-
-
-@dataclass
-class Out:
-    """Decoded outputs of a run."""
-
-    audio: list[AudioFragment] = field(default_factory=list)
-    done: list[SegmentDone] = field(default_factory=list)
-    timing: list[TimingEvent] = field(default_factory=list)
-
-    def add(self, emits: list[tuple[str, pa.Array, dict[str, Any]]]) -> "Out":
-        for output_id, value, meta in emits:
-            if output_id == Output.AUDIO:
-                self.audio.append(AudioFragment.decode(value, meta))
-            elif output_id == Output.SEGMENT_DONE:
-                self.done.append(SegmentDone.decode(value, meta))
-            else:
-                assert output_id == Output.TIMING, output_id
-                self.timing.append(TimingEvent.decode(value, meta))
-        return self
-
-    def events(self, kind: TimingKind) -> list[TimingEvent]:
-        return [e for e in self.timing if e.kind is kind]
-
-    def segments(self, turn_id: int = 1) -> dict[int, list[AudioFragment]]:
-        by_segment: dict[int, list[AudioFragment]] = {}
-        for f in self.audio:
-            if f.turn_id == turn_id:
-                by_segment.setdefault(f.segment_index, []).append(f)
-        return by_segment
-
-
-def chunk(text: str, index: int, *, turn: int = 1, final: bool = False) -> tuple[pa.Array, dict[str, Any]]:
-    return TextSegment(text=text, session_id="s1", turn_id=turn, segment_index=index, is_streaming=True,
-                       is_final=final, tokens=4, llm_start_ns=0, t_ns=0).encode()
-
-
-def speech_started(turn: int) -> tuple[pa.Array, dict[str, Any]]:
-    return VadEvent(VadEventKind.SPEECH_STARTED, "s1", turn, 0, 0).encode()
-
-
-def make(clock: FakeClock, **env: str) -> tuple[TtsCore, FakeEngine]:
-    engine = FakeEngine(clock)
-    return TtsCore(load_config(TtsConfig, env), engine, clock_ns=clock), engine
-
-
-def drain(core: TtsCore, out: Out | None = None) -> Out:
-    out = out or Out()
-    while core.busy():
-        out.add(core.step())
-    return out
-
-
-def send(core: TtsCore, *messages: tuple[str, tuple[pa.Array, dict[str, Any]]]) -> Out:
-    out = Out()
-    for input_id, (value, meta) in messages:
-        out.add(core.handle(input_id, value, meta))
-    return out
-
-
-def check_turn(out: Out, turn_id: int = 1) -> None:
-    """Invariants of one turn's audio: contiguous indices, last flags, exactly one is_final at the very end."""
-    fragments = [f for f in out.audio if f.turn_id == turn_id]
-    assert sum(f.is_final for f in fragments) == 1 and fragments[-1].is_final
-    segments = out.segments(turn_id)
-    assert list(segments) == list(range(len(segments)))
-    for frags in segments.values():
-        assert [f.fragment_index for f in frags] == list(range(len(frags)))
-        assert [f.is_last_fragment for f in frags] == [False] * (len(frags) - 1) + [True]
-    assert all(f.sample_rate == RATE and f.session_id == "s1" for f in fragments)
+from fakes import FakeClock, Out, check_turn, chunk, drain, make_tts, send, speech_started
 
 
 # -- fragments --------------------------------------------------------------------------------------------------
 
 
 def test_fragments_are_fragment_interval_long_and_cover_the_audio(clock: FakeClock) -> None:
-    core, engine = make(clock, FRAGMENT_INTERVAL="0.3")
+    core, engine = make_tts(clock, FRAGMENT_INTERVAL="0.3")
     engine.script["Hello there."] = [1.0, 0.45]
     out = send(core, ("text", chunk("Hello there.", 0, final=True)))
     assert not out.audio and core.busy()  # on_input only enqueues
@@ -149,7 +40,7 @@ def test_fragments_are_fragment_interval_long_and_cover_the_audio(clock: FakeClo
 
 
 def test_first_fragment_leaves_as_soon_as_the_engine_yields_its_first_chunk(clock: FakeClock) -> None:
-    core, engine = make(clock, FRAGMENT_INTERVAL="0.3")
+    core, engine = make_tts(clock, FRAGMENT_INTERVAL="0.3")
     engine.script["Hi. How are you today?"] = [0.2, 1.0]
     send(core, ("text", chunk("Hi. How are you today?", 0, final=True)))
     first = Out().add(list(core.step()))
@@ -162,7 +53,7 @@ def test_first_fragment_leaves_as_soon_as_the_engine_yields_its_first_chunk(cloc
 
 
 def test_without_return_fragment_one_fragment_per_segment(clock: FakeClock) -> None:
-    core, engine = make(clock, RETURN_FRAGMENT="false")
+    core, engine = make_tts(clock, RETURN_FRAGMENT="false")
     engine.script["One two three. Four five six."] = [0.7, 0.8]
     out = drain(core, send(core, ("text", chunk("One two three. Four five six.", 0, final=True))))
     assert len(out.audio) == 1
@@ -171,7 +62,7 @@ def test_without_return_fragment_one_fragment_per_segment(clock: FakeClock) -> N
 
 
 def test_segmentation_numbering_and_text_segment_index(clock: FakeClock) -> None:
-    core, engine = make(clock, TTS_MAX_SEGMENT_LENGTH="40", TTS_MIN_SEGMENT_LENGTH="10")
+    core, engine = make_tts(clock, TTS_MAX_SEGMENT_LENGTH="40", TTS_MIN_SEGMENT_LENGTH="10")
     long_chunk = "The first sentence is here. The second one follows it. And a third."
     out = send(core, ("text", chunk("Sure, happy to help.", 0)), ("text", chunk(long_chunk, 1)),
                ("text", chunk("Bye now.", 2, final=True)))
@@ -186,7 +77,7 @@ def test_segmentation_numbering_and_text_segment_index(clock: FakeClock) -> None
 
 
 def test_segment_done_comes_after_all_segments_of_its_chunk(clock: FakeClock) -> None:
-    core, _ = make(clock, TTS_MAX_SEGMENT_LENGTH="30", TTS_MIN_SEGMENT_LENGTH="5")
+    core, _ = make_tts(clock, TTS_MAX_SEGMENT_LENGTH="30", TTS_MIN_SEGMENT_LENGTH="5")
     send(core, ("text", chunk("Alpha beta gamma. Delta epsilon zeta.", 0)))
     emitted: list[str] = []
     while core.busy():
@@ -197,7 +88,7 @@ def test_segment_done_comes_after_all_segments_of_its_chunk(clock: FakeClock) ->
 
 
 def test_batch_mode_makes_one_segment_of_the_whole_reply(clock: FakeClock) -> None:
-    core, engine = make(clock, ENABLE_INTERNAL_SEGMENTATION="false", TTS_MAX_SEGMENT_LENGTH="20")
+    core, engine = make_tts(clock, ENABLE_INTERNAL_SEGMENTATION="false", TTS_MAX_SEGMENT_LENGTH="20")
     reply = "This is a whole reply. It has three sentences. All of them go to the engine at once."
     out = drain(core, send(core, ("text", chunk(reply, 0, final=True))))
     assert engine.texts == [reply]
@@ -206,7 +97,7 @@ def test_batch_mode_makes_one_segment_of_the_whole_reply(clock: FakeClock) -> No
 
 
 def test_first_chunk_of_a_turn_may_be_cut_at_a_clause(clock: FakeClock) -> None:
-    core, engine = make(clock, TTS_MAX_SEGMENT_LENGTH="60", TTS_MIN_SEGMENT_LENGTH="10")
+    core, engine = make_tts(clock, TTS_MAX_SEGMENT_LENGTH="60", TTS_MIN_SEGMENT_LENGTH="10")
     text = "Well, the weather looks fine, sunny and warm all day."
     drain(core, send(core, ("text", chunk(text, 0)), ("text", chunk(text, 1, final=True))))
     # "Well," is shorter than TTS_MIN_SEGMENT_LENGTH; later chunks are cut only at sentence ends.
@@ -214,7 +105,7 @@ def test_first_chunk_of_a_turn_may_be_cut_at_a_clause(clock: FakeClock) -> None:
 
 
 def test_first_segment_of_a_turn_is_capped_shorter_when_the_text_runs_on(clock: FakeClock) -> None:
-    core, engine = make(clock, TTS_FIRST_SEGMENT_MAX_LENGTH="30", TTS_MAX_SEGMENT_LENGTH="80",
+    core, engine = make_tts(clock, TTS_FIRST_SEGMENT_MAX_LENGTH="30", TTS_MAX_SEGMENT_LENGTH="80",
                         TTS_MIN_SEGMENT_LENGTH="10")
     text = "The tower was built for the fair in Paris and it was the tallest structure in the world then."
     out = drain(core, send(core, ("text", chunk(text, 0)), ("text", chunk(text, 1, final=True))))
@@ -232,7 +123,7 @@ def test_first_segment_of_a_turn_is_capped_shorter_when_the_text_runs_on(clock: 
      "Sure, that is a fine idea,"),
 ])
 def test_first_segment_prefers_a_natural_pause_within_the_max(clock: FakeClock, text: str, first: str) -> None:
-    core, engine = make(clock, TTS_FIRST_SEGMENT_MAX_LENGTH="30", TTS_MAX_SEGMENT_LENGTH="80",
+    core, engine = make_tts(clock, TTS_FIRST_SEGMENT_MAX_LENGTH="30", TTS_MAX_SEGMENT_LENGTH="80",
                         TTS_MIN_SEGMENT_LENGTH="10")
     drain(core, send(core, ("text", chunk(text, 0, final=True))))
     assert engine.texts[0] == first
@@ -240,7 +131,7 @@ def test_first_segment_prefers_a_natural_pause_within_the_max(clock: FakeClock, 
 
 
 def test_long_sentence_is_cut_near_max_segment_length(clock: FakeClock) -> None:
-    core, engine = make(clock, TTS_MAX_SEGMENT_LENGTH="40", TTS_MIN_SEGMENT_LENGTH="10")
+    core, engine = make_tts(clock, TTS_MAX_SEGMENT_LENGTH="40", TTS_MIN_SEGMENT_LENGTH="10")
     text = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen"
     out = drain(core, send(core, ("text", chunk("Hello.", 0)), ("text", chunk(text, 1, final=True))))
     assert all(len(t) <= 40 for t in engine.texts) and len(engine.texts) == 4
@@ -252,19 +143,19 @@ def test_long_sentence_is_cut_near_max_segment_length(clock: FakeClock) -> None:
 
 
 def test_normalization_reaches_the_engine(clock: FakeClock) -> None:
-    core, engine = make(clock)
+    core, engine = make_tts(clock)
     drain(core, send(core, ("text", chunk("**Hi** $5", 0, final=True))))
     assert engine.texts == ["Hi five dollars"]
 
 
 def test_normalization_can_be_turned_off(clock: FakeClock) -> None:
-    core, engine = make(clock, TTS_NORMALIZE_TEXT="false")
+    core, engine = make_tts(clock, TTS_NORMALIZE_TEXT="false")
     drain(core, send(core, ("text", chunk("**Hi**   $5", 0, final=True))))
     assert engine.texts == ["**Hi** $5"]
 
 
 def test_code_block_state_is_kept_across_chunks_of_a_turn(clock: FakeClock) -> None:
-    core, engine = make(clock)
+    core, engine = make_tts(clock)
     out = drain(core, send(core, ("text", chunk("Try this:\n```\nx = 1", 0)), ("text", chunk("y = 2\n```", 1)),
                            ("text", chunk("It sets two names.", 2, final=True))))
     assert engine.texts == ["Try this: Code block omitted.", "It sets two names."]
@@ -276,7 +167,7 @@ def test_code_block_state_is_kept_across_chunks_of_a_turn(clock: FakeClock) -> N
 
 
 def test_empty_final_chunk_closes_the_turn(clock: FakeClock) -> None:
-    core, _ = make(clock)
+    core, _ = make_tts(clock)
     out = drain(core, send(core, ("text", chunk("Hello there.", 0)), ("text", chunk("All good.", 1)),
                            ("text", chunk("", 2, final=True))))
     check_turn(out)
@@ -290,7 +181,7 @@ def test_empty_final_chunk_closes_the_turn(clock: FakeClock) -> None:
 
 
 def test_chunks_with_nothing_to_say_make_no_segment_but_the_turn_still_closes(clock: FakeClock) -> None:
-    core, engine = make(clock)
+    core, engine = make_tts(clock)
     out = drain(core, send(core, ("text", chunk("\U0001f600", 0)), ("text", chunk("Hello.", 1)),
                            ("text", chunk("\U0001f44d\U0001f389", 2, final=True))))
     assert engine.texts == ["Hello."]
@@ -301,7 +192,7 @@ def test_chunks_with_nothing_to_say_make_no_segment_but_the_turn_still_closes(cl
 
 def test_the_first_spoken_segment_gets_the_first_segment_rule(clock: FakeClock) -> None:
     # A first chunk with nothing to say (an emoji) does not use up the turn's short first segment.
-    core, engine = make(clock, TTS_MIN_SEGMENT_LENGTH="10")
+    core, engine = make_tts(clock, TTS_MIN_SEGMENT_LENGTH="10")
     text = "Well, the weather looks fine, sunny and warm all day."
     drain(core, send(core, ("text", chunk("\U0001f600", 0)), ("text", chunk(text, 1)),
                      ("text", chunk(text, 2, final=True))))
@@ -309,14 +200,14 @@ def test_the_first_spoken_segment_gets_the_first_segment_rule(clock: FakeClock) 
 
 
 def test_a_reply_with_only_emoji_still_closes(clock: FakeClock) -> None:
-    core, engine = make(clock)
+    core, engine = make_tts(clock)
     out = drain(core, send(core, ("text", chunk("\U0001f600", 0, final=True))))
     assert engine.texts == []
     assert len(out.audio) == 1 and out.audio[0].is_final and out.audio[0].segments_total == 0
 
 
 def test_turns_follow_each_other(clock: FakeClock) -> None:
-    core, _ = make(clock)
+    core, _ = make_tts(clock)
     out = drain(core, send(core, ("text", chunk("First turn.", 0, turn=1, final=True)),
                            ("text", chunk("Second turn.", 0, turn=2)), ("text", chunk("", 1, turn=2, final=True))))
     check_turn(out, 1)
@@ -325,7 +216,7 @@ def test_turns_follow_each_other(clock: FakeClock) -> None:
 
 
 def test_input_end_closes_a_turn_that_never_got_its_final_chunk(clock: FakeClock) -> None:
-    core, _ = make(clock)
+    core, _ = make_tts(clock)
     send(core, ("text", chunk("Hello there.", 0)))
     out = drain(core)
     out.add(list(core.on_end()))
@@ -334,7 +225,7 @@ def test_input_end_closes_a_turn_that_never_got_its_final_chunk(clock: FakeClock
 
 
 def test_node_finishes_once_the_llm_is_done_and_everything_is_synthesized(clock: FakeClock) -> None:
-    core, _ = make(clock)
+    core, _ = make_tts(clock)
     send(core, ("text", chunk("Hello there.", 0)))
     assert not core.finished()
     core.on_input_closed("playback")
@@ -350,9 +241,9 @@ def test_node_finishes_once_the_llm_is_done_and_everything_is_synthesized(clock:
 
 
 def test_timing_events(clock: FakeClock) -> None:
-    core, engine = make(clock, FRAGMENT_INTERVAL="0.3")
+    core, engine = make_tts(clock, FRAGMENT_INTERVAL="0.3")
     engine.synth_s = 0.1
-    received = clock.now_ns
+    received = clock.t_ns
     out = send(core, ("text", chunk("One. Two.", 0)))
     clock.advance(0.5)  # queued half a second behind other work
     send(core, ("text", chunk("Three.", 1, final=True)))
@@ -376,7 +267,7 @@ def test_timing_events(clock: FakeClock) -> None:
 
 
 def test_barge_in_cancels_pending_segments_and_closes_the_turn(clock: FakeClock) -> None:
-    core, engine = make(clock, TTS_MAX_SEGMENT_LENGTH="30", TTS_MIN_SEGMENT_LENGTH="5")
+    core, engine = make_tts(clock, TTS_MAX_SEGMENT_LENGTH="30", TTS_MIN_SEGMENT_LENGTH="5")
     engine.script["First part is here."] = [0.5, 0.5]
     out = send(core, ("text", chunk("First part is here.", 0)), ("text", chunk("Second part. Third part.", 1)))
     out.add(list(core.step()))  # segment 0 started, first engine chunk out
@@ -399,7 +290,7 @@ def test_barge_in_cancels_pending_segments_and_closes_the_turn(clock: FakeClock)
 
 
 def test_barge_in_between_segments_closes_with_a_non_segment_fragment(clock: FakeClock) -> None:
-    core, _ = make(clock)
+    core, _ = make_tts(clock)
     out = drain(core, send(core, ("text", chunk("Done with this one.", 0))))
     out.add(core.handle("events", *speech_started(5)))
     closing = out.audio[-1]
@@ -408,7 +299,7 @@ def test_barge_in_between_segments_closes_with_a_non_segment_fragment(clock: Fak
 
 
 def test_barge_in_ignores_newer_turns_and_speech_ended(clock: FakeClock) -> None:
-    core, _ = make(clock)
+    core, _ = make_tts(clock)
     send(core, ("text", chunk("Answer to three.", 0, turn=3)))
     assert not send(core, ("events", speech_started(3))).audio  # not older than the speech
     assert not send(core, ("events", VadEvent(VadEventKind.SPEECH_ENDED, "s1", 9, 0, 0).encode())).audio
@@ -416,7 +307,7 @@ def test_barge_in_ignores_newer_turns_and_speech_ended(clock: FakeClock) -> None
 
 
 def test_turn_superseded_before_its_text_arrived_is_closed_empty(clock: FakeClock) -> None:
-    core, engine = make(clock)
+    core, engine = make_tts(clock)
     assert not send(core, ("events", speech_started(4))).audio  # nothing open yet
     out = send(core, ("text", chunk("Stale answer.", 0, turn=3)))
     assert len(out.audio) == 1 and out.audio[0].is_final and out.audio[0].segments_total == 0
@@ -425,7 +316,7 @@ def test_turn_superseded_before_its_text_arrived_is_closed_empty(clock: FakeCloc
 
 
 def test_speaker_turn_interrupted_cancels_that_turn(clock: FakeClock) -> None:
-    core, _ = make(clock)
+    core, _ = make_tts(clock)
     send(core, ("text", chunk("One thing.", 0, turn=7)), ("text", chunk("Another thing.", 1, turn=7)))
     event = PlaybackEvent(PlaybackKind.TURN_INTERRUPTED, "s1", 7, -1, -1, 0.0, 0).encode()
     out = send(core, ("playback", event))
@@ -435,7 +326,7 @@ def test_speaker_turn_interrupted_cancels_that_turn(clock: FakeClock) -> None:
 
 
 def test_other_playback_events_are_ignored(clock: FakeClock) -> None:
-    core, _ = make(clock)
+    core, _ = make_tts(clock)
     send(core, ("text", chunk("One thing.", 0, turn=7)))
     for kind in (PlaybackKind.SEGMENT_PLAYED, PlaybackKind.SEGMENT_INTERRUPTED, PlaybackKind.TURN_DONE):
         out = send(core, ("playback", PlaybackEvent(kind, "s1", 7, 0, 0, 1.0, 0).encode()))
@@ -462,7 +353,7 @@ def _errors(out: Out) -> int:
 
 
 def test_bad_inputs_are_rejected_counted_and_the_node_keeps_running(clock: FakeClock) -> None:
-    core, engine = make(clock)
+    core, engine = make_tts(clock)
     good_value, good_meta = chunk("Fine.", 0)
     missing = {k: v for k, v in good_meta.items() if k != Key.TURN_ID}
     out = send(
@@ -485,14 +376,14 @@ def test_bad_inputs_are_rejected_counted_and_the_node_keeps_running(clock: FakeC
 
 
 def test_chunk_after_final_of_an_open_turn_is_rejected(clock: FakeClock) -> None:
-    core, _ = make(clock)
+    core, _ = make_tts(clock)
     out = send(core, ("text", chunk("Last.", 0, final=True)), ("text", chunk("More.", 1)))
     assert core.input_errors == 1 and _errors(out) == 1
     check_turn(drain(core, out))
 
 
 def test_engine_failure_ends_the_segment_and_the_turn_goes_on(clock: FakeClock) -> None:
-    core, engine = make(clock)
+    core, engine = make_tts(clock)
     engine.fail_on = "Broken one. Really."
     out = drain(core, send(core, ("text", chunk("Broken one. Really.", 0)), ("text", chunk("Fine.", 1, final=True))))
     assert core.synthesis_errors == 1
@@ -575,6 +466,7 @@ def piper():
     return engine
 
 
+@pytest.mark.real_model
 def test_piper_yields_one_float32_chunk_per_sentence(piper) -> None:
     chunks = list(piper.synthesize("Hello there. How are you today?"))
     assert piper.sample_rate == 22050
@@ -586,6 +478,7 @@ def test_piper_yields_one_float32_chunk_per_sentence(piper) -> None:
         assert np.sqrt(np.mean(samples ** 2)) > 0.02
 
 
+@pytest.mark.real_model
 def test_piper_speed_shortens_the_audio(piper) -> None:
     from dora_voice.tts_engines.piper import PiperEngine, resolve_voice_paths
 
@@ -596,6 +489,7 @@ def test_piper_speed_shortens_the_audio(piper) -> None:
     assert 0.4 < quick / normal < 0.75  # VITS durations are sampled (noise_w): about 0.6-0.67 measured
 
 
+@pytest.mark.real_model
 def test_piper_behind_the_core(piper) -> None:
     core = TtsCore(load_config(TtsConfig, {}), piper)
     out = drain(core, send(core, ("text", chunk("Sure, it is $5 today.", 0)),
@@ -642,7 +536,7 @@ def test_a_file_that_is_not_a_voice_is_a_model_error(tmp_path) -> None:
 
 
 def test_fragments_say_whether_their_segment_ends_at_punctuation(clock: FakeClock) -> None:
-    core, _ = make(clock)
+    core, _ = make_tts(clock)
     out = drain(core, send(core, ("text", chunk("The capital of", 0)), ("text", chunk("France is Paris.", 1)),
                            ("text", chunk("", 2, final=True))))
     segments = out.segments()

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from conftest import load_clip
+from recordings import load_clip
 from dora_voice.config import ConfigError, load_config
 from dora_voice.nodes.vad import FRAME_SAMPLES, VadConfig, VadCore, load_silero
 from dora_voice.schema import AudioChunk, Output, TimingEvent, TimingKind, Utterance, VadEvent, VadEventKind
@@ -20,7 +20,7 @@ def feed(core: VadCore, samples: np.ndarray, block: int = 512, clock=None) -> li
     for offset in range(0, len(samples), block):
         chunk = AudioChunk(samples[offset:offset + block], RATE, offset, T0 + offset * 10**9 // RATE, "s1")
         if clock is not None:
-            clock.now_ns = T0 + (offset + block) * 10**9 // RATE
+            clock.t_ns = T0 + (offset + block) * 10**9 // RATE
         out += core.handle("audio", *chunk.encode())
     return out
 
@@ -34,6 +34,7 @@ def silence(seconds: float) -> np.ndarray:
     return np.zeros(int(seconds * RATE), dtype=np.float32)
 
 
+@pytest.mark.real_model
 def test_real_speech_gives_one_utterance_with_sample_times(clock) -> None:
     clip = load_clip("goforward.wav")
     core = VadCore(load_config(VadConfig, {}), load_silero(), clock_ns=clock)
@@ -51,6 +52,7 @@ def test_real_speech_gives_one_utterance_with_sample_times(clock) -> None:
     assert timing == [TimingKind.SPEECH_STARTED, TimingKind.SPEECH_ENDED]
 
 
+@pytest.mark.real_model
 def test_two_utterances_two_turns() -> None:
     a, b = load_clip("goforward.wav"), load_clip("librivox-0880.wav")
     core = VadCore(load_config(VadConfig, {}), load_silero())

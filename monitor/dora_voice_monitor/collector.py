@@ -26,7 +26,7 @@ Definitions (all durations in ms unless the name says ``_s``; ``None`` when an e
     * ``tts_ttfb_ms``: the first TTS segment's text received -> its first audio fragment emitted.
     * ``first_audio_ms`` (voice-to-voice): speech_end -> ``playback_started`` (first sample played); ``None`` for
       typed turns.
-    * ``llm_start_to_first_audio_ms``: ``llm_start`` -> ``playback_started`` (the design notes' combined TTFB).
+    * ``llm_start_to_first_audio_ms``: ``llm_start`` -> ``playback_started`` (the combined TTFB).
     * ``inter_token_ms``: (``llm_done`` - ``llm_first_token``) / (tokens - 1); wall clock, so it includes any pause the
       LLM takes for pacing. ``tokens_per_s`` is its inverse.
     * ``audio_s``: audio synthesized (sum of ``tts_segment_done.audio_ms``); ``audio_played_s``: ``turn_played.audio_ms``

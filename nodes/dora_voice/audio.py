@@ -1,6 +1,6 @@
 """Audio utilities shared by every node: WAV I/O, resampling, PCM conversion, fades, levels, device helpers.
 
-Conventions (DESIGN.md): audio inside the project is a 1-D ``float32`` numpy array in [-1, 1], mono, with its
+Conventions (``docs/architecture.md``): audio inside the project is a 1-D ``float32`` numpy array in [-1, 1], mono, with its
 sample rate in Hz carried next to it. WAV I/O uses soundfile (libsndfile), resampling uses soxr. int16 PCM is
 converted by :func:`pcm16_to_float32` only (divide by 32768), so every node scales the same way.
 
@@ -192,49 +192,6 @@ def fade_in(samples: np.ndarray, n: int, *, inplace: bool = False) -> np.ndarray
 def fade_out(samples: np.ndarray, n: int, *, inplace: bool = False) -> np.ndarray:
     """Fade the last ``n`` samples out (raised cosine: the last sample becomes 0); arguments as :func:`fade_in`."""
     return _fade(samples, n, rising=False, inplace=inplace)
-
-
-def equal_power_crossfade(a_tail: np.ndarray, b_head: np.ndarray) -> np.ndarray:
-    """Overlap the end of one signal with the start of the next at constant power.
-
-    ``out[k] = a_tail[k] * cos(theta_k) + b_head[k] * sin(theta_k)`` with ``theta`` from 0 to pi/2, so
-    ``cos^2 + sin^2 = 1``: for uncorrelated signals the power stays constant through the join.
-
-    Args:
-        a_tail: shape ``(n,)``, the last ``n`` samples of the outgoing signal.
-        b_head: shape ``(n,)``, the first ``n`` samples of the incoming signal.
-
-    Returns:
-        ``float32`` array of shape ``(n,)``; starts at ``a_tail[0]`` and ends at ``b_head[-1]``.
-
-    Raises:
-        ValueError: the two parts differ in length.
-    """
-    a_tail = np.asarray(a_tail, dtype=np.float32)
-    b_head = np.asarray(b_head, dtype=np.float32)
-    if a_tail.shape != b_head.shape or a_tail.ndim != 1:
-        raise ValueError(f"crossfade parts must be 1-D and equally long, got {a_tail.shape} and {b_head.shape}")
-    n = a_tail.shape[0]
-    if n == 0:
-        return np.zeros(0, dtype=np.float32)
-    theta = np.linspace(0.0, np.pi / 2, n) if n > 1 else np.zeros(1)
-    return (a_tail * np.cos(theta) + b_head * np.sin(theta)).astype(np.float32)
-
-
-def rms_dbfs(samples: np.ndarray) -> float:
-    """Root-mean-square level in dB relative to full scale (a full-scale sine is -3.01 dBFS).
-
-    Args:
-        samples: any shape, float in [-1, 1].
-
-    Returns:
-        Level in dBFS; ``-inf`` for empty or all-zero input.
-    """
-    samples = np.asarray(samples, dtype=np.float64)
-    if samples.size == 0:
-        return float("-inf")
-    power = float(np.mean(np.square(samples)))
-    return 10.0 * np.log10(power) if power > 0.0 else float("-inf")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -106,7 +106,7 @@ def env_field(env: str, default: Any, parser: Parser, help: str) -> Any:
     """A dataclass field read from the environment variable ``env``.
 
     Args:
-        env: environment variable name (kept as in the design notes, e.g. ``TTS_MAX_SEGMENT_LENGTH``).
+        env: environment variable name (e.g. ``TTS_MAX_SEGMENT_LENGTH``).
         default: value when the variable is unset or empty.
         parser: turns the raw string into the value; raises ``ValueError`` with what it expected.
         help: one line for ``--help`` and the README; say the unit.

@@ -49,12 +49,15 @@ class LlamaCppBackend:
         temperature: sampling temperature (0 = greedy).
         seed: RNG seed, for repeatable benchmarks.
         repeat_penalty: llama.cpp's ``repeat_penalty`` over the last 64 tokens (``last_n_tokens_size``); 1.0 = off.
+        ignore_eos: never end the reply: the end-of-sequence and end-of-turn tokens get a logit bias of -inf
+            (llama.cpp's ``--ignore-eos``), so generation runs to ``max_tokens``. Tests and benchmarks use it to
+            make a reply's length certain, whatever a small model would have said.
     """
 
     name = "llama_cpp"
 
     def __init__(self, model_path: Path, *, threads: int, context_tokens: int, temperature: float, seed: int,
-                 repeat_penalty: float = 1.0) -> None:
+                 repeat_penalty: float = 1.0, ignore_eos: bool = False) -> None:
         from llama_cpp import Llama
 
         self.temperature = temperature
@@ -62,11 +65,16 @@ class LlamaCppBackend:
         self.finish_reason = ""
         self.llm = Llama(model_path=str(model_path), n_ctx=context_tokens, n_threads=threads, n_threads_batch=threads,
                          seed=seed, verbose=False)
+        self.logit_bias: dict[int, float] | None = None
+        if ignore_eos:
+            ends = {self.llm.token_eos(), self.llm._model.token_eot()}
+            self.logit_bias = {token: float("-inf") for token in ends if token >= 0}
 
     def stream(self, messages: list[Message], max_tokens: int) -> Iterator[str]:
         self.finish_reason = ""
         chunks = self.llm.create_chat_completion(messages=messages, stream=True, max_tokens=max_tokens,
-                                                 temperature=self.temperature, repeat_penalty=self.repeat_penalty)
+                                                 temperature=self.temperature, repeat_penalty=self.repeat_penalty,
+                                                 logit_bias=self.logit_bias)
         try:
             for chunk in chunks:
                 choice = chunk["choices"][0]

@@ -35,7 +35,6 @@ logger = logging.getLogger(__name__)
 
 CLI = "dora-voice-models"
 ENV_MODELS_DIR = "DORA_VOICE_MODELS_DIR"
-ENV_VARS = {ENV_MODELS_DIR: "folder for joined/assembled models and sha256 markers (default ~/.cache/dora-voice/models)"}
 GGUF_MAGIC = b"GGUF"
 _CHUNK = 8 << 20  # bytes per read while joining or hashing
 _BAR_MIN = 16_000_000  # bytes: smaller files get no progress bar

@@ -5,7 +5,7 @@ a key as a bare string: they build one of the message dataclasses below and call
 incoming messages with the matching ``decode()``. This follows HF speech-to-speech's ``pipeline/messages.py`` and
 dora core's ``libraries/message/src/metadata.rs`` (one module for all streaming keys).
 
-Conventions (see DESIGN.md):
+Conventions (``docs/architecture.md`` has the overview):
     * Audio is a 1-D ``float32`` pyarrow array in [-1, 1], mono, with ``sample_rate`` (int, Hz) in its metadata.
     * Text is a one-element ``string`` array.
     * Control and timing messages carry a one-element ``string`` array (a short label) and their fields as

@@ -2,7 +2,7 @@
 
 :class:`FileSink` keeps a virtual playback clock (output sample 0 is the mic stream's start, so the WAV is on the
 input's clock); :class:`DeviceSink` feeds a sounddevice OutputStream from a writer thread with blocking writes of
-``DEVICE_BLOCK_MS`` blocks (DESIGN.md: blocking writes kept real time, callbacks were less regular).
+``DEVICE_BLOCK_MS`` blocks (measured on PulseAudio: blocking writes kept real time, callbacks were less regular).
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ Input ``speech`` (vad/speech). Outputs ``text`` (a :class:`~dora_voice.schema.Tr
 utterance's ``speech_end_ns``) and ``timing`` (``asr_done``). An utterance that transcribes to nothing (noise,
 breath) produces no transcript and is logged.
 
-Whisper cost hardly depends on clip length because faster-whisper always encodes a 30 s window (MODELS.md), so
-the default model is tiny.en (0.45 s per clip here, 5.9–7.9 % WER) rather than base (0.93 s, 4.0 %).
+Whisper cost hardly depends on clip length because faster-whisper always encodes a 30 s window (its
+``chunk_length``), so the default model is tiny.en (0.45 s per clip here, 5.9–7.9 % WER) rather than base (0.93 s, 4.0 %).
 """
 
 from __future__ import annotations

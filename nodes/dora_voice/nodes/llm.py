@@ -89,6 +89,9 @@ class LlmConfig:
                                "ends (0 = off)")
     repeat_penalty: float = env_field("LLM_REPEAT_PENALTY", 1.0, parse_float(min_value=0.5, max_value=2.0),
                                       "penalty on tokens of the last 64 (llama.cpp repeat_penalty; 1.0 = off)")
+    ignore_eos: bool = env_field("LLM_IGNORE_EOS", False, parse_bool,
+                                 "for tests and benchmarks: the model cannot end its reply, which runs to "
+                                 "LLM_MAX_TOKENS or LLM_MAX_WORDS (llama.cpp --ignore-eos; llama_cpp only)")
     repetition_guard: bool = env_field("LLM_REPETITION_GUARD", True, parse_bool,
                                        "end the reply before a sentence that repeats it (loop guard)")
     temperature: float = env_field("LLM_TEMPERATURE", 0.3, parse_float(min_value=0.0, max_value=2.0),
@@ -599,11 +602,14 @@ def load_backend(config: LlmConfig) -> LlmBackend:
         path = Path(config.model_path).expanduser()
         if not path.exists():
             raise ModelError(f"LLM_MODEL_PATH={path} does not exist")
+        if config.ignore_eos:
+            raise ModelError("LLM_IGNORE_EOS=true needs LLM_BACKEND=llama_cpp")
         return MlxBackend(path, temperature=config.temperature, repeat_penalty=config.repeat_penalty)
     path = resolve_llm(config.model_path or None, config.model)
     logger.info("loading %s with llama.cpp (%d threads, context %d)", path.name, config.threads, config.context_tokens)
     return LlamaCppBackend(path, threads=config.threads, context_tokens=config.context_tokens,
-                           temperature=config.temperature, seed=config.seed, repeat_penalty=config.repeat_penalty)
+                           temperature=config.temperature, seed=config.seed, repeat_penalty=config.repeat_penalty,
+                           ignore_eos=config.ignore_eos)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,7 +14,7 @@ would deliver it. The schedule never drifts (each send time is computed from the
 send). ``MIC_TRAILING_SILENCE_MS`` of silence follows so that the VAD closes the last turn; then the node exits.
 
 Device mode (``AUDIO_INPUT`` empty): a sounddevice ``InputStream`` (mono float32, the device's native rate) read
-with blocking ``read`` (DESIGN.md: more regular than callbacks), resampled to 16 kHz with a streaming soxr
+with blocking ``read`` (measured on PulseAudio: more regular than callbacks), resampled to 16 kHz with a streaming soxr
 resampler, until the dataflow stops. Timestamps: see :class:`DeviceCapture`.
 
 ``dora-voice-mic --list-devices`` prints the audio devices; ``--help`` lists the env vars.

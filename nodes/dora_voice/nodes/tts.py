@@ -124,7 +124,6 @@ class _Turn:
     segmenter: TextSegmenter
     normalizer: SpeechNormalizer = field(default_factory=SpeechNormalizer)
     last_text_segment_index: int = -1
-    final_received: bool = False
     pending: dict[int, TextSegment] = field(default_factory=dict)  # reorder buffer: segment_index -> chunk
     final_index: int | None = None  # segment_index of the final chunk, once it arrived
     segments_started: int = 0  # TTS segment indices handed out = segments with audio emitted
@@ -305,7 +304,6 @@ class TtsCore(NodeCore):
             logger.info("turn %d: chunk %d has nothing to say after normalization: %r", turn.turn_id,
                         segment.segment_index, segment.text[:80])
         turn.last_text_segment_index = segment.segment_index
-        turn.final_received = segment.is_final
         self.queue.append(_Chunk(turn, segment.segment_index, now, deque(texts), segment.is_final,
                                  speakable=bool(segment.text.strip())))
 

@@ -23,7 +23,7 @@ Choices (see ``tests/test_normalize.py`` for every rule pinned down):
       ("nineteen eighty", "two thousand five", "twenty twenty-five"), currency as "twenty-nine dollars and
       ninety-five cents".
 
-Sources: the rules follow the traps listed in STYLE.md and espeak-ng's observed readings (``piper_phonemize``).
+Sources: espeak-ng's observed readings (``piper_phonemize``) of what LLMs write for a screen.
 """
 
 from __future__ import annotations
