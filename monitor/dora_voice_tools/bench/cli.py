@@ -315,7 +315,10 @@ class _Bench:
         self.out.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         what = f"stress, {self.plan.repeat} turns" if self.plan.kind == "stress" else f"repeat {self.plan.repeat}"
-        self.say(f"dora-voice-bench: plan {self.plan.name} ({what}), {len(self.items)} item(s), output {self.out}\n"
+        count = f"{len(self.items)} item(s)"
+        if self.answers is not None:
+            what, count = "answers", f"{len(self.answers[0])} questions x {len(self.answers[1])} variant(s)"
+        self.say(f"dora-voice-bench: plan {self.plan.name} ({what}), {count}, output {self.out}\n"
                  f"started {_dt.datetime.now().isoformat(timespec='seconds')}"
                  + (f", overrides: {' '.join(f'{k}={v}' for k, v in self.overrides.items())}"
                     if self.overrides else ""))
