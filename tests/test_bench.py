@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import yaml
 
 from conftest import DATA, TRANSCRIPTS
 from dora_voice.models import TEST_LLM
@@ -528,12 +529,11 @@ def test_bench_runs_one_scenario_in_both_modes(tmp_path: Path) -> None:
 @pytest.mark.e2e
 def test_bench_answers_plan_scores_every_question_and_reports_misses(tmp_path: Path) -> None:
     questions = tmp_path / "q.yaml"
-    questions.write_text(
-        "questions:\n"
-        "  - {id: capital, category: fact, question: What is the capital of France?, accept: [paris],\n"
-        "     forbid: [capital is (lyon|marseille)], source: Britannica}\n"
-        "  - {id: impossible, category: cannot, question: Say hello., accept: [zzzz-never-said],\n"
-        "     forbid: [xyz], source: a question no reply can pass}\n", encoding="utf-8")
+    questions.write_text(yaml.safe_dump({"questions": [
+        {"id": "capital", "category": "fact", "question": "What is the capital of France?", "accept": ["paris"],
+         "forbid": ["capital is (lyon|marseille)"], "source": "Britannica"},
+        {"id": "impossible", "category": "cannot", "question": "Say hello.", "accept": ["zzzz-never-said"],
+         "forbid": ["xyz"], "source": "a question no reply can pass"}]}), encoding="utf-8")
     out = tmp_path / "bench"
     exe = Path(sys.executable).parent / "dora-voice-bench"
     proc = subprocess.run([str(exe), "--plan", "answers", "--variant", "smollm2-honest", "--questions", str(questions),
