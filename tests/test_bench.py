@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import yaml
 
 from recordings import DATA, TRANSCRIPTS
 from dora_voice.models import TEST_LLM
@@ -128,12 +129,35 @@ def test_plan_naming_an_unknown_scenario_lists_the_known_ones() -> None:
     ({"scenarios": ["a", "v"], "kind": "stress", "stream": True}, "text scenarios only, not v"),
     ({"scenarios": "everything"}, "scenarios must be a list of names or one of text, voice, all"),
     ({"scenarios": ["a"], "repeat": -1}, "repeat: must be a positive integer"),
-    ({"scenarios": ["a"], "kind": "soak"}, "kind must be compare or stress"),
+    ({"scenarios": ["a"], "kind": "soak"}, "kind must be one of compare, stress, answers"),
+    ({"kind": "answers"}, "kind: answers needs questions"),
+    ({"kind": "answers", "questions": "q.yaml", "scenarios": ["a"]}, "a kind: answers plan has no scenarios"),
+    ({"kind": "answers", "questions": "q.yaml", "stream": "compare"}, "needs stream: true or false"),
+    ({"scenarios": ["a"], "questions": "q.yaml"}, "questions is for kind: answers"),
 ])
 def test_invalid_plans_are_rejected_with_the_reason(plan: dict, message: str) -> None:
     with pytest.raises(BenchConfigError) as info:
         tiny_catalog(p=plan)
     assert message in str(info.value)
+
+
+def test_answers_plan_runs_its_questions_once_per_variant(tmp_path: Path) -> None:
+    catalog = tiny_catalog(p={"kind": "answers", "questions": "q.yaml", "env": {"LLM_MAX_TOKENS": "50"},
+                              "variants": {"m1": {"LLM_MODEL": "x"}, "m2": {"LLM_MODEL": "y"}}})
+    plan = catalog.plan("p")
+    assert plan.questions == DATA / "q.yaml" and plan.stream == "true"  # relative to the scenarios file
+    assert [v.name for v in plans.answers_variants(plan)] == ["m1", "m2"]
+    (m2,) = plans.answers_variants(plan, ["m2"])
+    assert m2.env == {**MODES[STREAMING], "LLM_MODEL": "y"}
+    with pytest.raises(BenchConfigError, match="unknown variant.*zz; known: m1, m2"):
+        plans.answers_variants(plan, ["zz"])
+    env = plans.answers_env(plan, m2, {"LLM_MODEL": "z"}, tmp_path, ["One?", "Two?"])
+    assert env["TEXT_INPUT_QUERIES"] == "One?|Two?" and env["LLM_HISTORY_TURNS"] == "0"
+    assert env["LLM_MAX_TOKENS"] == "50" and env["LLM_MODEL"] == "z"  # --model / --set win
+    with pytest.raises(BenchConfigError, match="--scenario, --clips-dir and --repeat do not apply"):
+        resolve_plan(catalog, "p", ["a"], None, None)
+    packaged = load_catalog().plan("answers")
+    assert packaged.kind == "answers" and packaged.questions is not None and packaged.questions.is_file()
 
 
 def test_unknown_plan_and_scenario_names_list_the_known_ones() -> None:
@@ -501,3 +525,27 @@ def test_bench_runs_one_scenario_in_both_modes(tmp_path: Path) -> None:
         entry[STREAMING]["llm_start_to_first_audio_ms"] / entry[BATCH]["llm_start_to_first_audio_ms"])
     assert "first audio (llm_start_to_first_audio_ms) streaming/batch" in proc.stdout
     assert "[bench] 2/2 one_sentence batch" in proc.stdout
+
+
+@pytest.mark.e2e
+def test_bench_answers_plan_scores_every_question_and_reports_misses(tmp_path: Path) -> None:
+    questions = tmp_path / "q.yaml"
+    questions.write_text(yaml.safe_dump({"questions": [
+        {"id": "capital", "category": "fact", "question": "What is the capital of France?", "accept": ["paris"],
+         "forbid": ["capital is (lyon|marseille)"], "source": "Britannica"},
+        {"id": "impossible", "category": "cannot", "question": "Say hello.", "accept": ["zzzz-never-said"],
+         "forbid": ["xyz"], "source": "a question no reply can pass"}]}), encoding="utf-8")
+    out = tmp_path / "bench"
+    exe = Path(sys.executable).parent / "dora-voice-bench"
+    proc = subprocess.run([str(exe), "--plan", "answers", "--variant", "smollm2-honest", "--questions", str(questions),
+                           "--set", "LLM_MAX_TOKENS=40", "--out", str(out)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    entry = json.loads((out / "summary.json").read_text())["answers"]["smollm2-honest"]
+    assert entry["model"] == TEST_LLM and entry["questions"] == 2 and entry["failed"] is False
+    assert [m["id"] for m in entry["misses"]][-1] == "impossible"  # the unpassable question is always a miss
+    assert entry["misses"][-1]["reply"].strip() and "missing /zzzz-never-said/" in entry["misses"][-1]["reasons"]
+    assert entry["latency"]["llm_start_to_first_audio_ms"]["n"] == 2
+    assert entry["latency"]["llm_start_to_first_audio_ms"]["p50"] > 0
+    assert "answer quality" in proc.stdout and "misses of smollm2-honest" in proc.stdout
+    assert "impossible (cannot)" in proc.stdout

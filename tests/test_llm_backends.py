@@ -1,4 +1,5 @@
-"""LLM backends: the MLX adapter against the documented mlx-lm API (fake module), llama.cpp for real."""
+"""LLM backends: the MLX adapter against the documented mlx-lm API (fake module) and for real (mlx[cpu] on Linux,
+with the MLX folder built from the test GGUF), llama.cpp for real."""
 
 from __future__ import annotations
 
@@ -91,3 +92,47 @@ def test_llama_cpp_ignore_eos_runs_to_max_tokens() -> None:
     reply = "".join(backend.stream(messages, max_tokens=24))
     assert backend.finish_reason == "length", reply
     assert backend.count_tokens(reply) >= 20
+
+
+# -- MLX for real: mlx[cpu] + mlx-lm run on this Linux CPU (installed by setup.sh --test) ------------------------
+
+@pytest.fixture(scope="module")
+def mlx_folder():
+    pytest.importorskip("mlx_lm", reason="mlx-lm is not installed (setup.sh --test installs it)")
+    from dora_voice.mlx_models import ensure_mlx_model
+
+    return ensure_mlx_model(TEST_LLM)  # built by setup.sh --test; rebuilt here if missing
+
+
+def test_mlx_folder_is_built_from_the_gguf_with_its_quantization(mlx_folder) -> None:
+    import json
+
+    config = json.loads((mlx_folder / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["rope_traditional"] is True
+    assert config["quantization"]["bits"] == 4 and config["quantization"]["group_size"] == 32
+    assert config["quantization"]["model.embed_tokens"] == {"group_size": 32, "bits": 8}  # Q8_0 embedding
+    assert (mlx_folder / "tokenizer.json").is_file() and (mlx_folder / "model.safetensors").stat().st_size > 50e6
+
+
+def test_mlx_backend_streams_a_real_answer_and_can_be_stopped(mlx_folder) -> None:
+    backend = MlxBackend(mlx_folder, temperature=0.0)
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    reply = "".join(backend.stream(messages, max_tokens=16))
+    assert "Paris" in reply  # the weights, tokenizer and rotary layout are right, or this is gibberish
+    assert backend.finish_reason in ("stop", "length")
+    stream = backend.stream(messages, max_tokens=16)
+    assert next(stream)
+    stream.close()  # barge-in
+    assert backend.count_tokens("hello world") >= 2
+
+
+def test_mlx_conversion_refuses_a_file_it_cannot_convert_and_leaves_nothing(tmp_path) -> None:
+    pytest.importorskip("mlx.core", reason="mlx is not installed")
+    from dora_voice.mlx_models import build_mlx_model
+    from dora_voice.models import ModelError
+
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 64)
+    with pytest.raises(ModelError, match="MLX cannot read bad.gguf|only llama GGUF models convert"):
+        build_mlx_model(bad, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()

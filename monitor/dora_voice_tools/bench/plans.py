@@ -93,7 +93,9 @@ class Plan:
         stream: overrides each scenario's ``stream`` when set.
         variants: named environments compared instead of streaming/batch (each on top of ``stream``).
         env: extra environment for every run.
-        kind: ``"compare"`` or ``"stress"``.
+        kind: ``"compare"``, ``"stress"`` or ``"answers"`` (the question set of ``questions``, one run per variant,
+            scored by :mod:`.answers`).
+        questions: ``kind: answers`` only: the question file (relative paths: to the scenarios file's folder).
     """
 
     name: str
@@ -104,6 +106,7 @@ class Plan:
     variants: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
     kind: str = "compare"
+    questions: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -142,7 +145,8 @@ class Catalog:
 
 
 _SCENARIO_KEYS = {"description", "query", "audio", "clips", "stream", "max_tokens", "env", "transcripts"}
-_PLAN_KEYS = {"description", "scenarios", "repeat", "stream", "variants", "env", "kind", "turns"}
+_PLAN_KEYS = {"description", "scenarios", "repeat", "stream", "variants", "env", "kind", "turns", "questions"}
+PLAN_KINDS = ("compare", "stress", "answers")
 
 
 def parse_stream(value: Any, where: str) -> str:
@@ -245,8 +249,12 @@ def parse_plan(name: str, data: Any, scenarios: Mapping[str, Scenario], source: 
     where = f"{source}: plan {name!r}"
     data = _check_keys(data, _PLAN_KEYS, where)
     kind = data.get("kind", "compare")
-    if kind not in ("compare", "stress"):
-        raise BenchConfigError(f"{where}: kind must be compare or stress, got {kind!r}")
+    if kind not in PLAN_KINDS:
+        raise BenchConfigError(f"{where}: kind must be one of {', '.join(PLAN_KINDS)}, got {kind!r}")
+    if kind == "answers":
+        return _parse_answers_plan(name, data, where)
+    if "questions" in data:
+        raise BenchConfigError(f"{where}: questions is for kind: answers")
     selection = data.get("scenarios", "all")
     if isinstance(selection, str):
         if selection not in PLAN_SELECTORS:
@@ -283,6 +291,28 @@ def parse_plan(name: str, data: Any, scenarios: Mapping[str, Scenario], source: 
                 variants=variants, env=parse_env(data.get("env"), where), kind=kind)
 
 
+def _parse_answers_plan(name: str, data: Mapping[str, Any], where: str) -> Plan:
+    """A ``kind: answers`` plan: ``questions`` (a file), ``variants`` (model and prompt environments), ``stream``
+    (default true), ``env``; no scenarios, repeat or turns."""
+    for key in ("scenarios", "repeat", "turns"):
+        if key in data:
+            raise BenchConfigError(f"{where}: a kind: answers plan has no {key} (it runs its question file once per "
+                                   "variant)")
+    questions = data.get("questions")
+    if not isinstance(questions, str) or not questions.strip():
+        raise BenchConfigError(f"{where}: kind: answers needs questions: <question file>")
+    stream = parse_stream(data.get("stream", True), where)
+    if stream not in ("true", "false"):
+        raise BenchConfigError(f"{where}: kind: answers needs stream: true or false")
+    variants_raw = data.get("variants") or {}
+    if not isinstance(variants_raw, Mapping):
+        raise BenchConfigError(f"{where}: variants must map names to env mappings")
+    variants = {str(v): parse_env(env, f"{where}: variant {v!r}") for v, env in variants_raw.items()}
+    return Plan(name=name, description=str(data.get("description") or ""), stream=stream,
+                variants=variants or {"default": {}}, env=parse_env(data.get("env"), where), kind="answers",
+                questions=Path(questions))
+
+
 def parse_catalog(data: Any, source: str = "scenarios.yaml", root: Path | None = None) -> Catalog:
     """Validate a whole scenarios document (``{"scenarios": {...}, "plans": {...}}``); relative clip paths will be
     resolved against ``root`` (default: the current directory).
@@ -299,7 +329,10 @@ def parse_catalog(data: Any, source: str = "scenarios.yaml", root: Path | None =
     if not isinstance(raw_plans, Mapping):
         raise BenchConfigError(f"{source}: plans must be a mapping")
     plans = {str(n): parse_plan(str(n), d, scenarios, source) for n, d in raw_plans.items()}
-    return Catalog(scenarios, plans, Path(root) if root is not None else Path.cwd())
+    base = Path(root) if root is not None else Path.cwd()
+    plans = {n: (dataclasses.replace(p, questions=base / p.questions) if p.questions is not None
+                 and not p.questions.is_absolute() else p) for n, p in plans.items()}
+    return Catalog(scenarios, plans, base)
 
 
 def load_catalog(path: Path = SCENARIOS_FILE) -> Catalog:
@@ -490,6 +523,31 @@ def run_env(item: BenchItem, variant: Variant, overrides: Mapping[str, str], run
     return {**env, **item.env, **variant.env, **overrides}
 
 
+def answers_env(plan: Plan, variant: Variant, overrides: Mapping[str, str], run_dir: Path,
+                questions: Sequence[str]) -> dict[str, str]:
+    """The environment of a ``kind: answers`` run: every question as one turn of the text pipeline (no history,
+    fixed seed), then the plan's env, the variant's and ``overrides`` (``--model``, ``--set``)."""
+    env = {"LLM_HISTORY_TURNS": "0", "LLM_SEED": str(SEED), "AUDIO_OUTPUT": str(run_dir / "answer.wav"),
+           "TIMING_REPORT": str(run_dir / "timing.jsonl"), "TEXT_INPUT_FILE": "",
+           "TEXT_INPUT_QUERIES": "|".join(questions)}
+    return {**env, **plan.env, **variant.env, **overrides}
+
+
+def answers_variants(plan: Plan, names: Sequence[str] = ()) -> tuple[Variant, ...]:
+    """The variants of a ``kind: answers`` plan (all, or those called ``names``, in plan order), each in the plan's
+    stream mode.
+
+    Raises:
+        BenchConfigError: an unknown variant name; the message lists the known ones.
+    """
+    unknown = [n for n in names if n not in plan.variants]
+    if unknown:
+        raise BenchConfigError(f"plan {plan.name!r}: unknown variant(s) {', '.join(unknown)}; known: "
+                               f"{', '.join(plan.variants)}")
+    mode = MODES[STREAMING if plan.stream == "true" else BATCH]
+    return tuple(Variant(n, {**mode, **env}) for n, env in plan.variants.items() if not names or n in names)
+
+
 def run_timeout_s(env: Mapping[str, str], turns: int, input_s: float = 0.0) -> float:
     """A generous hard limit for one run (s): 120 s of start-up plus, per turn, 30 s and 0.5 s per allowed token
     (generation at >= 4 tokens/s and real-time playback of ~0.3 s of audio per token), plus the spoken input."""
@@ -515,6 +573,11 @@ def resolve_plan(catalog: Catalog, plan_name: str | None, scenario_names: Sequen
         extra = Scenario(name="clips_dir", description=f"every WAV in {folder}", clips=folder, stream="true")
         catalog = Catalog({**catalog.scenarios, extra.name: extra}, catalog.plans, catalog.root)
     plan = catalog.plan(plan_name or ("voice" if clips_dir is not None and not scenario_names else "quick"))
+    if plan.kind == "answers":
+        if scenario_names or clips_dir is not None or repeat is not None:
+            raise BenchConfigError(f"plan {plan.name!r} runs its question file: --scenario, --clips-dir and --repeat "
+                                   "do not apply (use --variant and --questions)")
+        return plan, catalog
     if scenario_names:
         for name in scenario_names:
             catalog.scenario(name)

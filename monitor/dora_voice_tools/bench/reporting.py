@@ -208,9 +208,12 @@ def render_list(catalog: Catalog) -> str:
     lines = ["plans:"]
     for p in catalog.plans.values():
         what = f"stress, {p.repeat} turns" if p.kind == "stress" else f"repeat {p.repeat}"
+        if p.kind == "answers":
+            what = f"answers, questions {p.questions.name if p.questions else '-'}"
         what += f", stream={p.stream}" if p.stream else ""
         what += f", variants: {', '.join(p.variants)}" if p.variants else ""
-        lines.append(f"  {p.name:<14}{p.description} [{what}; scenarios: {', '.join(p.scenarios)}]")
+        selection = "" if p.kind == "answers" else f"; scenarios: {', '.join(p.scenarios)}"
+        lines.append(f"  {p.name:<14}{p.description} [{what}{selection}]")
     lines.append("scenarios:")
     for s in catalog.scenarios.values():
         source = s.query if s.query is not None else str(s.audio or s.clips)

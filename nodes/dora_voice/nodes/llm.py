@@ -79,7 +79,9 @@ class LlmConfig:
                                        "stream chunks as tokens arrive (false = batch baseline: one chunk)")
     backend: str = env_field("LLM_BACKEND", "auto", parse_choice("auto", "llama_cpp", "mlx"),
                              "runtime: llama_cpp (Linux default) or mlx (macOS default)")
-    model: str = env_field("LLM_MODEL", "qwen2.5-0.5b", parse_str, "registered model name (dora-voice-models list)")
+    model: str = env_field("LLM_MODEL", "qwen2.5-0.5b", parse_str,
+                           "registered model name (dora-voice-models list); with LLM_BACKEND=mlx, its MLX folder "
+                           "built by 'dora-voice-models mlx NAME'")
     model_path: str = env_field("LLM_MODEL_PATH", "", parse_str, "GGUF file (or MLX model folder); overrides LLM_MODEL")
     system_prompt: str = env_field("LLM_SYSTEM_PROMPT", DEFAULT_SYSTEM_PROMPT, parse_str, "system prompt")
     max_tokens: int = env_field("LLM_MAX_TOKENS", 160, parse_int(min_value=1, max_value=8192),
@@ -589,21 +591,24 @@ def load_backend(config: LlmConfig) -> LlmBackend:
         dora_voice.models.ModelError: missing or corrupt model; the message names the fixing command.
     """
     from dora_voice.llm_backends import LlamaCppBackend, MlxBackend
-    from dora_voice.models import resolve_llm
+    from dora_voice.models import ModelError, resolve_llm
 
     name = default_backend_name() if config.backend == "auto" else config.backend
     if name == "mlx":
         from pathlib import Path
 
-        from dora_voice.models import ModelError
+        if config.model_path:
+            path = Path(config.model_path).expanduser()
+            if not path.is_dir():
+                raise ModelError(f"LLM_MODEL_PATH={path}: no such folder; LLM_BACKEND=mlx loads an MLX model folder "
+                                 "(config.json, *.safetensors, tokenizer)")
+        else:
+            from dora_voice.mlx_models import ensure_mlx_model
 
-        if not config.model_path:
-            raise ModelError("LLM_BACKEND=mlx needs LLM_MODEL_PATH set to a local MLX model folder")
-        path = Path(config.model_path).expanduser()
-        if not path.exists():
-            raise ModelError(f"LLM_MODEL_PATH={path} does not exist")
+            path = ensure_mlx_model(config.model, build=False)
         if config.ignore_eos:
             raise ModelError("LLM_IGNORE_EOS=true needs LLM_BACKEND=llama_cpp")
+        logger.info("loading %s with mlx-lm", path)
         return MlxBackend(path, temperature=config.temperature, repeat_penalty=config.repeat_penalty)
     path = resolve_llm(config.model_path or None, config.model)
     logger.info("loading %s with llama.cpp (%d threads, context %d)", path.name, config.threads, config.context_tokens)
