@@ -245,8 +245,8 @@ def parse_plan(name: str, data: Any, scenarios: Mapping[str, Scenario], source: 
     where = f"{source}: plan {name!r}"
     data = _check_keys(data, _PLAN_KEYS, where)
     kind = data.get("kind", "compare")
-    if kind not in ("compare", "stress"):
-        raise BenchConfigError(f"{where}: kind must be compare or stress, got {kind!r}")
+    if kind not in ("compare", "stress", "soak"):
+        raise BenchConfigError(f"{where}: kind must be compare, stress or soak, got {kind!r}")
     selection = data.get("scenarios", "all")
     if isinstance(selection, str):
         if selection not in PLAN_SELECTORS:
@@ -275,9 +275,14 @@ def parse_plan(name: str, data: Any, scenarios: Mapping[str, Scenario], source: 
             raise BenchConfigError(f"{where}: a stress plan takes text scenarios only, not {', '.join(voice)}")
         if stream not in ("true", "false"):
             raise BenchConfigError(f"{where}: a stress plan needs stream: true or false")
-    repeat_key = "turns" if kind == "stress" else "repeat"
-    if kind != "stress" and "turns" in data:
-        raise BenchConfigError(f"{where}: turns is for kind: stress (use repeat)")
+    if kind == "soak":
+        if stream not in ("true", "false"):
+            raise BenchConfigError(f"{where}: a soak plan needs stream: true or false")
+        if all(scenarios[n].pipeline != "text" for n in names):
+            raise BenchConfigError(f"{where}: a soak plan needs at least one text scenario")
+    repeat_key = "turns" if kind in ("stress", "soak") else "repeat"
+    if kind not in ("stress", "soak") and "turns" in data:
+        raise BenchConfigError(f"{where}: turns is for kind: stress or soak (use repeat)")
     return Plan(name=name, description=str(data.get("description") or ""), scenarios=names,
                 repeat=_count(data.get(repeat_key, 1), f"{where}: {repeat_key}"), stream=stream,
                 variants=variants, env=parse_env(data.get("env"), where), kind=kind)
