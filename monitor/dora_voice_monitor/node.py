@@ -194,4 +194,9 @@ def main(argv: list[str] | None = None) -> None:
         config = load_config(MonitorConfig)
     except ConfigError as exc:
         sys.exit(f"{CONTRACT.path}: {exc}")
-    run_node(Node(), MonitorCore(config))
+    try:
+        core = MonitorCore(config)
+    except OSError as exc:  # TIMING_REPORT / MONITOR_SAVE_AUDIO / MONITOR_PLOT_DIR cannot be written
+        sys.exit(f"{CONTRACT.path}: cannot write {exc.filename or 'an output file'}: {exc.strerror or exc} "
+                 "(check TIMING_REPORT, MONITOR_SAVE_AUDIO and MONITOR_PLOT_DIR)")
+    run_node(Node(), core)
