@@ -395,3 +395,20 @@ def test_real_whisper_hears_nothing_in_silence() -> None:
     from conftest import load_clip
 
     assert "forward" in transcribe(load_clip("goforward.wav")).lower()
+
+
+def test_the_first_cause_of_a_failed_start_is_found_among_the_later_tracebacks() -> None:
+    from dora_voice_tools.launcher import first_failure
+
+    log = "\n".join([
+        "09:03:30 INFO   dora daemon: spawning nodes",
+        "09:03:31 stdout monitor: waiting",
+        "09:03:33 stderr llm: dora-voice-llm: /m/x.gguf is truncated: its tensors need 491,400,064 bytes, the file "
+        "has 163,800,021 (33 %): copy or download it again",
+        "09:03:34 stderr tts: Traceback (most recent call last):",
+        "09:03:34 stderr tts:   File \"node.py\", line 3, in <module>",
+        "09:03:34 stderr tts: RuntimeError: could not send output: the dataflow is stopping",
+        "09:03:35 ERROR  speaker: exited with code 1",
+    ])
+    assert first_failure(log).startswith("llm: dora-voice-llm: /m/x.gguf is truncated")
+    assert first_failure("09:00:00 stdout monitor: all fine") is None
