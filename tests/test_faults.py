@@ -285,3 +285,130 @@ def test_wav_sink_writes_what_was_heard_without_a_clean_close(tmp_path) -> None:
     np.testing.assert_allclose(written, 0.25, atol=1 / 32768)
     sink.close()
     assert audio.read_wav_mono(path)[0].shape[0] == 32_000
+
+
+# -- 6. bad files -----------------------------------------------------------------------------------------------
+
+
+def _mic_config(path):
+    from dora_voice.nodes.mic import MicConfig
+
+    return load_config(MicConfig, {"AUDIO_INPUT": str(path), "MIC_REALTIME": "false"})
+
+
+def test_a_float_wav_beyond_full_scale_is_scaled_and_said(tmp_path, caplog) -> None:
+    import soundfile as sf
+
+    from conftest import load_clip
+    from dora_voice.nodes.mic import load_file_replay
+
+    speech = load_clip("goforward.wav")
+    path = tmp_path / "loud.wav"
+    sf.write(path, speech / np.max(np.abs(speech)) * 4.0, 16_000, subtype="FLOAT")
+    replay = load_file_replay(_mic_config(path))
+    assert float(np.max(np.abs(replay.samples))) == pytest.approx(1.0, abs=1e-6)
+    np.testing.assert_allclose(replay.samples * 4.0, sf.read(path, dtype="float32")[0], atol=1e-5)
+    assert "up to 4.00" in caplog.text and "scaled by 0.250" in caplog.text
+
+
+def test_a_header_only_wav_is_an_error_that_names_it(tmp_path) -> None:
+    from dora_voice.nodes.mic import load_file_replay
+
+    path = tmp_path / "empty.wav"
+    audio.write_wav(path, np.zeros(0, np.float32), 16_000)
+    with pytest.raises(ValueError, match="no audio samples"):
+        load_file_replay(_mic_config(path))
+
+
+def test_a_truncated_wav_is_replayed_with_a_warning_naming_the_loss(tmp_path, caplog) -> None:
+    from dora_voice.nodes.mic import load_file_replay
+
+    whole = tmp_path / "whole.wav"
+    audio.write_wav(whole, np.full(48_000, 0.1, np.float32), 16_000)
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(whole.read_bytes()[: 44 + 32_000])  # a third of the 96,000 data bytes
+    assert audio.wav_truncation(whole) is None
+    assert audio.wav_truncation(cut) == (96_000, 32_000)
+    replay = load_file_replay(_mic_config(cut))
+    assert replay.samples.shape[0] == 16_000
+    assert "truncated" in caplog.text and "33 %" in caplog.text
+
+
+def test_a_truncated_gguf_is_refused_before_llama_cpp_with_the_fix(tmp_path) -> None:
+    from dora_voice.models import ModelError, check_gguf, resolve_llm
+
+    model = resolve_llm(None, "smollm2-135m")
+    assert check_gguf(model) == model
+    cut = tmp_path / "cut.gguf"
+    with open(model, "rb") as src:
+        cut.write_bytes(src.read(model.stat().st_size // 3))
+    with pytest.raises(ModelError, match=r"truncated: .* \(33 %\): .*prepare --force"):
+        resolve_llm(str(cut), "smollm2-135m")
+
+
+def test_an_unwritable_timing_report_is_one_line_at_start_up(tmp_path, monkeypatch, capsys) -> None:
+    from dora_voice_monitor import node as monitor_node
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setenv("TIMING_REPORT", str(blocker / "timing.jsonl"))
+    with pytest.raises(SystemExit) as info:
+        monitor_node.main([])
+    message = str(info.value.code)
+    assert message.startswith("dora-voice-monitor: cannot write") and "TIMING_REPORT" in message
+    assert "\n" not in message
+
+
+# -- 5. ASR: bounded work, Whisper's own doubts ------------------------------------------------------------------
+
+
+def test_asr_transcribes_only_the_last_part_of_an_overlong_utterance() -> None:
+    from dora_voice.nodes.asr import AsrCore
+    from dora_voice.schema import Utterance
+
+    heard: list[int] = []
+    core = AsrCore(lambda samples: heard.append(samples.shape[0]) or "go forward", max_utterance_s=30.0)
+    ten_minutes = np.zeros(16_000 * 600, np.float32)
+    ten_minutes[-16_000:] = 0.5  # the end is what survives
+    out = core.handle("speech", *Utterance(ten_minutes, 16_000, "s", 0, 0, 1, 2).encode())
+    assert heard == [16_000 * 30] and [o for o, _v, _m in out] == [Output.TEXT, Output.TIMING]
+
+
+@pytest.mark.parametrize("segment, kept", [
+    (dict(text="you", no_speech_prob=0.95, avg_logprob=-0.40, compression_ratio=0.27), False),  # silence
+    (dict(text="go forward ten meters", no_speech_prob=0.03, avg_logprob=-0.24, compression_ratio=0.7), True),
+    (dict(text="five five", no_speech_prob=0.53, avg_logprob=-0.70, compression_ratio=0.27), True),
+    (dict(text="mumble", no_speech_prob=0.2, avg_logprob=-1.6, compression_ratio=0.9), False),
+    (dict(text="you " * 40, no_speech_prob=0.1, avg_logprob=-0.3, compression_ratio=6.0), False),
+])
+def test_asr_drops_segments_whisper_marks_as_no_speech_or_doubtful(segment: dict, kept: bool) -> None:
+    from dora_voice.nodes.asr import AsrConfig, WhisperSegment, keep_segment
+
+    assert keep_segment(WhisperSegment(**segment), load_config(AsrConfig, {})) is kept
+
+
+def test_real_whisper_hears_nothing_in_silence() -> None:
+    from dora_voice.nodes.asr import AsrConfig, load_whisper
+
+    transcribe = load_whisper(load_config(AsrConfig, {}))
+    assert transcribe(np.zeros(16_000 * 30, np.float32)) == ""
+    from conftest import load_clip
+
+    assert "forward" in transcribe(load_clip("goforward.wav")).lower()
+
+
+def test_the_first_cause_of_a_failed_start_is_found_among_the_later_tracebacks() -> None:
+    from dora_voice_tools.launcher import first_failure
+
+    log = "\n".join([
+        "09:03:30 INFO   dora daemon: spawning nodes",
+        "09:03:31 stdout monitor: waiting",
+        "09:03:33 stderr llm: dora-voice-llm: /m/x.gguf is truncated: its tensors need 491,400,064 bytes, the file "
+        "has 163,800,021 (33 %): copy or download it again",
+        "09:03:34 stderr tts: Traceback (most recent call last):",
+        "09:03:34 stderr tts:   File \"node.py\", line 3, in <module>",
+        "09:03:34 stderr tts: RuntimeError: could not send output: the dataflow is stopping",
+        "09:03:35 ERROR  speaker: exited with code 1",
+    ])
+    assert first_failure(log).startswith("llm: dora-voice-llm: /m/x.gguf is truncated")
+    assert first_failure("09:00:00 stdout monitor: all fine") is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import struct
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,8 @@ def install_fake(site: Path, module: str, files: dict[str, bytes], version: str 
     return f"{dist}=={version}"
 
 
-CHUNKS = [b"GGUF" + b"a" * 1000, b"b" * 777, b"c" * 5]
+GGUF_HEADER = b"GGUF" + struct.pack("<IQQ", 3, 0, 0)  # version 3, no tensors, no metadata: a complete GGUF
+CHUNKS = [GGUF_HEADER + b"a" * 980, b"b" * 777, b"c" * 5]
 JOINED = b"".join(CHUNKS)
 JOINED_SHA = hashlib.sha256(JOINED).hexdigest()
 
@@ -237,7 +239,7 @@ def test_registry_model_must_be_gguf_too(site, cache, monkeypatch):
 
 def test_valid_gguf_override_is_returned(tmp_path):
     good = tmp_path / "m.gguf"
-    good.write_bytes(b"GGUF\x03\x00\x00\x00")
+    good.write_bytes(GGUF_HEADER)
     assert models.resolve_llm(f"  {good}  ", "unused") == good
 
 
@@ -319,7 +321,7 @@ def test_cli_help_and_usage_errors(capsys):
 
 def test_truncated_file_shows_as_damaged(site, cache):
     spec = split_spec(site)
-    models.prepare_model(spec, cache).write_bytes(b"GGUF")
+    models.prepare_model(spec, cache).write_bytes(GGUF_HEADER)
     assert models.model_status(spec, cache) == "damaged"
 
 

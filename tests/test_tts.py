@@ -337,7 +337,7 @@ def test_other_playback_events_are_ignored(clock: FakeClock) -> None:
 def test_playback_and_vad_events_come_on_their_own_inputs(clock: FakeClock) -> None:
     # playback carries the speaker's PlaybackEvents, events the VAD's VadEvents (as on the speaker): a message of
     # the other kind is bad input, rejected and counted.
-    core, _ = make(clock)
+    core, _ = make_tts(clock)
     send(core, ("text", chunk("One thing.", 0, turn=7)))
     interrupted = PlaybackEvent(PlaybackKind.TURN_INTERRUPTED, "s1", 7, -1, -1, 0.0, 0).encode()
     assert not send(core, ("events", interrupted)).audio and core.input_errors == 1

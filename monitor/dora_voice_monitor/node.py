@@ -182,5 +182,12 @@ def main(argv: list[str] | None = None) -> None:
 
     from dora_voice.nodes import node_cli
 
+    from dora_voice.nodes import fatal
+
     config, _ = node_cli(CONTRACT, __doc__, argv)
-    run_node(Node(), MonitorCore(config))
+    try:
+        core = MonitorCore(config)
+    except OSError as exc:  # TIMING_REPORT / MONITOR_SAVE_AUDIO / MONITOR_PLOT_DIR cannot be written
+        fatal(CONTRACT.path, f"cannot write {exc.filename or 'an output file'}: {exc.strerror or exc} "
+              "(check TIMING_REPORT, MONITOR_SAVE_AUDIO and MONITOR_PLOT_DIR)")
+    run_node(Node(), core)

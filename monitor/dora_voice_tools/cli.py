@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from dora_voice_tools.launcher import LaunchError, read_report, run_dataflow
+from dora_voice_tools.launcher import LaunchError, first_failure, read_report, run_dataflow
 from dora_voice_tools.resources import QUICKSTART_RECORDING, VOICE_DATAFLOW, runs_dir
 
 logger = logging.getLogger(__name__)
@@ -68,6 +68,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         sys.stderr.write(result.log[-6000:])
         print(f"dora-voice: the dataflow failed (exit {result.returncode}); full log: {out_dir}/dora.log",
               file=sys.stderr)
+        cause = first_failure(result.log)
+        if cause:  # last, so it is what the user reads: the other nodes' errors follow from it
+            print(f"dora-voice: first failure: {cause}", file=sys.stderr)
         return result.returncode
     print_report(result.report_path)
     print(f"\nwhat the listener heard: {audio_out}\ntiming report: {result.report_path}\nwall time: "

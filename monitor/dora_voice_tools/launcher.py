@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -206,3 +207,22 @@ def read_report(path: Path) -> list[dict[str, Any]]:
     if not Path(path).exists():
         return []
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+_LOG_LINE = re.compile(r"^(?:\S+\s+)?(?:\d\d:\d\d:\d\d\s+)?(stderr|stdout|ERROR|WARN)\s+([\w-]+):\s+(.*)$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_CAUSE = re.compile(r"^(dora-voice-[\w-]+: .+|[A-Za-z_.]*(Error|Exception): .+)$")
+
+
+def first_failure(log: str) -> str | None:
+    """The first cause of a failed run in dora's output: ``"node: message"`` for the earliest line a node wrote that
+    states a fatal error (a node's own exit message ``dora-voice-x: ...``, or a Python exception line), or ``None``.
+
+    When one node fails at start, the nodes that then cannot connect print their own tracebacks after it; the
+    earliest cause is the one to fix.
+    """
+    for raw in log.splitlines():
+        match = _LOG_LINE.match(_ANSI.sub("", raw).strip())
+        if match and match.group(1) in ("stderr", "ERROR") and _CAUSE.match(match.group(3).strip()):
+            return f"{match.group(2)}: {match.group(3).strip()}"
+    return None

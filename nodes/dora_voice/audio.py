@@ -61,6 +61,31 @@ def read_wav_mono(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
     return samples, int(rate)
 
 
+def wav_truncation(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """For a RIFF/WAVE file whose ``data`` chunk is shorter than its header says: ``(declared_bytes,
+    present_bytes)``; ``None`` when the file is complete, not a WAV, or written by a streaming writer that leaves
+    the size open (0 or 0xFFFFFFFF). Reads the chunk headers only (RIFF layout: ``RIFF`` size ``WAVE``, then
+    ``id``/size chunks, each padded to an even length)."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            chunk = f.read(8)
+            declared = int.from_bytes(chunk[4:8], "little")
+            if chunk[:4] == b"data":
+                present = size - pos - 8
+                if declared in (0, 0xFFFFFFFF) or present >= declared:
+                    return None
+                return declared, present
+            pos += 8 + declared + (declared & 1)
+    return None
+
+
 def write_wav(path: str | os.PathLike[str], samples: np.ndarray, rate: int, *, subtype: str = "PCM_16") -> None:
     """Write mono audio to a WAV file, atomically (a reader never sees a half-written file).
 

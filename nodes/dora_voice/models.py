@@ -19,9 +19,12 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
+import math
+import mmap
 import os
 import subprocess
 import shutil
+import struct
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -636,7 +639,96 @@ def check_gguf(path: Path) -> Path:
     if head != GGUF_MAGIC:
         raise ModelError(f"{path} is not a GGUF file (corrupt or truncated?): it starts with {head!r}, "
                          f"expected {GGUF_MAGIC!r}")
+    size = path.stat().st_size
+    try:
+        needed = gguf_min_size(path)
+    except (ValueError, struct.error, OSError) as exc:
+        raise ModelError(f"{path} is a damaged GGUF file ({exc}): {_GGUF_FIX}") from None
+    if size < needed:
+        raise ModelError(f"{path} is truncated: its tensors need {needed:,} bytes, the file has {size:,} "
+                         f"({100 * size / needed:.0f} %): {_GGUF_FIX}")
     return path
+
+
+_GGUF_FIX = ("copy or download it again; for a registry model run `dora-voice-models prepare --force NAME` "
+             "(`dora-voice-models list` shows the names)")
+
+_GGML_BLOCK: dict[int, tuple[int, int]] = {
+    0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34), 9: (32, 36),
+    10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176), 14: (256, 210), 15: (256, 292),
+    24: (1, 1), 25: (1, 2), 26: (1, 4), 27: (1, 8), 28: (1, 8), 30: (1, 2),
+}
+"""ggml tensor types -> (elements per block, bytes per block), from ggml's type traits (ggml/src/ggml.c): F32, F16,
+Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K..Q8_K, I8, I16, I32, I64, F64, BF16. Other types count as 0 bytes (only
+their offset is checked)."""
+
+_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+
+
+def gguf_min_size(path: Path) -> int:
+    """The smallest size (bytes) a GGUF file must have to hold every tensor its header lists.
+
+    Parses the header as the GGUF specification (ggml docs/gguf.md, versions 2 and 3) lays it out: key-value
+    metadata, then tensor infos (name, dims, ggml type, offset), then the tensor data aligned to
+    ``general.alignment`` (default 32). The answer is the data start plus the end of the last tensor.
+
+    Raises:
+        ValueError / struct.error: the header itself is cut short or malformed.
+    """
+    with open(path, "rb") as f:
+        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        pos = 4
+        version, n_tensors, n_kv = struct.unpack_from("<IQQ", data, pos)
+        pos += 20
+        if version not in (2, 3):
+            raise ValueError(f"unsupported GGUF version {version}")
+
+        def string(at: int) -> tuple[str, int]:
+            (length,) = struct.unpack_from("<Q", data, at)
+            end = at + 8 + length
+            if end > len(data):
+                raise ValueError("header cut short")
+            return bytes(data[at + 8: end]).decode("utf-8", "replace"), end
+
+        def value(kind: int, at: int) -> tuple[object, int]:
+            if kind == 8:
+                return string(at)
+            if kind == 9:
+                item, count = struct.unpack_from("<IQ", data, at)
+                at += 12
+                if item in _GGUF_SCALARS:
+                    width = struct.calcsize("<" + _GGUF_SCALARS[item])
+                    return None, at + width * count
+                for _ in range(count):
+                    _item, at = value(item, at)
+                return None, at
+            fmt = "<" + _GGUF_SCALARS[kind]
+            return struct.unpack_from(fmt, data, at)[0], at + struct.calcsize(fmt)
+
+        alignment = 32
+        for _ in range(n_kv):
+            key, pos = string(pos)
+            (kind,) = struct.unpack_from("<I", data, pos)
+            item, pos = value(kind, pos + 4)
+            if key == "general.alignment" and isinstance(item, int) and item > 0:
+                alignment = item
+        end = 0
+        for _ in range(n_tensors):
+            _name, pos = string(pos)
+            (n_dims,) = struct.unpack_from("<I", data, pos)
+            dims = struct.unpack_from(f"<{n_dims}Q", data, pos + 4)
+            pos += 4 + 8 * n_dims
+            ggml_type, offset = struct.unpack_from("<IQ", data, pos)
+            pos += 12
+            elements = math.prod(dims)
+            block, size = _GGML_BLOCK.get(ggml_type, (1, 0))
+            end = max(end, offset + elements // block * size)
+        if n_tensors == 0:
+            return pos
+        return pos + (-pos) % alignment + end
+    finally:
+        data.close()
 
 
 def resolve_llm(path_override: str | os.PathLike | None, name: str, *, env: str = "LLM_MODEL_PATH",

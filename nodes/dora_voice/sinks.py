@@ -88,7 +88,9 @@ class FileSink:
     :attr:`COMMIT_INTERVAL_S`, the audio the play head passed more than :attr:`COMMIT_LAG_S` ago (nothing placed can
     change there any more), with the header patched after each append (Python's ``wave``), so a crash, even
     ``kill -9``, leaves a valid file holding what was heard up to about half a second before. Only audio not yet
-    written is kept in memory. :meth:`close` writes the rest.
+    written is kept in memory. :meth:`close` writes the rest. When nothing can change placed audio any more (no
+    barge-in: :attr:`commit_placed`), it is written as soon as it is placed (less the lag), so a session that
+    synthesizes faster than real time does not pile its future audio up in memory.
 
     The fade before an underrun gap is applied even when its samples are behind the virtual play head: this sink
     stands for a device with at least ``CROSSFADE_MS`` of output buffer (less than :attr:`COMMIT_LAG_S`).
@@ -123,6 +125,7 @@ class FileSink:
         self._stop = threading.Event()
         self._closed = False
         self.write_error: OSError | None = None
+        self.commit_placed = False
         if rate_hz:
             self.open(rate_hz)
 
@@ -228,7 +231,8 @@ class FileSink:
             if self.origin_ns is None:
                 continue
             with self._lock:
-                self._commit(self.earliest_position(self.clock_ns()) - lag)
+                heard = self.earliest_position(self.clock_ns())
+                self._commit((max(heard, self.end) if self.commit_placed else heard) - lag)
 
     def checkpoint(self) -> None:
         if self.write_error is not None:

@@ -64,10 +64,16 @@ from dora_voice_tools.bench.reporting import (
     FIRST_AUDIO, item_summary, median_turn, overall_stats, render_compare_table, render_list, render_rss_table,
     render_voice_table, rss_report, variant_summary,
 )
-from dora_voice_tools.bench.running import RssSampler, RunOutcome, execute, log_tail, stress_checks
+from dora_voice_tools.bench.running import (
+    RssSampler, RunOutcome, execute, log_tail, rss_growth_pct, soak_entry, soak_targets, soak_voice_input,
+    stress_checks,
+)
 from dora_voice_tools.resources import SCENARIOS_FILE, TEXT_DATAFLOW, VOICE_DATAFLOW, runs_dir
 
 logger = logging.getLogger(__name__)
+
+SOAK_VOICE_GAP_S = 3.0
+"""Silence after each recording in the soak's voice run (s): the VAD ends the turn after 0.4 s."""
 
 EXIT_OK, EXIT_FAILED = 0, 1
 """Exit statuses (argparse exits with 2 on bad arguments)."""
@@ -96,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
             "  stress      50 queries in one run: completeness checks and node memory (RSS) over time\n"
             "  answers     answer quality: the everyday question set (answers.yaml) per model and prompt variant,\n"
             "              scored (facts present, no forbidden claim, no loop, <= 90 words), with first audio\n\n"
+            "  soak        a 200-turn session (--repeat N): text prompts and recordings, node defaults; summary.json\n"
+            "              \"soak\": turns, complete, segments, underrun_ms_total, TTFT p50/p90, RSS growth per node\n\n"
             "examples:\n"
             "  dora-voice-bench --plan quick\n"
             "  dora-voice-bench --scenario one_sentence --repeat 1 --model smollm2-135m --out /tmp/bench\n"
@@ -308,13 +316,84 @@ class _Bench:
         self.say(render_answers_table(results))
         for r in results:
             self.say(f"misses of {r.name} ({r.model}):\n{render_misses(r.scores)}")
+
+    def _session(self, label: str, yaml_path: Path, run_dir: Path, env: dict[str, str], turns: int,
+                 expected: int | None) -> tuple[RunOutcome, dict[str, dict[str, Any]]]:
+        """One long run with node memory sampled; ``(outcome, rss rows)`` (rows from the first turn started to the
+        last answer played, mid = the middle turn)."""
+        sampler = RssSampler()
+        sampler.start()
+        try:
+            outcome = execute(yaml_path, run_dir, env, run_timeout_s(env, turns), label, expected)
+        finally:
+            sampler.stop()
+        print(f"[bench] {label}: {len(outcome.turns)} turns in {outcome.wall_s:.1f} s", flush=True)
+        if not outcome.ok:
+            print(f"[bench] last lines of {run_dir / 'dora.log'}:\n{log_tail(_read_log(run_dir))}", flush=True)
+        ordered = sorted(outcome.turns, key=lambda t: t.turn_id)
+        starts = [t.llm_start_ns for t in ordered if t.llm_start_ns is not None]
+        ends = [t.turn_played_ns for t in ordered if t.turn_played_ns is not None]
+        memory: dict[str, dict[str, Any]] = {}
+        if starts and ends:
+            mid = ordered[len(ordered) // 2].llm_start_ns or starts[0]
+            memory = rss_report(sampler.samples, starts[0], mid, max(ends))
+        return outcome, memory
+
+    def run_soak(self) -> None:
+        """A long session: the text queries cycled in one run of the text pipeline, and one voice turn per ten (at
+        least one per clip) from the voice scenarios' recordings in one run of the voice pipeline; the ``soak``
+        entry of summary.json and its targets."""
+        text_items = [item for item in self.items if item.pipeline == "text"]
+        clips = [item.clip.path for item in self.items if item.clip is not None]
+        total = self.plan.repeat
+        voice_turns = min(total - 1, max(len(clips), total // 10)) if clips else 0
+        text_turns = total - voice_turns
+        variant = text_items[0].variants[0]
+        base = BenchItem("soak", text_items[0].scenario, text_items[0].variants, dict(self.plan.env))
+        run_dir = self.out / "soak" / "text"
+        env = run_env(base, variant, self.overrides, run_dir, 1)
+        env["TEXT_INPUT_QUERIES"] = "|".join(text_items[k % len(text_items)].scenario.query or ""
+                                             for k in range(text_turns))
+        self.done += 1
+        print(f"[bench] soak: {text_turns} text turns ({', '.join(i.name for i in text_items)}) in one run ...",
+              flush=True)
+        text, text_memory = self._session("soak text", TEXT_DATAFLOW, run_dir, env, text_turns, text_turns)
+        turns = list(text.turns)
+        memory = dict(text_memory)
+        voice: RunOutcome | None = None
+        if voice_turns:
+            run_dir = self.out / "soak" / "voice"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            wav = soak_voice_input(clips, voice_turns, SOAK_VOICE_GAP_S, run_dir / "input.wav")
+            voice_item = next(item for item in self.items if item.clip is not None)
+            env = run_env(voice_item, variant, self.overrides, run_dir, 1)
+            env.update({"AUDIO_INPUT": str(wav), "BARGE_IN": "false", **self.overrides})
+            print(f"[bench] soak: {voice_turns} voice turns ({len(clips)} recordings cycled) in one run ...",
+                  flush=True)
+            voice, voice_memory = self._session("soak voice", VOICE_DATAFLOW, run_dir, env, voice_turns, None)
+            turns += voice.turns
+            for node, row in voice_memory.items():
+                memory.setdefault(node, row)  # mic, vad, asr: only in the voice run
+        entry = soak_entry(turns, rss_growth_pct(memory))
+        targets = soak_targets(entry, total)
+        self.summary["soak"] = entry
+        lines = [f"soak: {total} turns asked ({text_turns} text, {voice_turns} voice), {entry['turns']} reported"]
+        lines += [f"  {'PASS' if c['ok'] else 'FAIL'}  {name}: {c['detail']}" for name, c in targets.items()]
+        self.say("\n".join(lines))
+        self.say(session_summary(summarize(turns)))
+        self.say(render_rss_table(memory))
+        self.plot(base, variant.name, text.turns)
+        runs_ok = text.ok and (voice is None or voice.ok)
+        if not runs_ok or not targets["all_turns_complete"]["ok"] or not targets["segments_lost_0"]["ok"]:
+            self.failed = True
         self.write()
 
     def run(self) -> int:
         """Run the plan; the exit status."""
         self.out.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
-        what = f"stress, {self.plan.repeat} turns" if self.plan.kind == "stress" else f"repeat {self.plan.repeat}"
+        what = (f"{self.plan.kind}, {self.plan.repeat} turns" if self.plan.kind in ("stress", "soak")
+                else f"repeat {self.plan.repeat}")
         count = f"{len(self.items)} item(s)"
         if self.answers is not None:
             what, count = "answers", f"{len(self.answers[0])} questions x {len(self.answers[1])} variant(s)"
@@ -326,6 +405,8 @@ class _Bench:
             self.run_stress()
         elif self.plan.kind == "answers":
             self.run_answers()
+        elif self.plan.kind == "soak":
+            self.run_soak()
         else:
             self.run_compare()
         self.say(f"plan {self.plan.name} took {time.monotonic() - started:.0f} s"

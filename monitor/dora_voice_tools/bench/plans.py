@@ -146,7 +146,7 @@ class Catalog:
 
 _SCENARIO_KEYS = {"description", "query", "audio", "clips", "stream", "max_tokens", "env", "transcripts"}
 _PLAN_KEYS = {"description", "scenarios", "repeat", "stream", "variants", "env", "kind", "turns", "questions"}
-PLAN_KINDS = ("compare", "stress", "answers")
+PLAN_KINDS = ("compare", "stress", "answers", "soak")
 
 
 def parse_stream(value: Any, where: str) -> str:
@@ -283,9 +283,14 @@ def parse_plan(name: str, data: Any, scenarios: Mapping[str, Scenario], source: 
             raise BenchConfigError(f"{where}: a stress plan takes text scenarios only, not {', '.join(voice)}")
         if stream not in ("true", "false"):
             raise BenchConfigError(f"{where}: a stress plan needs stream: true or false")
-    repeat_key = "turns" if kind == "stress" else "repeat"
-    if kind != "stress" and "turns" in data:
-        raise BenchConfigError(f"{where}: turns is for kind: stress (use repeat)")
+    if kind == "soak":
+        if stream not in ("true", "false"):
+            raise BenchConfigError(f"{where}: a soak plan needs stream: true or false")
+        if all(scenarios[n].pipeline != "text" for n in names):
+            raise BenchConfigError(f"{where}: a soak plan needs at least one text scenario")
+    repeat_key = "turns" if kind in ("stress", "soak") else "repeat"
+    if kind not in ("stress", "soak") and "turns" in data:
+        raise BenchConfigError(f"{where}: turns is for kind: stress or soak (use repeat)")
     return Plan(name=name, description=str(data.get("description") or ""), scenarios=names,
                 repeat=_count(data.get(repeat_key, 1), f"{where}: {repeat_key}"), stream=stream,
                 variants=variants, env=parse_env(data.get("env"), where), kind=kind)

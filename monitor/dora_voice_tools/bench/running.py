@@ -229,3 +229,88 @@ def stress_checks(turns: Sequence[TurnRecord], expected: int, returncode: int) -
             [t.turn_id for t in turns if t.segments_played != t.tts_segments], "played != synthesized"),
         "replies_non_empty": verdict([t.turn_id for t in turns if not t.reply.strip()], "empty reply"),
     }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Soak: a long session
+
+
+SOAK_KEYS = ("turns", "complete", "segments_produced", "segments_played", "segments_lost", "underrun_ms_total",
+             "ttft_p50_ms", "ttft_p90_ms", "rss_growth_second_half_pct")
+"""The keys of summary.json's ``soak`` entry (issue 10), in order."""
+
+SOAK_RSS_GROWTH_MAX_PCT = 3.0
+"""Target: no node's RSS grows by more than this over the second half of the session (%)."""
+
+
+def soak_voice_input(clips: Sequence[Path], turns: int, gap_s: float, out_path: Path) -> Path:
+    """Write the voice part of a soak: ``turns`` utterances, the ``clips`` cycled, each followed by ``gap_s`` s of
+    silence (longer than the VAD's end-of-turn silence), as one 16 kHz WAV.
+
+    Raises:
+        ValueError: no clips, or a clip that cannot be read.
+    """
+    import numpy as np  # noqa: PLC0415 - only the soak needs audio here
+
+    from dora_voice import audio  # noqa: PLC0415
+
+    if not clips:
+        raise ValueError("a soak needs at least one voice clip")
+    rate = 16_000
+    loaded = []
+    for clip in clips:
+        samples, clip_rate = audio.read_wav_mono(clip)
+        loaded.append(audio.resample(samples, clip_rate, rate) if clip_rate != rate else samples)
+    gap = np.zeros(int(gap_s * rate), dtype=np.float32)
+    parts = []
+    for k in range(turns):
+        parts += [loaded[k % len(loaded)].astype(np.float32), gap]
+    audio.write_wav(out_path, np.concatenate(parts), rate)
+    return out_path
+
+
+def rss_growth_pct(memory: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    """Per node, RSS growth over the second half of a run, % of its mid-run RSS (from :func:`rss_report` rows)."""
+    return {node: round(100.0 * (r["end_mb"] - r["mid_mb"]) / r["mid_mb"], 2) if r["mid_mb"] else 0.0
+            for node, r in memory.items()}
+
+
+def soak_entry(turns: Sequence[TurnRecord], rss_growth: Mapping[str, float]) -> dict[str, Any]:
+    """The ``soak`` entry of summary.json: exactly :data:`SOAK_KEYS`, over every turn of the session."""
+    from dora_voice_monitor.collector import percentile  # noqa: PLC0415
+
+    ttft = [t.llm_ttft_ms for t in turns if t.llm_ttft_ms is not None]
+    entry = {
+        "turns": len(turns),
+        "complete": sum(1 for t in turns if t.complete),
+        "segments_produced": sum(t.tts_segments for t in turns),
+        "segments_played": sum(t.segments_played for t in turns),
+        "segments_lost": sum(t.segments_lost for t in turns),
+        "underrun_ms_total": round(sum(t.underrun_ms or 0.0 for t in turns), 1),
+        "ttft_p50_ms": round(percentile(ttft, 50), 1) if ttft else None,
+        "ttft_p90_ms": round(percentile(ttft, 90), 1) if ttft else None,
+        "rss_growth_second_half_pct": dict(sorted(rss_growth.items())),
+    }
+    assert tuple(entry) == SOAK_KEYS
+    return entry
+
+
+def soak_targets(entry: Mapping[str, Any], expected_turns: int) -> dict[str, dict[str, Any]]:
+    """The soak's targets: every turn reported and complete, 0 lost, 0 ms of underruns, TTFT p90 <= 2 x p50, no
+    node's RSS growing more than :data:`SOAK_RSS_GROWTH_MAX_PCT` % over the second half."""
+    p50, p90 = entry["ttft_p50_ms"], entry["ttft_p90_ms"]
+    growth = entry["rss_growth_second_half_pct"]
+    worst = max(growth.items(), key=lambda kv: kv[1]) if growth else ("-", 0.0)
+    return {
+        "all_turns_complete": {"ok": entry["turns"] >= expected_turns and entry["complete"] == entry["turns"],
+                               "detail": f"{entry['complete']} complete of {entry['turns']} reported, "
+                                         f"{expected_turns} asked"},
+        "segments_lost_0": {"ok": entry["segments_lost"] == 0,
+                            "detail": f"{entry['segments_lost']} lost, {entry['segments_played']} of "
+                                      f"{entry['segments_produced']} played"},
+        "underrun_ms_0": {"ok": entry["underrun_ms_total"] == 0, "detail": f"{entry['underrun_ms_total']} ms"},
+        "ttft_p90_le_2x_p50": {"ok": p50 is not None and p90 is not None and p90 <= 2 * p50,
+                               "detail": f"p50 {p50} ms, p90 {p90} ms"},
+        "rss_growth_le_3pct": {"ok": bool(growth) and worst[1] <= SOAK_RSS_GROWTH_MAX_PCT,
+                               "detail": f"largest: {worst[0]} {worst[1]:+.2f} %"},
+    }

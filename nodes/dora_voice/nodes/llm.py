@@ -198,6 +198,8 @@ class LlmCore(NodeCore):
         self.text_closed = False
         self.cancelled_turns = 0
         self.prefill_pending = False  # history was trimmed: re-evaluate its new prefix while the answer plays
+        self._prefill_steps: Iterator[int] | None = None  # the re-evaluation in progress (interruptible backends)
+        self._prefill_started = 0
         self.turn_ids = TurnSequence()
         self.last_text_turn = -1
         self.failed_turns = 0
@@ -264,6 +266,7 @@ class LlmCore(NodeCore):
                      "dropped; the LLM exits", peer, input_id, len(self.queue))
         self.queue.clear()
         self.prefill_pending = False
+        self._prefill_steps = None
         return out
 
     def busy(self) -> bool:
@@ -409,7 +412,11 @@ class LlmCore(NodeCore):
         if not self.queue:
             return []
         transcript = self.queue.popleft()
+        if self._prefill_steps is not None:
+            logger.info("turn %d: a new turn interrupts the history re-evaluation; its prompt reuses what was "
+                        "evaluated", transcript.turn_id)
         self.prefill_pending = False  # this prompt evaluates the new prefix anyway
+        self._prefill_steps = None
         messages, dropped, shortened = self.history.fit(transcript.text, self.prompt_budget)
         if dropped:
             logger.info("turn %d: %d oldest exchange(s) dropped to fit the %d-token context window",
@@ -518,17 +525,36 @@ class LlmCore(NodeCore):
         return out + (self._start_next() if start_next else [])
 
     def _prefill(self) -> None:
-        """Evaluate the system prompt and the trimmed history once, so the next turn's prompt hits the cache."""
-        self.prefill_pending = False
+        """Evaluate the system prompt and the trimmed history, so the next turn's prompt hits the cache.
+
+        With a backend that can (``prefill``), one piece of a few dozen tokens per call: :meth:`step` comes back
+        between pieces and a turn that arrives meanwhile starts at once (:meth:`_start_next` drops the rest).
+        Otherwise in one call (``warmup``).
+        """
         started = self.clock_ns()
         try:
-            self.backend.warmup(self.history.fit("", self.prompt_budget)[0])
+            if self._prefill_steps is None:
+                messages = self.history.fit("", self.prompt_budget)[0]
+                prefill = getattr(self.backend, "prefill", None)
+                if prefill is None:
+                    self.prefill_pending = False
+                    self.backend.warmup(messages)
+                    logger.info("history trimmed to %d turns: prefix re-evaluated in %.0f ms, off the user's path",
+                                len(self.history.exchanges), (self.clock_ns() - started) / 1e6)
+                    return
+                self._prefill_steps = iter(prefill(messages))
+                self._prefill_started = started
+            next(self._prefill_steps)
+        except StopIteration:
+            self.prefill_pending = False
+            self._prefill_steps = None
+            logger.info("history trimmed to %d turns: prefix re-evaluated in %.0f ms, off the user's path",
+                        len(self.history.exchanges), (self.clock_ns() - self._prefill_started) / 1e6)
         except Exception as exc:  # noqa: BLE001 - a cache warm-up failing must not end the session
+            self.prefill_pending = False
+            self._prefill_steps = None
             logger.error("re-evaluating the trimmed history failed (%s: %s); the next turn will do it",
                          type(exc).__name__, str(exc)[:300])
-            return
-        logger.info("history trimmed to %d turns: prefix re-evaluated in %.0f ms, off the user's path",
-                    len(self.history.exchanges), (self.clock_ns() - started) / 1e6)
 
     def _on_playback(self, event: PlaybackEvent) -> list[Emit]:
         heard = self.heard.setdefault(event.turn_id, {})

@@ -196,15 +196,50 @@ class FileReplay(NodeCore):
         return []
 
 
+def check_input_samples(path: Path, samples: np.ndarray, rate: int) -> np.ndarray:
+    """Refuse or repair an input file's samples, saying what was wrong.
+
+    * no samples (a header without data): ``ValueError``;
+    * NaN or infinite samples: ``ValueError``;
+    * a truncated WAV (its data chunk shorter than its header says): a warning naming both lengths; what is there
+      is replayed;
+    * float samples outside [-1, 1] (the VAD and Whisper expect full scale 1.0): the signal is scaled so its peak
+      is 1.0, with a warning naming the peak. Scaling, not clipping: the waveform keeps its shape.
+
+    Returns:
+        ``samples`` (scaled when needed), shape ``(n,)`` float32.
+
+    Raises:
+        ValueError: no samples, or non-finite samples; the message names the file and the problem.
+    """
+    if samples.shape[0] == 0:
+        raise ValueError(f"{path} holds no audio samples (a header without data): record or export it again")
+    if not np.isfinite(samples).all():
+        raise ValueError(f"{path} has NaN or infinite samples: export it again (16-bit PCM is safest)")
+    cut = audio.wav_truncation(path)
+    if cut is not None:
+        declared, present = cut
+        logger.warning("mic: AUDIO_INPUT %s is truncated: its header announces %d bytes of audio, the file holds %d "
+                       "(%.0f %%, %.2f s); replaying what is there", path, declared, present, 100 * present / declared,
+                       samples.shape[0] / rate)
+    peak = float(np.max(np.abs(samples)))
+    if peak > 1.0:
+        logger.warning("mic: AUDIO_INPUT %s has float samples up to %.2f, outside [-1, 1]: scaled by %.3f so the "
+                       "peak is 1.0", path, peak, 1.0 / peak)
+        samples = (samples / peak).astype(np.float32)
+    return samples
+
+
 def load_file_replay(config: MicConfig, **kwargs: Any) -> FileReplay:
     """Read ``config.audio_input``, mix to mono, resample to 16 kHz and build its :class:`FileReplay`.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file cannot be decoded.
+        ValueError: the file cannot be decoded, or holds no usable samples (see :func:`check_input_samples`).
     """
     assert config.audio_input is not None
     samples, rate = audio.read_wav_mono(config.audio_input)
+    samples = check_input_samples(config.audio_input, samples, rate)
     if rate != RATE_HZ:
         samples = audio.resample(samples, rate, RATE_HZ)
     logger.info("mic: replaying %s (%d Hz -> %d Hz, %.2f s)", config.audio_input, rate, RATE_HZ,

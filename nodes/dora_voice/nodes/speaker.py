@@ -244,6 +244,12 @@ class SpeakerCore(NodeCore):
         self.turns_done = 0
         self._ended = False
         self.turn_ids = TurnSequence()
+        self._placed_is_final()
+
+    def _placed_is_final(self) -> None:
+        """Nothing can interrupt any more: the file sink may write placed audio at once (see :class:`FileSink`)."""
+        if not self._can_interrupt() and hasattr(self.sink, "commit_placed"):
+            self.sink.commit_placed = True
 
     # -- helpers ------------------------------------------------------------------------------------------------------
     def _samples(self, ms: float) -> int:
@@ -279,6 +285,7 @@ class SpeakerCore(NodeCore):
         if input_id == Output.EVENTS:
             self._events_closed = True
             self._speech = None
+            self._placed_is_final()
             return self._report(self.clock_ns())
         if input_id == Output.AUDIO and self._turns:
             # The TTS is gone (it closes every turn before it finishes normally): report what never came now.
