@@ -15,6 +15,8 @@ TRANSCRIPTS = {
     "cards-005.wav": "eight of spades four of clubs seven of hearts",
     "goforward.wav": "go forward ten meters",
     "librivox-0880.wav": "he was not an ill disposed young man",
+    "librivox-0870.wav": ("and mister john dashwood had then leisure to consider how much there might be prudently in his "
+                          "power to do for them"),
 }
 
 
