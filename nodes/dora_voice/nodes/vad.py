@@ -262,8 +262,9 @@ class VadCore(NodeCore):
                     (end_ns - start_ns) / 1e9, decision.rule.value, (now - end_ns) / 1e6, probability,
                     decision.evaluations, decision.model_ms)
         fields = {Key.DETECTED_NS: now, Key.SPEECH_START_NS: start_ns, Key.EOT_RULE: decision.rule.value,
-                  Key.EOT_PROBABILITY: decision.probability, Key.EOT_MODEL_MS: decision.model_ms,
-                  Key.COUNT: decision.evaluations}
+                  Key.EOT_MODEL_MS: decision.model_ms, Key.COUNT: decision.evaluations}
+        if decision.probability is not None:
+            fields[Key.EOT_PROBABILITY] = decision.probability
         return [
             emit(Output.EVENTS, VadEvent(VadEventKind.SPEECH_ENDED, self.session_id, turn, end_ns, now)),
             self.timing(TimingKind.SPEECH_ENDED, turn, end_ns, **fields),
