@@ -7,7 +7,7 @@ timestamps below; nothing here computes them.
 Times are ms after :data:`BASE_NS`.
 
 Turn 0, voice, three chunks, everything played:
-    speech 0..1500 (detected 2000), asr_done 2300, llm_start 2310, first token 2420, chunks emitted at 2600 / 2800 /
+    speech 0..1500 (detected 2000 by the end-of-turn model, P 0.93), asr_done 2300, llm_start 2310, first token 2420, chunks emitted at 2600 / 2800 /
     2950 (8 / 6 / 4 tokens, 290 / 200 / 150 ms gen), llm_done 2960 (18 tokens). TTS segment k = chunk k: starts
     2605 / 3100 / 3505, first fragments 2905 / 3250 / 3600, done 3095 / 3500 / 3700 (audio 2000 / 1500 / 800 ms,
     synthesis 490 / 400 / 195 ms), tts_done 3705. Playback starts 2950; segments played at 4950 / 6450 / 7250;
@@ -40,7 +40,8 @@ def turn0() -> list[TimingEvent]:
     t = 0
     return [
         _ev(K.SPEECH_STARTED, "vad", t, 0),
-        _ev(K.SPEECH_ENDED, "vad", t, 1500, **{Key.DETECTED_NS: BASE_NS + 2000 * 10**6}),
+        _ev(K.SPEECH_ENDED, "vad", t, 1500, **{Key.DETECTED_NS: BASE_NS + 2000 * 10**6, Key.EOT_RULE: "model",
+                                               Key.EOT_PROBABILITY: 0.93}),
         _ev(K.ASR_DONE, "asr", t, 2300, **{Key.TEXT: "tell me a joke"}),
         _ev(K.LLM_START, "llm", t, 2310),
         _ev(K.LLM_FIRST_TOKEN, "llm", t, 2420),

@@ -25,7 +25,8 @@ from dora_voice_tools.bench.plans import (
     parse_catalog, parse_scenario, plan_items, resolve_plan, run_env, variants_for,
 )
 from dora_voice_tools.bench.reporting import (
-    item_summary, median, median_turn, overall_stats, ratio, render_compare_table, render_voice_table, rss_report,
+    corpus_wer, item_summary, median, median_turn, overall_stats, ratio, render_compare_table,
+    render_v2v_parts_table, render_voice_table, rss_report,
 )
 from dora_voice_tools.bench.running import RssSample, RssSampler, stress_checks, turn_problems
 from dora_voice_tools.launcher import RunResult
@@ -550,3 +551,29 @@ def test_bench_answers_plan_scores_every_question_and_reports_misses(tmp_path: P
     assert entry["latency"]["llm_start_to_first_audio_ms"]["p50"] > 0
     assert "answer quality" in proc.stdout and "misses of smollm2-honest" in proc.stdout
     assert "impossible (cannot)" in proc.stdout
+
+
+def test_v2v_parts_table_adds_up_and_scores_the_transcripts() -> None:
+    parts = dict(v2v_eot_ms=250.0, v2v_asr_ms=100.0, v2v_llm_ttft_ms=150.0, v2v_first_chunk_ms=100.0,
+                 v2v_tts_ms=60.0, v2v_playback_ms=40.0)
+    a = make_turn(0, source="voice", transcript="Ten of clubs.", first_audio_ms=700.0, eot_rule="model",
+                  eot_probability=0.97, underruns=0, **parts)
+    b0 = make_turn(0, source="voice", transcript="Go forward", first_audio_ms=1500.0, eot_rule="max_wait",
+                   eot_probability=0.2, underruns=1, **{**parts, "v2v_eot_ms": 1050.0})
+    b1 = make_turn(1, source="voice", transcript="10 meters.", first_audio_ms=700.0, eot_rule="silence", underruns=0,
+                   **parts)
+    table = render_v2v_parts_table(STREAMING, [("cards-001", [a], "ten of clubs"),
+                                               ("goforward", [b1, b0], "go forward ten meters")]).splitlines()
+    assert table[4].split()[:10] == ["cards-001", "1", "700", "250", "100", "150", "100", "60", "40", "0"]
+    assert table[4].split()[10] == "0.000" and "model:0.97" in table[4]
+    # The turns' transcripts are joined in turn order: "go forward" + "10 meters" = the whole reference.
+    assert table[5].split()[10] == "0.000" and table[5].index("max_wait:0.20") < table[5].index("silence")
+    assert table[7].split()[:5] == ["p50", "(all", "turns)", "3", "700"] and table[7].split()[-3] == "0.000"
+    assert table[8].split() == ["p90", "(all", "turns)", "1340"]
+    assert table[9] == "share of the parts' p50 sum: eot 36%, asr 14%, ttft 21%, chunk1 14%, tts 9%, play 6%"
+    assert table[10] == "end of turn: max_wait 1, model 1, silence 1"
+
+
+def test_corpus_wer_counts_words_over_all_clips() -> None:
+    assert corpus_wer([("go forward ten meters", "Go forward 10 meters."), ("five five", "5")]) == pytest.approx(1 / 6)
+    assert corpus_wer([]) is None

@@ -88,3 +88,29 @@ def test_two_utterances_two_turns_nothing_lost(tmp_path: Path) -> None:
     hypothesis = turns[0]["transcript"] + " " + turns[1]["transcript"]
     assert wer(reference, hypothesis) <= 0.20, hypothesis
     assert turns[0]["playback_started_ns"] < turns[1]["playback_started_ns"]
+
+
+PAUSE_AT_S = 4.18
+"""A word boundary mid-sentence in librivox-0870: "... to consider how much | there might be prudently ..."."""
+
+
+def test_a_700_ms_pause_mid_sentence_is_not_the_end_of_the_turn(tmp_path: Path) -> None:
+    """Smart Turn (the default end-of-turn detector) hears the pause as incomplete: one turn, the whole sentence,
+    and no answer audio before the sentence ends. The end of turn is decided by the model, with its probability."""
+    clip = load_clip("librivox-0870.wav")
+    cut = int(PAUSE_AT_S * RATE)
+    spans = compose(tmp_path / "in.wav", [silence(0.5), clip[:cut], silence(0.7), clip[cut:], silence(0.3)])
+    out_wav = tmp_path / "answer.wav"
+    result = run_dataflow(VOICE_DATAFLOW, tmp_path,
+                          {**SMALL_MODELS, "AUDIO_INPUT": str(tmp_path / "in.wav"), "AUDIO_OUTPUT": str(out_wav)},
+                          timeout_s=240)
+    assert result.returncode == 0, result.log[-4000:]
+    assert len(result.turns) == 1, result.log[-4000:]
+    turn = result.turns[0]
+    check_turn(turn)
+    assert wer(TRANSCRIPTS["librivox-0870.wav"], turn["transcript"]) <= 0.20, turn["transcript"]
+    assert turn["eot_rule"] in ("model", "max_wait") and turn["eot_probability"] is not None
+    answer, rate = sf.read(out_wav, dtype="float32")
+    _loud_s, first_loud_s = active_seconds(answer, rate)
+    second_part_end_s = spans[1][1]
+    assert first_loud_s is not None and first_loud_s > second_part_end_s - 0.3

@@ -299,7 +299,7 @@ def _mic_config(path):
 def test_a_float_wav_beyond_full_scale_is_scaled_and_said(tmp_path, caplog) -> None:
     import soundfile as sf
 
-    from conftest import load_clip
+    from recordings import load_clip
     from dora_voice.nodes.mic import load_file_replay
 
     speech = load_clip("goforward.wav")
@@ -392,7 +392,7 @@ def test_real_whisper_hears_nothing_in_silence() -> None:
 
     transcribe = load_whisper(load_config(AsrConfig, {}))
     assert transcribe(np.zeros(16_000 * 30, np.float32)) == ""
-    from conftest import load_clip
+    from recordings import load_clip
 
     assert "forward" in transcribe(load_clip("goforward.wav")).lower()
 

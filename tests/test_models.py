@@ -298,7 +298,7 @@ def test_registry_is_consistent():
     assert models.REGISTRY[models.DEFAULT_LLM].kind == "llm"
     assert models.REGISTRY[models.DEFAULT_ASR].kind == "asr"
     for spec in models.REGISTRY.values():
-        assert spec.kind in ("llm", "asr", "tts")
+        assert spec.kind in ("llm", "asr", "tts", "turn")
         assert spec.packages and all(re.fullmatch(r"[a-z0-9-]+==[\d.]+", r) for r in spec.packages)
         for artifact in spec.artifacts:
             assert re.fullmatch(r"[0-9a-f]{64}", artifact.sha256) and artifact.size > 0
@@ -334,3 +334,24 @@ def test_marker_keeps_entries_of_other_virtualenvs(tmp_path, site, cache):
     models._write_marker(spec, cache, [{"path": str(other), "sha256": "0" * 64, "size": 1, "mtime_ns": 0}])
     assert models.model_status(spec, cache) == "ready"
     assert str(other) in (cache / "fake-voice.sha256").read_text()
+
+
+def test_smart_turn_is_located_through_its_distribution_without_importing_pipecat(tmp_path):
+    """The installed pipecat-ai wheel is a data package: its files are found via importlib.metadata, checked, and
+    the framework is never imported."""
+    import sys
+
+    onnx, features = models.resolve_smart_turn(None, cache_dir=tmp_path)
+    assert onnx.name == "smart-turn-v3.2-cpu.onnx" and onnx.is_file()
+    assert features.name == "_whisper_features.py" and features.parent == onnx.parent.parent
+    assert "pipecat" not in sys.modules
+    assert models.model_status(models.REGISTRY[models.DEFAULT_TURN], tmp_path) == "ready"
+
+
+def test_smart_turn_override(tmp_path):
+    with pytest.raises(ModelError, match="TURN_MODEL_PATH=.*no such file"):
+        models.resolve_smart_turn(str(tmp_path / "absent.onnx"))
+    mine = tmp_path / "mine.onnx"
+    mine.write_bytes(b"x")
+    (tmp_path / "_whisper_features.py").write_text("")
+    assert models.resolve_smart_turn(str(mine)) == (mine, tmp_path / "_whisper_features.py")

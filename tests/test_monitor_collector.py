@@ -74,6 +74,12 @@ def test_voice_turn_latencies(turns):
     assert t.tts_ttfb_ms == pytest.approx(300)  # 2905 - 2605
     assert t.first_audio_ms == pytest.approx(1450)  # 2950 - 1500
     assert t.llm_start_to_first_audio_ms == pytest.approx(640)  # 2950 - 2310
+    assert (t.eot_rule, t.eot_probability) == ("model", pytest.approx(0.93))
+    # Voice-to-voice in parts that add up: 500 + 300 + 120 + 180 + 305 + 45 = 1450.
+    assert t.v2v_parts == {"v2v_eot_ms": pytest.approx(500), "v2v_asr_ms": pytest.approx(300),
+                           "v2v_llm_ttft_ms": pytest.approx(120), "v2v_first_chunk_ms": pytest.approx(180),
+                           "v2v_tts_ms": pytest.approx(305), "v2v_playback_ms": pytest.approx(45)}
+    assert sum(t.v2v_parts.values()) == pytest.approx(t.first_audio_ms)
     assert t.llm_total_ms == pytest.approx(650)
     assert t.inter_token_ms == pytest.approx(540 / 17)  # (2960 - 2420) / (18 - 1)
     assert t.tokens_per_s == pytest.approx(17 / 0.540)
@@ -379,3 +385,13 @@ def test_config_from_env(tmp_path):
     assert {"TIMING_REPORT", "MONITOR_VERBOSE", "MONITOR_PLOT_DIR", "MONITOR_SAVE_AUDIO"} <= CONTRACT.env().keys()
     assert CONTRACT.path == "dora-voice-monitor" and CONTRACT.outputs == ()
     assert all(i.endswith("timing") for i in CONTRACT.inputs if i != "tts_audio")
+
+
+def test_timeline_ends_with_voice_to_voice_as_the_sum_of_its_parts(turns):
+    from dora_voice_monitor.report import live_row, timeline
+
+    text = timeline(turns[0])
+    assert text.splitlines()[-1] == ("first audio 1450ms = end of turn 500 + ASR 300 + LLM TTFT 120 + first chunk 180"
+                                     " + TTS 305 + playback 45")
+    assert "model P(complete)=0.93" in text and "[eot=model p=0.93]" in live_row(turns[0])
+    assert "first audio" not in timeline(turns[1]).splitlines()[-1]  # typed turn: no voice-to-voice

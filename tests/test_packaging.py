@@ -101,7 +101,7 @@ def test_wheel_holds_the_data_and_the_tools_find_it_without_the_checkout(tmp_pat
         assert resources.runs_dir() == Path.cwd() / "runs"
         catalog = plans.load_catalog()
         clips = plans.plan_items(catalog.plan("voice"), catalog)
-        assert len(clips) == 4 and all(item.clip.path.is_relative_to(site) for item in clips)
+        assert len(clips) == 5 and all(item.clip.path.is_relative_to(site) for item in clips)
         assert resources.TEXT_DATAFLOW.is_relative_to(site) and resources.TEXT_DATAFLOW.is_file()
         print("ok")
     """)

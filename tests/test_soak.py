@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import DATA
+from recordings import DATA
 from dora_voice_tools.bench import cli as bench_cli
 from dora_voice_tools.bench.plans import BenchConfigError, load_catalog, parse_catalog, plan_items, resolve_plan
 from dora_voice_tools.bench.running import (

@@ -27,6 +27,13 @@ Definitions (all durations in ms unless the name says ``_s``; ``None`` when an e
     * ``first_audio_ms`` (voice-to-voice): speech_end -> ``playback_started`` (first sample played); ``None`` for
       typed turns.
     * ``llm_start_to_first_audio_ms``: ``llm_start`` -> ``playback_started`` (the combined TTFB).
+    * ``eot_rule`` / ``eot_probability``: the rule that ended the user's turn (``model``, ``max_wait``, ``silence``,
+      ``max_speech``, ``end_of_stream``) and the end-of-turn model's P(complete) (``speech_ended`` fields).
+    * Voice-to-voice, split into consecutive parts that add up to ``first_audio_ms`` exactly (:data:`V2V_PARTS`):
+      ``v2v_eot_ms`` speech_end -> end of turn decided; ``v2v_asr_ms`` -> transcript emitted; ``v2v_llm_ttft_ms``
+      -> first LLM token (the hop to the LLM and the prompt included); ``v2v_first_chunk_ms`` -> first chunk
+      emitted; ``v2v_tts_ms`` -> first audio fragment emitted by the TTS; ``v2v_playback_ms`` -> first sample
+      played (hop to the speaker and its buffering). ``None`` for a part whose events are missing.
     * ``inter_token_ms``: (``llm_done`` - ``llm_first_token``) / (tokens - 1); wall clock, so it includes any pause the
       LLM takes for pacing. ``tokens_per_s`` is its inverse.
     * ``audio_s``: audio synthesized (sum of ``tts_segment_done.audio_ms``); ``audio_played_s``: ``turn_played.audio_ms``
@@ -252,7 +259,21 @@ class TurnRecord:
     playback_started_ns: int | None
     barge_in_ns: int | None
     turn_played_ns: int | None
+    # end of turn and the parts of voice-to-voice (see the module docstring), ms
+    eot_rule: str | None = None
+    eot_probability: float | None = None
+    v2v_eot_ms: float | None = None
+    v2v_asr_ms: float | None = None
+    v2v_llm_ttft_ms: float | None = None
+    v2v_first_chunk_ms: float | None = None
+    v2v_tts_ms: float | None = None
+    v2v_playback_ms: float | None = None
     chunks: tuple[ChunkRecord, ...] = ()
+
+    @property
+    def v2v_parts(self) -> dict[str, float | None]:
+        """The parts of voice-to-voice in time order (:data:`V2V_PARTS`), ms."""
+        return {name: getattr(self, name) for name in V2V_PARTS}
 
     @property
     def origin_ns(self) -> int | None:
@@ -331,10 +352,13 @@ class SessionSummary:
     unanswered_turns: tuple[int, ...] = ()
 
 
+V2V_PARTS = ("v2v_eot_ms", "v2v_asr_ms", "v2v_llm_ttft_ms", "v2v_first_chunk_ms", "v2v_tts_ms", "v2v_playback_ms")
+"""The consecutive parts of voice-to-voice (``first_audio_ms``), in time order."""
+
 SUMMARY_METRICS = (
     "asr_latency_ms", "eot_delay_ms", "llm_ttft_ms", "llm_first_chunk_ms", "tts_ttfb_ms", "first_audio_ms",
     "llm_start_to_first_audio_ms", "inter_token_ms", "tokens_per_s", "llm_total_ms", "audio_s", "wall_s", "rtf",
-    "underrun_ms", "barge_in_ms",
+    "underrun_ms", "barge_in_ms", "eot_probability", *V2V_PARTS,
 )
 """Per-turn metrics the session summary reports."""
 
@@ -527,8 +551,20 @@ def build_turn(turn_id: int, events: Iterable[TimingEvent], *, complete: bool,
         eot_detected_ns=_field(speech_ended, Key.DETECTED_NS), transcript_ns=_t(transcript_event),
         llm_start_ns=llm_start_ns, llm_first_token_ns=_t(first_token), llm_done_ns=_t(llm_done),
         tts_done_ns=_t(tts_done), playback_started_ns=_t(playback_started), barge_in_ns=_t(barge_in),
-        turn_played_ns=_t(turn_played), chunks=tuple(_build_chunks(ev, llm_start_ns, _t(first_token))),
+        turn_played_ns=_t(turn_played),
+        eot_rule=_field(speech_ended, Key.EOT_RULE), eot_probability=_field(speech_ended, Key.EOT_PROBABILITY),
+        **_v2v_parts(speech_end_ns, _field(speech_ended, Key.DETECTED_NS), _t(asr_done), _t(first_token),
+                     _t(ev.llm_chunks[min(ev.llm_chunks)]) if ev.llm_chunks else None,
+                     _min(_t(e) for e in ev.first_fragments.values()), _t(playback_started)),
+        chunks=tuple(_build_chunks(ev, llm_start_ns, _t(first_token))),
     )
+
+
+def _v2v_parts(*instants: int | None) -> dict[str, float | None]:
+    """The parts of voice-to-voice from its consecutive instants (speech end, end of turn, transcript, first token,
+    first chunk, first fragment, first sample played): each part is the gap between two neighbours, so the known
+    parts of a turn with every instant add up to ``first_audio_ms``."""
+    return {name: _ms(a, b) for name, a, b in zip(V2V_PARTS, instants, instants[1:])}
 
 
 def _build_chunks(ev: _TurnEvents, llm_start_ns: int | None, first_token_ns: int | None) -> list[ChunkRecord]:

@@ -79,7 +79,23 @@ def _notes(turn: TurnRecord) -> list[str]:
         notes.append(f"underruns={turn.underruns} ({fmt_ms(turn.underrun_ms)}ms)")
     if turn.input_errors:
         notes.append(f"input_errors={turn.input_errors}")
+    if turn.eot_rule is not None:
+        notes.append(f"eot={turn.eot_rule}" + (f" p={turn.eot_probability:.2f}" if turn.eot_probability is not None
+                                                else ""))
     return notes
+
+
+_V2V_LABELS = {"v2v_eot_ms": "end of turn", "v2v_asr_ms": "ASR", "v2v_llm_ttft_ms": "LLM TTFT",
+               "v2v_first_chunk_ms": "first chunk", "v2v_tts_ms": "TTS", "v2v_playback_ms": "playback"}
+
+
+def v2v_breakdown(turn: TurnRecord) -> str | None:
+    """``first audio 650 ms = end of turn 230 + ASR 80 + ...``: voice-to-voice as the sum of its parts (voice turns
+    with a first audio only; ``None`` otherwise)."""
+    if turn.first_audio_ms is None:
+        return None
+    parts = " + ".join(f"{_V2V_LABELS[name]} {fmt_ms(value)}" for name, value in turn.v2v_parts.items())
+    return f"first audio {fmt_ms(turn.first_audio_ms)}ms = {parts}"
 
 
 def live_row(turn: TurnRecord, *, text_width: int = 36) -> str:
@@ -146,7 +162,9 @@ def timeline(turn: TurnRecord) -> str:
 
     add(turn.speech_start_ns, "VAD: speech started")
     add(turn.speech_end_ns, "VAD: speech ended (last voiced sample)")
-    add(turn.eot_detected_ns, f"VAD: end of turn detected (+{fmt_ms(turn.eot_delay_ms)}ms)")
+    rule = "" if turn.eot_rule is None else f", {turn.eot_rule}" + (
+        f" P(complete)={turn.eot_probability:.2f}" if turn.eot_probability is not None else "")
+    add(turn.eot_detected_ns, f"VAD: end of turn detected (+{fmt_ms(turn.eot_delay_ms)}ms{rule})")
     if turn.source == "voice":
         add(turn.transcript_ns, f'ASR: "{truncate(turn.transcript, 60)}" (ASR latency: '
                                 f"{fmt_ms(turn.asr_latency_ms)}ms)")
@@ -175,6 +193,9 @@ def timeline(turn: TurnRecord) -> str:
                              f"{fmt_num(turn.underruns)} underruns, {fmt_ms(turn.underrun_ms)}ms underrun)")
     lines = ["-" * RULE_WIDTH, f"TIMELINE (turn {turn.turn_id})", "-" * RULE_WIDTH]
     lines += [f"[{clock(t)}] {text}" for t, _o, text in sorted(items)]
+    breakdown = v2v_breakdown(turn)
+    if breakdown is not None:
+        lines.append(breakdown)
     return "\n".join(lines)
 
 

@@ -4,7 +4,7 @@
 * ``dataflows/test_streaming_pipeline.yml``: the checkout's ``examples/voice-chatbot/test_streaming_pipeline.yml``
   with the ``text-input`` node run by the ``dora-voice-text-input`` console script instead of the example script
   beside the YAML (the one difference; otherwise node for node the same).
-* ``recordings/``: byte-identical copies of ``tests/data`` (four short recordings with their README and licence):
+* ``recordings/``: byte-identical copies of ``tests/data`` (five short recordings with their README and licence):
   the quickstart's default input and the bench's voice clips.
 
 ``tests/test_packaging.py`` fails when a copy drifts from its checkout original, and checks that a built wheel
@@ -34,7 +34,8 @@ QUESTIONS_FILE = PACKAGE_DIR / "bench" / "answers.yaml"
 
 PACKAGED_FILES = (VOICE_DATAFLOW, TEXT_DATAFLOW, QUICKSTART_RECORDING, SCENARIOS_FILE, QUESTIONS_FILE,
                   RECORDINGS_DIR / "README.md", RECORDINGS_DIR / "LICENSE-pocketsphinx",
-                  *(RECORDINGS_DIR / name for name in ("cards-001.wav", "cards-005.wav", "librivox-0880.wav")))
+                  *(RECORDINGS_DIR / name for name in ("cards-001.wav", "cards-005.wav", "librivox-0880.wav",
+                                                          "librivox-0870.wav")))
 """Every data file the tools need at run time."""
 
 

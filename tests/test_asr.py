@@ -1,0 +1,110 @@
+"""ASR: the short-window decode bound, the loop guard, and the real tiny.en model on real speech."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recordings import TRANSCRIPTS, load_clip
+from dora_voice.config import ConfigError, load_config
+from dora_voice.nodes.asr import (
+    FULL_WINDOW_S, AsrConfig, AsrCore, WindowedWhisper, decode_bound, load_whisper, looks_like_loop, window_frames,
+)
+from dora_voice.schema import Output, Transcript, Utterance
+
+RATE = 16_000
+
+
+def test_window_is_the_minimum_or_clip_plus_pad_and_never_above_30_s() -> None:
+    assert window_frames(1.0, 8.0, 1.0) == 800
+    assert window_frames(9.5, 8.0, 1.0) == 1050
+    assert window_frames(9.555, 8.0, 1.0) % 2 == 0  # the encoder halves the frame count
+    assert window_frames(29.5, 8.0, 1.0) == int(FULL_WINDOW_S * 100)
+
+
+def test_decode_bound_grows_with_the_audio() -> None:
+    assert decode_bound(0.0) == 10
+    assert decode_bound(2.0) == 20
+    assert decode_bound(2.1) == 21  # rounded up
+    with pytest.raises(ValueError):
+        decode_bound(-1.0)
+
+
+@pytest.mark.parametrize("text, audio_s, loop", [
+    ("five five", 1.6, False),  # a repeated word is speech, not a loop
+    ("eight of spades four of clubs seven of hearts", 3.5, False),
+    ("10 of clubs. 10 of club clubs 10 of", 1.4, True),  # seen on a 1.1 s clip with an 8 s window
+    ("thank you thank you thank you", 3.0, True),
+    ("one two three four five six seven eight nine ten eleven", 1.0, True),  # 11 words in 1 s: not speech
+])
+def test_loop_guard_signs(text: str, audio_s: float, loop: bool) -> None:
+    assert looks_like_loop(text, audio_s) is loop
+
+
+class FakeDecode:
+    """Scripted bounded decode: records its arguments, returns ``(text, tokens)``."""
+
+    def __init__(self, text: str, tokens: int | None = None) -> None:
+        self.text, self.tokens, self.calls = text, tokens, []
+
+    def __call__(self, samples: np.ndarray, frames: int, max_new_tokens: int) -> tuple[str, int]:
+        self.calls.append((len(samples), frames, max_new_tokens))
+        return self.text, max_new_tokens if self.tokens is None else self.tokens
+
+
+def test_short_window_decode_is_used_when_it_ends_within_its_bound() -> None:
+    decode, full_calls = FakeDecode("go forward ten meters", tokens=6), []
+    whisper = WindowedWhisper(decode, lambda s: full_calls.append(len(s)) or "FULL", min_window_s=8.0, pad_s=1.0)
+    assert whisper(np.zeros(3 * RATE, dtype=np.float32)) == "go forward ten meters"
+    assert decode.calls == [(3 * RATE, 800, 25)] and full_calls == [] and whisper.fallbacks == 0
+    assert whisper.last_window_s == 8.0
+
+
+def test_a_decode_that_reaches_its_bound_is_redone_on_the_full_window() -> None:
+    decode = FakeDecode("la la la")  # generates up to the bound: a loop
+    whisper = WindowedWhisper(decode, lambda s: "the real text", min_window_s=8.0, pad_s=1.0)
+    assert whisper(np.zeros(RATE, dtype=np.float32)) == "the real text"
+    assert whisper.fallbacks == 1 and whisper.last_window_s == FULL_WINDOW_S
+
+
+def test_a_repeating_transcript_is_redone_on_the_full_window() -> None:
+    whisper = WindowedWhisper(FakeDecode("10 of clubs. 10 of club clubs 10 of", tokens=12), lambda s: "ten of clubs")
+    assert whisper(np.zeros(int(1.4 * RATE), dtype=np.float32)) == "ten of clubs"
+    assert whisper.fallbacks == 1
+
+
+def test_an_utterance_that_fills_the_window_goes_to_the_full_transcriber() -> None:
+    decode = FakeDecode("unused", tokens=1)
+    whisper = WindowedWhisper(decode, lambda s: "long", min_window_s=8.0, pad_s=1.0)
+    assert whisper(np.zeros(29 * RATE, dtype=np.float32)) == "long" and decode.calls == []
+
+
+def test_window_setting_is_strict() -> None:
+    assert load_config(AsrConfig, {}).window == "short"
+    with pytest.raises(ConfigError, match="ASR_WINDOW"):
+        load_config(AsrConfig, {"ASR_WINDOW": "tiny"})
+
+
+@pytest.fixture(scope="module")
+def short_whisper():
+    return load_whisper(load_config(AsrConfig, {"ASR_THREADS": "1"}))
+
+
+@pytest.mark.parametrize("name", sorted(TRANSCRIPTS))
+def test_real_short_window_transcripts(short_whisper, name: str) -> None:
+    """The bounded short-window decode of tiny.en on real speech: the key words, no loop, no full-window redo."""
+    clip = load_clip(name)
+    text = short_whisper(np.concatenate([np.zeros(2560, np.float32), clip, np.zeros(2560, np.float32)]))
+    words = text.lower()
+    expected = {"cards-001.wav": ["clubs"], "cards-005.wav": ["spades", "hearts"], "goforward.wav": ["forward"],
+                "librivox-0880.wav": ["young man"], "librivox-0870.wav": ["dashwood", "prudently"]}[name]
+    assert all(w in words for w in expected), text
+    assert not looks_like_loop(text, len(clip) / RATE), text
+
+
+def test_real_core_emits_one_transcript(short_whisper, clock) -> None:
+    core = AsrCore(short_whisper, clock_ns=clock)
+    utterance = Utterance(load_clip("goforward.wav"), RATE, "s", 3, 1, 2, 3)
+    out = core.handle("speech", *utterance.encode())
+    texts = [Transcript.decode(v, m) for (oid, v, m) in out if oid == Output.TEXT]
+    assert len(texts) == 1 and texts[0].turn_id == 3 and "forward" in texts[0].text.lower()

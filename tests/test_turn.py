@@ -1,0 +1,209 @@
+"""End of turn: the policy with a scripted model, the VAD driving it, and Smart Turn v3.2 on real speech."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recordings import load_clip
+from dora_voice.config import ConfigError, load_config
+from dora_voice.nodes.vad import FRAME_MS, FRAME_SAMPLES, VadConfig, VadCore, load_silero
+from dora_voice.schema import Key, Output, TimingEvent, TimingKind, Utterance
+from dora_voice.turn import EndOfTurnPolicy, TurnRule, load_smart_turn
+
+RATE = 16_000
+T0 = 1_700_000_000_000_000_000
+
+
+class ScriptedModel:
+    """Returns the scripted probabilities in order; records the length of the audio it was given."""
+
+    def __init__(self, *probabilities: float) -> None:
+        self.probabilities = list(probabilities)
+        self.heard: list[int] = []
+
+    def __call__(self, samples: np.ndarray) -> float:
+        self.heard.append(len(samples))
+        return self.probabilities.pop(0)
+
+
+def audio() -> np.ndarray:
+    return np.zeros(RATE, dtype=np.float32)
+
+
+def run_pause(policy: EndOfTurnPolicy, until_ms: float, step_ms: float = 32.0):
+    """Feed silent frames until a decision or ``until_ms``; returns ``(decision, silence_ms at decision)``."""
+    silence = step_ms
+    while silence <= until_ms:
+        decision = policy.on_silence(silence, audio)
+        if decision is not None:
+            return decision, silence
+        silence += step_ms
+    return None, None
+
+
+def test_complete_at_the_proposal_ends_the_turn_at_once() -> None:
+    model = ScriptedModel(0.9)
+    policy = EndOfTurnPolicy("smart_turn", model, propose_silence_ms=200, max_wait_ms=1000)
+    decision, at = run_pause(policy, 2000)
+    assert decision.rule is TurnRule.MODEL and decision.probability == 0.9 and decision.evaluations == 1
+    assert 200 <= at < 232 and len(model.heard) == 1
+
+
+def test_incomplete_waits_until_the_maximum_then_ends_anyway() -> None:
+    model = ScriptedModel(0.2)
+    policy = EndOfTurnPolicy("smart_turn", model, propose_silence_ms=200, max_wait_ms=1000)
+    decision, at = run_pause(policy, 2000)
+    assert decision.rule is TurnRule.MAX_WAIT and decision.probability == 0.2
+    assert 1000 <= at < 1032 and decision.evaluations == 1  # asked once per pause by default
+
+
+def test_resuming_speech_starts_a_new_pause_and_asks_again() -> None:
+    model = ScriptedModel(0.1, 0.95)
+    policy = EndOfTurnPolicy("smart_turn", model, propose_silence_ms=200, max_wait_ms=1000)
+    assert run_pause(policy, 700) == (None, None)  # a 700 ms mid-sentence pause: nothing ends
+    policy.reset()  # the user speaks again
+    decision, at = run_pause(policy, 2000)
+    assert decision.rule is TurnRule.MODEL and decision.probability == 0.95 and at < 232
+
+
+def test_recheck_asks_again_as_the_pause_grows() -> None:
+    model = ScriptedModel(0.2, 0.3, 0.8)
+    policy = EndOfTurnPolicy("smart_turn", model, propose_silence_ms=200, max_wait_ms=2000, recheck_ms=200)
+    decision, at = run_pause(policy, 3000)
+    assert decision.rule is TurnRule.MODEL and decision.evaluations == 3 and 600 <= at < 640
+
+
+def test_threshold_is_inclusive_and_configurable() -> None:
+    policy = EndOfTurnPolicy("smart_turn", ScriptedModel(0.7), threshold=0.7)
+    assert run_pause(policy, 2000)[0].rule is TurnRule.MODEL
+    policy = EndOfTurnPolicy("smart_turn", ScriptedModel(0.69), threshold=0.7)
+    assert run_pause(policy, 2000)[0].rule is TurnRule.MAX_WAIT
+
+
+def test_silence_detector_never_asks_a_model() -> None:
+    policy = EndOfTurnPolicy("silence", None, min_silence_ms=400)
+    decision, at = run_pause(policy, 2000)
+    assert decision.rule is TurnRule.SILENCE and decision.probability is None and 400 <= at < 432
+
+
+def test_a_model_that_returns_no_probability_is_an_error() -> None:
+    policy = EndOfTurnPolicy("smart_turn", ScriptedModel(1.7))
+    with pytest.raises(ValueError, match="not a probability"):
+        run_pause(policy, 2000)
+
+
+def test_bad_policies_are_refused() -> None:
+    with pytest.raises(ValueError, match="needs an end-of-turn model"):
+        EndOfTurnPolicy("smart_turn", None)
+    with pytest.raises(ValueError, match="unknown end-of-turn detector"):
+        EndOfTurnPolicy("maybe", None)
+    with pytest.raises(ConfigError, match="TURN_MAX_WAIT_MS"):
+        load_config(VadConfig, {"TURN_MAX_WAIT_MS": "100", "TURN_PROPOSE_SILENCE_MS": "200"})
+    with pytest.raises(ConfigError, match="TURN_DETECTOR"):
+        load_config(VadConfig, {"TURN_DETECTOR": "vibes"})
+
+
+# -- the VAD with a scripted model ---------------------------------------------------------------------------
+
+
+class StreamClock:
+    """The wall clock of a live stream: the time of the end of the latest block fed."""
+
+    now_ns = T0
+
+    def __call__(self) -> int:
+        return self.now_ns
+
+
+def feed(core: VadCore, samples: np.ndarray, block: int = FRAME_SAMPLES) -> list:
+    from dora_voice.schema import AudioChunk
+
+    out = []
+    for offset in range(0, len(samples), block):
+        chunk = AudioChunk(samples[offset:offset + block], RATE, offset, T0 + offset * 10**9 // RATE, "s1")
+        core.clock_ns.now_ns = T0 + (offset + block) * 10**9 // RATE
+        out += core.handle("audio", *chunk.encode())
+    return out
+
+
+def speech_ended(out: list) -> list[TimingEvent]:
+    events = [TimingEvent.decode(v, m) for (oid, v, m) in out if oid == Output.TIMING]
+    return [e for e in events if e.kind is TimingKind.SPEECH_ENDED]
+
+
+def scripted_vad(pattern: str):
+    """Silero replaced by a per-frame script: '#' voiced, '.' silent."""
+    frames = iter(pattern)
+    return lambda frame: 0.9 if next(frames) == "#" else 0.0
+
+
+def test_vad_pause_shorter_than_the_wait_keeps_one_turn_and_reports_the_rule() -> None:
+    # 10 silent frames, 20 voiced, a 22-frame (704 ms) pause the model calls incomplete, 20 voiced, 40 silent.
+    pattern = "." * 10 + "#" * 20 + "." * 22 + "#" * 20 + "." * 40
+    model = ScriptedModel(0.1, 0.97)
+    config = load_config(VadConfig, {"VAD_MIN_SPEECH_MS": "64"})
+    core = VadCore(config, scripted_vad(pattern), StreamClock(), end_of_turn=config.policy(model))
+    out = feed(core, np.full(len(pattern) * FRAME_SAMPLES, 0.1, dtype=np.float32))
+    utterances = [Utterance.decode(v, m) for (oid, v, m) in out if oid == Output.SPEECH]
+    assert len(utterances) == 1
+    assert utterances[0].speech_end_ns == T0 + 72 * FRAME_SAMPLES * 10**9 // RATE  # after the second part
+    (ended,) = speech_ended(out)
+    assert ended.fields[Key.EOT_RULE] == "model" and ended.fields[Key.EOT_PROBABILITY] == pytest.approx(0.97)
+    assert ended.fields[Key.DETECTED_NS] - ended.t_ns == pytest.approx(7 * FRAME_MS * 1e6, abs=1e6)
+    # The model heard the utterance from its padded onset to the proposal, trailing silence included.
+    assert model.heard[1] == (72 + 7) * FRAME_SAMPLES - (10 * FRAME_SAMPLES - config.speech_pad_ms * RATE // 1000)
+
+
+def test_vad_max_wait_ends_a_turn_the_model_misjudges() -> None:
+    pattern = "#" * 20 + "." * 40
+    config = load_config(VadConfig, {"VAD_MIN_SPEECH_MS": "64", "TURN_MAX_WAIT_MS": "800"})
+    core = VadCore(config, scripted_vad(pattern), StreamClock(), end_of_turn=config.policy(ScriptedModel(0.2)))
+    (ended,) = speech_ended(feed(core, np.full(len(pattern) * FRAME_SAMPLES, 0.1, dtype=np.float32)))
+    assert ended.fields[Key.EOT_RULE] == "max_wait" and ended.fields[Key.EOT_PROBABILITY] == pytest.approx(0.2)
+    assert 800e6 <= ended.fields[Key.DETECTED_NS] - ended.t_ns < 832e6
+
+
+def test_vad_silence_detector_reports_no_probability() -> None:
+    pattern = "#" * 20 + "." * 20
+    config = load_config(VadConfig, {"VAD_MIN_SPEECH_MS": "64", "TURN_DETECTOR": "silence"})
+    core = VadCore(config, scripted_vad(pattern), StreamClock(), end_of_turn=config.policy(None))
+    (ended,) = speech_ended(feed(core, np.full(len(pattern) * FRAME_SAMPLES, 0.1, dtype=np.float32)))
+    assert ended.fields[Key.EOT_RULE] == "silence" and Key.EOT_PROBABILITY not in ended.fields
+
+
+# -- Smart Turn v3.2 on real speech ----------------------------------------------------------------------------
+
+PAUSE_AT_S = 4.18
+"""A word boundary mid-sentence in librivox-0870: "... to consider how much | there might be prudently ..."."""
+
+
+@pytest.fixture(scope="module")
+def smart_turn():
+    return load_smart_turn()
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * RATE), dtype=np.float32)
+
+
+def test_real_model_calls_finished_sentences_complete_and_a_cut_one_incomplete(smart_turn) -> None:
+    for name in ("goforward.wav", "cards-005.wav"):
+        clip = load_clip(name)
+        assert smart_turn(np.concatenate([clip, silence(0.2)])) >= 0.5, name
+    clip = load_clip("librivox-0870.wav")
+    assert smart_turn(np.concatenate([clip[: int(PAUSE_AT_S * RATE)], silence(0.2)])) < 0.5
+
+
+def test_real_700_ms_mid_sentence_pause_gives_one_turn_with_the_whole_sentence(smart_turn) -> None:
+    clip = load_clip("librivox-0870.wav")
+    cut = int(PAUSE_AT_S * RATE)
+    paused = np.concatenate([silence(0.3), clip[:cut], silence(0.7), clip[cut:], silence(1.5)])
+    config = load_config(VadConfig, {})
+    core = VadCore(config, load_silero(), StreamClock(), end_of_turn=config.policy(smart_turn))
+    out = feed(core, paused, block=320)
+    utterances = [Utterance.decode(v, m) for (oid, v, m) in out if oid == Output.SPEECH]
+    assert len(utterances) == 1
+    # The turn ends after the second half of the sentence, not at the pause.
+    assert utterances[0].speech_end_ns > T0 + int((0.3 + PAUSE_AT_S + 0.7 + 1.0) * 1e9)
+    assert len(utterances[0].samples) / RATE > len(clip) / RATE
