@@ -78,8 +78,10 @@ cleanup() {
   [[ "$cleaned" == 1 ]] && return
   cleaned=1
   if [[ ${#pids[@]} -gt 0 ]]; then
-    # Stops the dataflow (its nodes are process-group leaders of their own) and the daemons and coordinator.
-    timeout 30 dora destroy --force >/dev/null 2>&1 || true
+    # Stop the dataflow (its nodes are process-group leaders of their own: they must be stopped through dora; a node
+    # that ignores the stop is killed after the grace period), then the daemons and the coordinator.
+    timeout 20 dora stop --name dora-voice-distributed --grace-duration 5s >/dev/null 2>&1 || true
+    timeout 20 dora destroy --force >/dev/null 2>&1 || true
     for pid in "${pids[@]}"; do
       for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
       kill -TERM "$pid" 2>/dev/null || true
