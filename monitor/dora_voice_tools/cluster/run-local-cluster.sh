@@ -133,15 +133,13 @@ cp "$DATAFLOW" "$WORKDIR/$(basename "$DATAFLOW")"
 DATAFLOW="$WORKDIR/$(basename "$DATAFLOW")"
 log "dora start $(basename "$DATAFLOW") --attach"
 set +e
-dora start "$DATAFLOW" --name dora-voice-distributed --attach --coordinator-port "$DORA_COORDINATOR_PORT" &
-start_pid=$!
-# --stop-after exists only for `dora run`: bound the attached run here.
-( sleep "$TIMEOUT_S" && log "timeout after $TIMEOUT_S s: stopping" &&
-  dora stop --name dora-voice-distributed >/dev/null 2>&1 ) &
-watchdog=$!
-wait "$start_pid"
+# --stop-after exists only for `dora run`: the attached CLI is bounded here (exit 124), and the EXIT trap then
+# stops the dataflow and the cluster.
+timeout "$TIMEOUT_S" dora start "$DATAFLOW" --name dora-voice-distributed --attach \
+  --coordinator-port "$DORA_COORDINATOR_PORT" &
+wait $!
 rc=$?
-kill "$watchdog" 2>/dev/null
 set -e
+[[ "$rc" == 124 ]] && log "timeout after $TIMEOUT_S s"
 log "dataflow finished with exit status $rc"
 exit "$rc"
