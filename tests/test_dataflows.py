@@ -60,16 +60,83 @@ def test_dora_validate(path: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def _defaults(env: dict) -> dict[str, str]:
+    """``VAR: ${VAR:-default}`` entries -> ``{VAR: default}`` (other values as written)."""
+    out = {}
+    for key, value in (env or {}).items():
+        match = re.fullmatch(r"\$\{(\w+):-(.*)\}", str(value))
+        out[key] = match.group(2) if match else str(value)
+    return out
+
+
 def test_env_defaults_in_yaml_parse_with_the_node_config() -> None:
     from dora_voice.config import load_config
 
     for path in YAMLS:
+        shared = _defaults(load(path).get("env"))
         for node in load(path)["nodes"]:
             contract = CONTRACTS.get(node["path"])
             if contract is None:
                 continue
-            env = {}
-            for key, value in (node.get("env") or {}).items():
-                match = re.fullmatch(r"\$\{(\w+):-(.*)\}", str(value))
-                env[key] = match.group(2) if match else str(value)
+            env = {k: v for k, v in shared.items() if k in contract.env()}
+            env.update(_defaults(node.get("env")))
             load_config(contract.config, env)
+
+
+@pytest.mark.parametrize("path", YAMLS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_setting_passes_through_from_the_callers_shell(path: Path) -> None:
+    """One rule for ``dora run`` and ``dora start``: every env var a node of the YAML reads is listed once in the
+    dataflow-level ``env:`` as ``VAR: ${VAR:-default}``. dora expands it from the shell of whoever runs ``dora
+    run``/``dora start``, and ``--env VAR=x`` overrides it (a node-level entry would beat ``--env``; measured with
+    dora 1.1), so no node repeats one in its own ``env:``."""
+    from dora_voice.models import ENV_MODELS_DIR
+
+    flow = load(path)
+    wanted: set[str] = set()
+    for node in flow["nodes"]:
+        if node["path"] != "dynamic":
+            wanted |= set(CONTRACTS[node["path"]].env())
+            if node["path"] in ("dora-voice-asr", "dora-voice-llm", "dora-voice-tts"):
+                wanted.add(ENV_MODELS_DIR)
+    env = flow.get("env") or {}
+    assert set(env) == wanted, (f"missing {sorted(wanted - set(env))}, not read by any node "
+                                f"{sorted(set(env) - wanted)}")
+    for key, value in env.items():
+        assert re.fullmatch(r"\$\{" + key + r":-[^$]*\}", str(value)), f"{key}: write {key}: ${{{key}:-default}}"
+    for node in flow["nodes"]:
+        assert not set(node.get("env") or {}) & wanted, f"{node['id']}: move its env entries to the dataflow env"
+
+
+LIVE_MONITOR_VARIANTS = {
+    ROOT / "dataflows" / "voice-chatbot-live-monitor.yml": ROOT / "dataflows" / "voice-chatbot.yml",
+    ROOT / "examples" / "voice-chatbot" / "test_streaming_pipeline_live_monitor.yml":
+        ROOT / "examples" / "voice-chatbot" / "test_streaming_pipeline.yml",
+}
+
+
+@pytest.mark.parametrize("variant", LIVE_MONITOR_VARIANTS, ids=lambda p: p.name)
+def test_live_monitor_variant_is_the_plain_dataflow_plus_the_attach_point(variant: Path) -> None:
+    """A declared but unattached dynamic node makes dora log an ERROR at the end of every run and open a
+    multicast scouting socket on 0.0.0.0 (measured): only the ``*live_monitor*`` variants declare one."""
+    from dora_voice_monitor.cli import DEFAULT_NODE_ID
+
+    plain, live = load(LIVE_MONITOR_VARIANTS[variant]), load(variant)
+    assert not [n for n in plain["nodes"] if n["path"] == "dynamic"]
+    extra = [n for n in live["nodes"] if n["path"] == "dynamic"]
+    assert [n["id"] for n in extra] == [DEFAULT_NODE_ID]
+    assert {k: v for k, v in live.items() if k != "nodes"} == {k: v for k, v in plain.items() if k != "nodes"}
+    assert [n for n in live["nodes"] if n["path"] != "dynamic"] == plain["nodes"]
+    timing = {f"{n['id'].replace('-', '_')}_timing" for n in plain["nodes"] if "timing" in n.get("outputs", [])}
+    assert timing <= set(extra[0]["inputs"])
+
+
+DISTRIBUTED = ROOT / "examples" / "distributed" / "voice-chatbot-distributed.yml"
+MACHINES = {"mic": "edge", "vad": "edge", "speaker": "edge", "monitor": "edge",
+            "asr": "server", "llm": "server", "tts": "server"}
+
+
+def test_distributed_dataflow_is_the_voice_chatbot_split_across_edge_and_server() -> None:
+    split, plain = load(DISTRIBUTED), load(ROOT / "dataflows" / "voice-chatbot.yml")
+    assert {n["id"]: n.get("deploy") for n in split["nodes"]} == {k: {"machine": v} for k, v in MACHINES.items()}
+    assert [{k: v for k, v in n.items() if k != "deploy"} for n in split["nodes"]] == plain["nodes"]
+    assert split["env"] == plain["env"]

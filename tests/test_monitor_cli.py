@@ -67,9 +67,10 @@ def test_bad_arguments_are_refused(capsys):
 def test_attach_errors_are_explained():
     missing = cli.explain_attach_error("monitor-dynamic", RuntimeError(NO_DATAFLOW))
     assert "dora said: Connection refused (os error 111)" in missing
-    assert "No dataflow is running" in missing and "dora run dataflow.yml" in missing
+    assert "No dataflow is running" in missing and "dora run dataflows/voice-chatbot-live-monitor.yml" in missing
     undeclared = cli.explain_attach_error("monitor-dynamic", RuntimeError(NOT_DECLARED))
     assert "has no node 'monitor-dynamic'" in undeclared and "dora destroy" in undeclared
+    assert "voice-chatbot-live-monitor.yml" in undeclared
     assert "path: dynamic" in undeclared
 
 

@@ -113,7 +113,8 @@ def explain_attach_error(node_id: str, exc: Exception) -> str:
     if "no node with ID" in text:
         lines += [
             f"  A dora daemon is running, but its dataflow has no node {node_id!r}. Either:",
-            "    - the YAML does not declare it: add the entry below (or pass --node-id), or",
+            "    - the YAML does not declare it: run the live-monitor variant instead",
+            "      (dataflows/voice-chatbot-live-monitor.yml), add the entry below, or pass --node-id, or",
             "    - another daemon answered: dynamic nodes reach the one daemon on local port 53291, which is a",
             "      leftover 'dora up' (check 'dora list'; remove it with 'dora destroy', then start the dataflow",
             "      again) or an older 'dora run' still running.",
@@ -121,7 +122,8 @@ def explain_attach_error(node_id: str, exc: Exception) -> str:
     else:
         lines += [
             "  No dataflow is running. Start one that declares the dynamic node, in another terminal:",
-            "    dora run dataflow.yml            (or: dora up && dora start dataflow.yml)",
+            "    dora run dataflows/voice-chatbot-live-monitor.yml",
+            "    (or: dora up && dora start dataflows/voice-chatbot-live-monitor.yml)",
             "  or pass --wait-for-dataflow S to keep trying while it starts.",
         ]
     lines += ["", "  YAML entry:", yaml_example()]

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from dora_voice_tools.resources import PACKAGE_DIR
+from dora_voice_tools import resources
 
 logger = logging.getLogger(__name__)
 
@@ -66,12 +66,16 @@ def node_env(extra: Mapping[str, str] | None = None, *, timeout_s: float = 600.0
 
     ``DORA_FINISH_DRAIN_GRACE_SECS`` defaults to ``timeout_s``: dora 1.1 otherwise stops a dataflow whose nodes
     have all been silent for 120 s once no source node runs (a batch-mode LLM generating a long reply is silent).
+    ``DORA_ZENOH_MULTICAST`` defaults to ``off``: a single-machine run needs no zenoh scouting, which otherwise
+    binds UDP on 0.0.0.0 and joins multicast 224.0.0.224:7446 when the YAML declares a dynamic node (measured
+    with dora 1.1); the daemon wires its nodes by explicit loopback endpoints either way.
     """
     env = dict(os.environ)
     bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
     env.setdefault("RUST_BACKTRACE", "0")
     env.setdefault("DORA_FINISH_DRAIN_GRACE_SECS", str(int(timeout_s)))
+    env.setdefault("DORA_ZENOH_MULTICAST", "off")
     env.update({k: str(v) for k, v in (extra or {}).items()})
     return env
 
@@ -120,13 +124,21 @@ def run_dataflow(yaml_path: Path, out_dir: Path, env: Mapping[str, str] | None =
     report = Path(extra["TIMING_REPORT"])
     if report.exists():
         report.unlink()
-    cmd = [dora_executable(), "run", str(yaml_path), "--stop-after", f"{int(timeout_s)}s"]
+    machines = parse_machines(extra.get(MACHINES_ENV, ""))
+    if machines:
+        # Two daemons on this host (edge and server): the same YAML with `deploy: {machine: ...}` per node.
+        overlay = out_dir / f"{yaml_path.stem}-{'-'.join(sorted(set(machines.values())))}.yml"
+        overlay.write_text(deploy_overlay(yaml_path.read_text(encoding="utf-8"), machines), encoding="utf-8")
+        cmd = ["bash", str(resources.CLUSTER_SCRIPT), "--dataflow", str(overlay), "--workdir", str(out_dir / "cluster"),
+               "--timeout", str(int(timeout_s))]
+    else:
+        cmd = [dora_executable(), "run", str(yaml_path), "--stop-after", f"{int(timeout_s)}s"]
     logger.info("running %s", " ".join(cmd))
     started = time.perf_counter()
     with open(out_dir / "dora.log", "w", encoding="utf-8") as log:
         for attempt in range(1, START_ATTEMPTS + 1):
             returncode, hung = _run_once(cmd, yaml_path.parent, node_env(extra, timeout_s=timeout_s), log,
-                                         timeout_s=timeout_s, stream_output=stream_output)
+                                         timeout_s=timeout_s, stream_output=stream_output, graceful=bool(machines))
             if not hung:
                 break
             logger.warning("dora run: the nodes never all became ready within %.0f s (attempt %d of %d)",
@@ -139,6 +151,47 @@ def run_dataflow(yaml_path: Path, out_dir: Path, env: Mapping[str, str] | None =
     return RunResult(returncode, wall_s, out_dir, report, Path(output) if output else None, read_report(report))
 
 
+MACHINES_ENV = "DORA_VOICE_MACHINES"
+"""Run through a coordinator and one daemon per machine on this host instead of ``dora run``:
+``"edge=mic,vad,speaker,monitor,text-input;server=asr,llm,tts"`` (machine id = node ids; nodes not named go to
+the first machine). Used by the bench's ``distributed`` plan; ``run-local-cluster.sh`` does the rest."""
+
+
+
+def parse_machines(spec: str) -> dict[str, str]:
+    """``"edge=mic,vad;server=asr"`` -> ``{"mic": "edge", "vad": "edge", "asr": "server"}`` (empty: ``{}``).
+
+    Raises:
+        LaunchError: a part without ``=``, an empty machine id, or a node named twice.
+    """
+    machines: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in spec.split(";"))):
+        machine, sep, nodes = part.partition("=")
+        if not sep or not machine.strip():
+            raise LaunchError(f"{MACHINES_ENV}={spec!r}: expected machine=node,node;machine=node,...")
+        for node in filter(None, (n.strip() for n in nodes.split(","))):
+            if node in machines:
+                raise LaunchError(f"{MACHINES_ENV}: node {node!r} is given two machines")
+            machines[node] = machine.strip()
+    if machines:
+        machines.setdefault("*", spec.split("=", 1)[0].strip())
+    return machines
+
+
+def deploy_overlay(yaml_text: str, machines: Mapping[str, str]) -> str:
+    """The dataflow YAML with ``deploy: {machine: ...}`` on every node (``machines["*"]`` for nodes not named).
+
+    Dynamic nodes are left out: they attach to a daemon of their own choosing.
+    """
+    import yaml
+
+    flow = yaml.safe_load(yaml_text)
+    for node in flow["nodes"]:
+        if node.get("path") != "dynamic":
+            node["deploy"] = {"machine": machines.get(node["id"], machines.get("*"))}
+    return yaml.safe_dump(flow, sort_keys=False)
+
+
 START_TIMEOUT_S = 120.0
 """Longest wait for dora's "all nodes are ready" (model loading included) before a start-up counts as hung."""
 START_ATTEMPTS = 2
@@ -148,9 +201,10 @@ _READY_MARK = "all nodes are ready"
 
 
 def _run_once(cmd: list[str], cwd: Path, env: dict[str, str], log: Any, *, timeout_s: float,
-              stream_output: bool) -> tuple[int, bool]:
+              stream_output: bool, graceful: bool = False) -> tuple[int, bool]:
     """One ``dora run``; returns ``(returncode, hung)``. Kills the run's process group on a hung start-up
-    (``hung``: no "all nodes are ready" within :data:`START_TIMEOUT_S`) or 30 s past ``timeout_s``. Ctrl-C is
+    (``hung``: no "all nodes are ready" within :data:`START_TIMEOUT_S`) or 30 s past ``timeout_s`` (``graceful``:
+    SIGINT first, for the cluster script, whose daemons a SIGKILL would orphan). Ctrl-C is
     passed on to the run (it has its own session) before it is raised here."""
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             errors="replace", start_new_session=True)
@@ -182,7 +236,10 @@ def _run_once(cmd: list[str], cwd: Path, env: dict[str, str], log: Any, *, timeo
             elapsed = time.monotonic() - begun
             hung = not ready and elapsed > START_TIMEOUT_S
             if hung or elapsed > timeout_s + 30:
-                _kill_group(proc, signal.SIGKILL)
+                if graceful:
+                    _stop(proc)
+                else:
+                    _kill_group(proc, signal.SIGKILL)
                 break
     except KeyboardInterrupt:
         _kill_group(proc, signal.SIGINT)
@@ -192,6 +249,16 @@ def _run_once(cmd: list[str], cwd: Path, env: dict[str, str], log: Any, *, timeo
             _kill_group(proc, signal.SIGKILL)
         raise
     return proc.wait(), hung
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGINT first (``dora run`` stops its nodes; ``run-local-cluster.sh`` tears its cluster down), SIGKILL after
+    20 s."""
+    _kill_group(proc, signal.SIGINT)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc, signal.SIGKILL)
 
 
 def _kill_group(proc: subprocess.Popen, sig: int) -> None:

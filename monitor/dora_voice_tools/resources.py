@@ -4,6 +4,8 @@
 * ``dataflows/test_streaming_pipeline.yml``: the checkout's ``examples/voice-chatbot/test_streaming_pipeline.yml``
   with the ``text-input`` node run by the ``dora-voice-text-input`` console script instead of the example script
   beside the YAML (the one difference; otherwise node for node the same).
+* ``cluster/run-local-cluster.sh``: a byte-identical copy of ``examples/distributed/run-local-cluster.sh`` (the
+  launcher runs a dataflow through two daemons on this host with it: the bench's ``distributed`` plan).
 * ``recordings/``: byte-identical copies of ``tests/data`` (five short recordings with their README and licence):
   the quickstart's default input and the bench's voice clips.
 
@@ -32,7 +34,10 @@ SCENARIOS_FILE = PACKAGE_DIR / "bench" / "scenarios.yaml"
 QUESTIONS_FILE = PACKAGE_DIR / "bench" / "answers.yaml"
 """The answer-quality benchmark's question set (``dora-voice-bench --plan answers``)."""
 
-PACKAGED_FILES = (VOICE_DATAFLOW, TEXT_DATAFLOW, QUICKSTART_RECORDING, SCENARIOS_FILE, QUESTIONS_FILE,
+CLUSTER_SCRIPT = PACKAGE_DIR / "cluster" / "run-local-cluster.sh"
+"""Coordinator and daemons ``edge`` and ``server`` on loopback, one dataflow attached, everything torn down."""
+
+PACKAGED_FILES = (VOICE_DATAFLOW, TEXT_DATAFLOW, QUICKSTART_RECORDING, SCENARIOS_FILE, QUESTIONS_FILE, CLUSTER_SCRIPT,
                   RECORDINGS_DIR / "README.md", RECORDINGS_DIR / "LICENSE-pocketsphinx",
                   *(RECORDINGS_DIR / name for name in ("cards-001.wav", "cards-005.wav", "librivox-0880.wav",
                                                           "librivox-0870.wav")))

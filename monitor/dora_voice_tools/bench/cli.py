@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
             "              scored (facts present, no forbidden claim, no loop, <= 90 words), with first audio\n\n"
             "  soak        a 200-turn session (--repeat N): text prompts and recordings, node defaults; summary.json\n"
             "              \"soak\": turns, complete, segments, underrun_ms_total, TTFT p50/p90, RSS growth per node\n\n"
+            "  distributed every shipped recording through one machine and through two dora daemons on this host\n\n"
             "examples:\n"
             "  dora-voice-bench --plan quick\n"
             "  dora-voice-bench --scenario one_sentence --repeat 1 --model smollm2-135m --out /tmp/bench\n"
