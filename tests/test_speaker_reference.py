@@ -22,7 +22,7 @@ class ReferenceHarness(Harness):
 
     def __init__(self, tmp_path, env: dict | None = None, **kwargs) -> None:
         self.reference: list[ReferenceFrame] = []
-        super().__init__(tmp_path, env, **kwargs)  # sends stream_started: the sink's origin is the mic's start
+        super().__init__(tmp_path, {"SPEAKER_REFERENCE": "on", **(env or {})}, **kwargs)  # sends stream_started: the sink's origin is the mic's start
         self.core = SpeakerCore(self.config, self.sink, clock_ns=self.clock, sleep=self.clock.sleep, reference=True,
                                 aec_ready=True)
 
@@ -104,12 +104,17 @@ def test_reference_is_silence_before_the_first_answer_and_stops_with_the_vad(tmp
     assert len(h.reference) == count
 
 
-def test_no_reference_without_the_output(tmp_path) -> None:
+def test_no_reference_without_the_output_or_an_echo_canceller(tmp_path) -> None:
     h = Harness(tmp_path)
     outputs = h.core.handle(Output.AUDIO, *fragment(0, 0, 0, sine(300, 0.2), final=True, total=1))
     while h.core.busy():
         outputs += h.core.step()
     assert not any(o == Output.REFERENCE for o, _v, _m in outputs)
+    # wired, but SPEAKER_REFERENCE=auto and the guard resolves to off (files): nobody needs it
+    config = load_config(SpeakerConfig, {"AUDIO_OUTPUT": str(tmp_path / "o.wav")})
+    assert SpeakerCore(config, h.sink, reference=True).reference is None
+    config = load_config(SpeakerConfig, {"AUDIO_OUTPUT": str(tmp_path / "o.wav"), "ECHO_GUARD": "aec"})
+    assert SpeakerCore(config, h.sink, reference=True).reference is not None
 
 
 def test_device_sink_reference_is_what_was_written() -> None:

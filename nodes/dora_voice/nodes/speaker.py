@@ -132,6 +132,10 @@ class SpeakerConfig:
         "BARGE_IN_FADE_MS", 20, parse_int(min_value=0, max_value=1000), "fade-out in ms when playback is interrupted")
     echo_guard: str = env_field(
         "ECHO_GUARD", "auto", parse_choice("auto", "off", "half_duplex", "aec"), ECHO_GUARD_HELP)
+    reference: str = env_field(
+        "SPEAKER_REFERENCE", "auto", parse_choice("auto", "on", "off"),
+        "publish the far-end reference on the reference output (when wired): auto = when ECHO_GUARD resolves to "
+        "aec; on = always (a simulated room needs it whatever the guard)")
 
     def __post_init__(self) -> None:
         if self.sample_rate_hz and self.sample_rate_hz < 8000:
@@ -299,7 +303,7 @@ class SpeakerCore(NodeCore):
         sink: :class:`FileSink` or :class:`DeviceSink` (or a test double with the same interface).
         clock_ns: wall clock; tests inject a fake.
         sleep: ``sleep(seconds)`` used by :meth:`step` to wait for the next deadline (at most :data:`POLL_S`).
-        reference: publish the ``reference`` output (the YAML wires it).
+        reference: the YAML wires the ``reference`` output; it is published as ``SPEAKER_REFERENCE`` says.
         aec_ready: an echo canceller runs before the VAD (resolves ``ECHO_GUARD=auto``); default: ``reference``
             and pywebrtc-audio installed.
 
@@ -316,10 +320,12 @@ class SpeakerCore(NodeCore):
         self.config = config
         self.sink = sink
         self.sleep = sleep
-        self.reference = ReferenceTap(sink) if reference else None
         if aec_ready is None:
             aec_ready = reference and aec_library_available()
         self.echo_guard = config.resolved_echo_guard(aec_ready)
+        if config.reference == "off" or (config.reference == "auto" and self.echo_guard is not EchoGuard.AEC):
+            reference = False
+        self.reference = ReferenceTap(sink) if reference else None
         self._turns: OrderedDict[int, _Turn] = OrderedDict()
         self._floor = 0  # turns below this id are finished or cancelled
         self._max_started = -1  # highest turn id that has started playing
@@ -810,13 +816,14 @@ def main(argv: list[str] | None = None) -> None:
         logger.error("speaker: %s", exc)
         raise SystemExit(f"dora-voice-speaker: {exc}") from None
     core = SpeakerCore(config, sink, reference=reference)
+    reference = core.reference is not None
     wired = declared_inputs(node)
     if wired is not None and Output.EVENTS not in wired:
         core.on_input_closed(Output.EVENTS)  # no VAD in this dataflow: nothing can interrupt
     logger.info("speaker: %s, barge-in %s (min speech %d ms), echo guard %s, reference %s",
                 f"writing {config.audio_output}" if config.audio_output else "device output",
                 "on" if config.barge_in else "off", config.barge_in_min_speech_ms, core.echo_guard.value,
-                "published" if reference else "not wired")
+                "published" if reference else "not published")
     try:
         run_node(node, core)
     finally:

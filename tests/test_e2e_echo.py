@@ -1,0 +1,46 @@
+"""End to end in a simulated room (dataflows/voice-chatbot-room.yml): the assistant hears its own answer through the
+room node, the aec node removes it, and the user interrupts mid-sentence. No self-interruption; the barge-in is
+detected, and its transcript survives the echo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import TRANSCRIPTS, load_clip
+from dora_voice.launcher import DATAFLOWS, run_dataflow
+from test_e2e_barge_in import LONG_ANSWERS
+from test_e2e_voice import SMALL_MODELS, compose, silence, wer
+
+pytestmark = pytest.mark.e2e
+
+
+def test_barge_in_through_the_simulated_room(tmp_path: Path) -> None:
+    # A question, then a second utterance 4.5 s after it, while the long answer to the first plays into the room.
+    spans = compose(tmp_path / "in.wav", [silence(0.5), load_clip("goforward.wav"), silence(4.5),
+                                          load_clip("librivox-0880.wav"), silence(0.3)])
+    env = {**SMALL_MODELS, "LLM_MAX_TOKENS": "120", "LLM_SYSTEM_PROMPT": LONG_ANSWERS,
+           "AUDIO_INPUT": str(tmp_path / "in.wav"), "AUDIO_OUTPUT": str(tmp_path / "out.wav"),
+           "ECHO_REPORT": str(tmp_path / "echo.jsonl"), "ROOM_ECHO_GAIN_DB": "-3"}
+    result = run_dataflow(DATAFLOWS / "voice-chatbot-room.yml", tmp_path, env, timeout_s=300)
+    assert result.returncode == 0, result.log[-4000:]
+    turns = sorted(result.turns, key=lambda t: t["turn_id"])
+    assert [t["turn_id"] for t in turns] == [0, 1], result.log[-4000:]  # no utterance made of echo
+    first, second = turns
+    origin = first["speech_start_ns"] - int(spans[0][0] * 1e9) - 200_000_000  # rough: onset within 200 ms
+    assert first["playback_started_ns"] < second["speech_start_ns"], "the answer had not started: no barge-in"
+    assert first["interrupted"] is True, "the user's speech in the echo was not detected"
+    onset_s = (first["barge_in_onset_ns"] - first["speech_start_ns"]) / 1e9 + spans[0][0]
+    assert spans[1][0] - 0.3 <= onset_s <= spans[1][1], f"interrupted at {onset_s:.2f} s: not by the user"
+    assert first["barge_in_from_onset_ms"] <= 600
+    assert first["segments_lost"] == 0 and second["segments_lost"] == 0
+    assert wer(TRANSCRIPTS["librivox-0880.wav"], second["transcript"]) <= 0.4, second["transcript"]
+    assert origin > 0
+    windows = [json.loads(line) for line in (tmp_path / "echo.jsonl").read_text().splitlines()]
+    far_only = [w["erle_db"] for w in windows if "erle_db" in w and
+                first["playback_started_ns"] + 500_000_000 <= w["t_ns"] and
+                w["t_ns"] + 500_000_000 <= first["barge_in_onset_ns"]]
+    assert far_only and min(far_only) > 10, windows
+    assert any(w["delay_ms"] >= 0 for w in windows)
