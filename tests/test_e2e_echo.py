@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 
 from conftest import TRANSCRIPTS, load_clip
-from dora_voice.launcher import DATAFLOWS, run_dataflow
+from dora_voice_tools.launcher import run_dataflow
 from test_e2e_barge_in import LONG_ANSWERS
 from test_e2e_voice import SMALL_MODELS, compose, silence, wer
 
 pytestmark = pytest.mark.e2e
+
+ROOM_DATAFLOW = Path(__file__).resolve().parents[1] / "dataflows" / "voice-chatbot-room.yml"
 
 
 def test_barge_in_through_the_simulated_room(tmp_path: Path) -> None:
@@ -24,7 +26,7 @@ def test_barge_in_through_the_simulated_room(tmp_path: Path) -> None:
     env = {**SMALL_MODELS, "LLM_MAX_TOKENS": "120", "LLM_SYSTEM_PROMPT": LONG_ANSWERS,
            "AUDIO_INPUT": str(tmp_path / "in.wav"), "AUDIO_OUTPUT": str(tmp_path / "out.wav"),
            "ECHO_REPORT": str(tmp_path / "echo.jsonl"), "ROOM_ECHO_GAIN_DB": "-3"}
-    result = run_dataflow(DATAFLOWS / "voice-chatbot-room.yml", tmp_path, env, timeout_s=300)
+    result = run_dataflow(ROOM_DATAFLOW, tmp_path, env, timeout_s=300)
     assert result.returncode == 0, result.log[-4000:]
     turns = sorted(result.turns, key=lambda t: t["turn_id"])
     assert [t["turn_id"] for t in turns] == [0, 1], result.log[-4000:]  # no utterance made of echo
