@@ -93,7 +93,8 @@ class Plan:
         stream: overrides each scenario's ``stream`` when set.
         variants: named environments compared instead of streaming/batch (each on top of ``stream``).
         env: extra environment for every run.
-        kind: ``"compare"`` or ``"stress"``.
+        kind: ``"compare"``, ``"stress"`` or ``"echo"`` (user utterances barging into answers in a simulated room;
+            ``repeat`` is the number of utterances).
     """
 
     name: str
@@ -245,8 +246,8 @@ def parse_plan(name: str, data: Any, scenarios: Mapping[str, Scenario], source: 
     where = f"{source}: plan {name!r}"
     data = _check_keys(data, _PLAN_KEYS, where)
     kind = data.get("kind", "compare")
-    if kind not in ("compare", "stress"):
-        raise BenchConfigError(f"{where}: kind must be compare or stress, got {kind!r}")
+    if kind not in ("compare", "stress", "echo"):
+        raise BenchConfigError(f"{where}: kind must be compare, stress or echo, got {kind!r}")
     selection = data.get("scenarios", "all")
     if isinstance(selection, str):
         if selection not in PLAN_SELECTORS:
@@ -275,9 +276,16 @@ def parse_plan(name: str, data: Any, scenarios: Mapping[str, Scenario], source: 
             raise BenchConfigError(f"{where}: a stress plan takes text scenarios only, not {', '.join(voice)}")
         if stream not in ("true", "false"):
             raise BenchConfigError(f"{where}: a stress plan needs stream: true or false")
-    repeat_key = "turns" if kind == "stress" else "repeat"
-    if kind != "stress" and "turns" in data:
-        raise BenchConfigError(f"{where}: turns is for kind: stress (use repeat)")
+    if kind == "echo":
+        text = [n for n in names if scenarios[n].pipeline == "text"]
+        if text:
+            raise BenchConfigError(f"{where}: an echo plan takes voice scenarios (the user's utterances) only, "
+                                   f"not {', '.join(text)}")
+        if stream not in ("true", "false"):
+            raise BenchConfigError(f"{where}: an echo plan needs stream: true or false")
+    repeat_key = "turns" if kind in ("stress", "echo") else "repeat"
+    if kind not in ("stress", "echo") and "turns" in data:
+        raise BenchConfigError(f"{where}: turns is for kind: stress or echo (use repeat)")
     return Plan(name=name, description=str(data.get("description") or ""), scenarios=names,
                 repeat=_count(data.get(repeat_key, 1), f"{where}: {repeat_key}"), stream=stream,
                 variants=variants, env=parse_env(data.get("env"), where), kind=kind)
@@ -527,6 +535,9 @@ def resolve_plan(catalog: Catalog, plan_name: str | None, scenario_names: Sequen
         plan = dataclasses.replace(plan, scenarios=tuple(names))
     if plan.kind == "stress" and any(catalog.scenario(n).pipeline != "text" for n in plan.scenarios):
         raise BenchConfigError(f"plan {plan.name!r}: a stress plan takes text scenarios only")
+    if plan.kind == "echo":
+        plan = dataclasses.replace(plan, scenarios=tuple(n for n in plan.scenarios
+                                                         if catalog.scenario(n).pipeline != "text"))
     if repeat is not None:
         plan = dataclasses.replace(plan, repeat=repeat)
     return plan, catalog
