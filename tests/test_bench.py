@@ -128,7 +128,7 @@ def test_plan_naming_an_unknown_scenario_lists_the_known_ones() -> None:
     ({"scenarios": ["a", "v"], "kind": "stress", "stream": True}, "text scenarios only, not v"),
     ({"scenarios": "everything"}, "scenarios must be a list of names or one of text, voice, all"),
     ({"scenarios": ["a"], "repeat": -1}, "repeat: must be a positive integer"),
-    ({"scenarios": ["a"], "kind": "soak"}, "kind must be compare or stress"),
+    ({"scenarios": ["a"], "kind": "soak"}, "kind must be compare, stress or echo"),
 ])
 def test_invalid_plans_are_rejected_with_the_reason(plan: dict, message: str) -> None:
     with pytest.raises(BenchConfigError) as info:
