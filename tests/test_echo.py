@@ -258,3 +258,13 @@ def test_reference_buffer_reads_gaps_as_silence_and_rejects_overlaps() -> None:
     assert buf.index_at(T0 + NS) == RATE
     with pytest.raises(ValueError, match="overlaps"):
         buf.add(np.ones(320, np.float32), 640, T0)
+
+
+def test_reference_buffer_keeps_the_latest_samples_exactly() -> None:
+    buf = ReferenceBuffer(RATE, keep_ms=100)  # 1600 samples kept
+    signal = np.arange(20_000, dtype=np.float32)
+    for k in range(0, 20_000, 320):
+        buf.add(signal[k: k + 320], k, T0 + k * NS // RATE)
+    assert buf.end == 20_000 and buf.start >= 20_000 - 3200
+    np.testing.assert_array_equal(buf.read(20_000 - 1600, 1600), signal[-1600:])
+    assert not buf.read(0, 320).any()  # long gone: silence

@@ -160,7 +160,8 @@ class ReferenceBuffer:
     def __init__(self, rate_hz: int, *, keep_ms: int = 3000) -> None:
         self.rate = int(rate_hz)
         self.keep = max(1, int(keep_ms * rate_hz / 1000))
-        self._buf = np.zeros(0, dtype=np.float32)
+        self._buf = np.zeros(2 * self.keep, dtype=np.float32)  # _buf[:_n] holds reference [start, start + _n)
+        self._n = 0
         self.start = 0  # reference index of _buf[0]
         self.anchor_ns: int | None = None
         self.gaps = 0
@@ -169,10 +170,10 @@ class ReferenceBuffer:
     @property
     def end(self) -> int:
         """Reference index after the newest sample received (0 before any)."""
-        return self.start + self._buf.shape[0]
+        return self.start + self._n
 
     def add(self, samples: np.ndarray, sample_offset: int, t_ns: int) -> None:
-        """Append one frame.
+        """Append one frame (amortised O(frame): the buffer moves only when it is full).
 
         Raises:
             ValueError: the frame overlaps samples already received (a duplicate or a reordered frame).
@@ -180,6 +181,7 @@ class ReferenceBuffer:
         if self.frames and sample_offset < self.end:
             raise ValueError(f"reference frame at sample {sample_offset} overlaps what was received "
                              f"(up to {self.end})")
+        samples = np.asarray(samples, dtype=np.float32)
         if not self.frames:
             self.start = sample_offset
         elif sample_offset > self.end:
@@ -187,11 +189,17 @@ class ReferenceBuffer:
             logger.warning("reference gap: %d samples missing before sample %d (read as silence)",
                            sample_offset - self.end, sample_offset)
             samples = np.concatenate([np.zeros(sample_offset - self.end, dtype=np.float32), samples])
-        self._buf = np.concatenate([self._buf, np.asarray(samples, dtype=np.float32)])
-        if self._buf.shape[0] > 2 * self.keep:
-            drop = self._buf.shape[0] - self.keep
-            self._buf = self._buf[drop:]
+        n = samples.shape[0]
+        if self._n + n > self._buf.shape[0]:
+            keep = min(self._n, max(0, self.keep - n))
+            drop = self._n - keep
+            self._buf[:keep] = self._buf[drop: self._n]
+            self._n = keep
             self.start += drop
+            if n > self._buf.shape[0] - keep:
+                self._buf = np.concatenate([self._buf[:keep], np.zeros(n, dtype=np.float32)])
+        self._buf[self._n: self._n + n] = samples
+        self._n += n
         self.anchor_ns = t_ns - sample_offset * 1_000_000_000 // self.rate
         self.frames += 1
 

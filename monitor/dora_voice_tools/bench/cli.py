@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  voice       every shipped recording (= tests/data) through voice-chatbot.yml, streaming (voice-to-voice)\n"
             "  pacing      LLM_PACING=off vs tts on long answers, streaming\n"
             "  stress      50 queries in one run: completeness checks and node memory (RSS) over time\n"
-            "  echo        11 utterances in a simulated room, 10 barging into answers: self-interruptions,\n"
+            "  echo        14 utterances in a simulated room, 13 barging into answers: self-interruptions,\n"
             "              barge-ins detected and onset->stop, ERLE, WER during playback vs clean (aec vs half_duplex)\n\n"
             "examples:\n"
             "  dora-voice-bench --plan quick\n"

@@ -3,7 +3,8 @@
 One conversation per variant through ``voice-chatbot-room.yml``: the user's utterances (the plan's clips, cycled)
 are placed in one input WAV; utterance 0 asks, and every later utterance starts :data:`BARGE_IN_GAPS_S` (cycled)
 after the end of the one before, so it lands while the answer to that one plays into the room (the answer starts
-about 1-1.5 s after the end of the question). The room feeds the answer back into the microphone signal; the
+about 1-1.5 s after the end of the question on a quiet machine, up to 4 s on a loaded one). Utterances whose onset
+falls in a pause between sentences are reported apart and not counted as barge-ins. The room feeds the answer back into the microphone signal; the
 figures say whether the assistant interrupted itself, whether the user's barge-ins stopped it and how fast, how
 much echo the AEC removed, and how well the user's speech was recognised through the echo.
 
@@ -35,7 +36,7 @@ from dora_voice import audio
 from dora_voice_monitor.collector import TurnRecord, percentile
 
 RATE_HZ = 16_000
-BARGE_IN_GAPS_S = (3.0, 3.6, 4.2, 4.8)
+BARGE_IN_GAPS_S = (4.5, 5.0, 5.5, 6.0)
 """Start of each barge-in utterance after the end of the utterance before it, s (cycled)."""
 LEAD_S = 0.5
 """Silence before the first utterance, s."""

@@ -79,7 +79,7 @@ class AecConfig:
                                         "also run WebRTC noise suppression (alters the user's speech)")
     stream_delay_ms: int = env_field("AEC_STREAM_DELAY_MS", 0, parse_int(min_value=0, max_value=1000),
                                      "initial echo delay hint for AEC3, ms (0 = let AEC3 estimate it)")
-    reference_wait_ms: int = env_field("AEC_REFERENCE_WAIT_MS", 200, parse_int(min_value=0, max_value=5000),
+    reference_wait_ms: int = env_field("AEC_REFERENCE_WAIT_MS", 500, parse_int(min_value=0, max_value=5000),
                                        "mic audio held waiting for its reference before the reference is taken "
                                        "as silence, ms")
     stats_interval_ms: int = env_field("AEC_STATS_INTERVAL_MS", 500, parse_int(min_value=100, max_value=60_000),
