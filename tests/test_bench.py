@@ -131,7 +131,7 @@ def test_plan_naming_an_unknown_scenario_lists_the_known_ones() -> None:
     ({"scenarios": ["a", "v"], "kind": "stress", "stream": True}, "text scenarios only, not v"),
     ({"scenarios": "everything"}, "scenarios must be a list of names or one of text, voice, all"),
     ({"scenarios": ["a"], "repeat": -1}, "repeat: must be a positive integer"),
-    ({"scenarios": ["a"], "kind": "marathon"}, "kind must be one of compare, stress, answers, soak"),
+    ({"scenarios": ["a"], "kind": "marathon"}, "kind must be one of compare, stress, answers, soak, echo"),
     ({"kind": "answers"}, "kind: answers needs questions"),
     ({"kind": "answers", "questions": "q.yaml", "scenarios": ["a"]}, "a kind: answers plan has no scenarios"),
     ({"kind": "answers", "questions": "q.yaml", "stream": "compare"}, "needs stream: true or false"),

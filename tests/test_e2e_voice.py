@@ -98,11 +98,11 @@ def test_a_700_ms_pause_mid_sentence_is_not_the_end_of_the_turn(tmp_path: Path) 
     """Smart Turn (the default end-of-turn detector) hears the pause as incomplete: one turn, the whole sentence,
     and no answer audio before the sentence ends. The end of turn is decided by the model, with its probability."""
     clip = load_clip("librivox-0870.wav")
-    cut = int(PAUSE_AT_S * RATE)
+    cut = int(PAUSE_AT_S * 16_000)
     spans = compose(tmp_path / "in.wav", [silence(0.5), clip[:cut], silence(0.7), clip[cut:], silence(0.3)])
     out_wav = tmp_path / "answer.wav"
     result = run_dataflow(VOICE_DATAFLOW, tmp_path,
-                          {**SMALL_MODELS, "AUDIO_INPUT": str(tmp_path / "in.wav"), "AUDIO_OUTPUT": str(out_wav)},
+                          {**E2E_SETTINGS, "AUDIO_INPUT": str(tmp_path / "in.wav"), "AUDIO_OUTPUT": str(out_wav)},
                           timeout_s=240)
     assert result.returncode == 0, result.log[-4000:]
     assert len(result.turns) == 1, result.log[-4000:]

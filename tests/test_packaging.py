@@ -21,7 +21,7 @@ from dora_voice_tools import resources
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ("dora-voice", "dora-voice-mic", "dora-voice-vad", "dora-voice-asr", "dora-voice-llm", "dora-voice-tts",
-           "dora-voice-speaker", "dora-voice-text-input", "dora-voice-monitor", "monitor_streaming_timing",
+           "dora-voice-speaker", "dora-voice-text-input", "dora-voice-room", "dora-voice-aec", "dora-voice-monitor", "monitor_streaming_timing",
            "dora-voice-bench", "dora-voice-models")
 
 
@@ -30,6 +30,13 @@ def test_packaged_voice_dataflow_is_the_checkouts() -> None:
     assert resources.VOICE_DATAFLOW.read_bytes() == original.read_bytes(), (
         f"{resources.VOICE_DATAFLOW} differs from {original}: copy the checkout's YAML over the packaged one "
         "(dora-voice run uses the packaged copy)")
+
+
+def test_packaged_room_dataflow_is_the_checkouts() -> None:
+    original = ROOT / "dataflows" / "voice-chatbot-room.yml"
+    assert resources.ROOM_DATAFLOW.read_bytes() == original.read_bytes(), (
+        f"{resources.ROOM_DATAFLOW} differs from {original}: copy the checkout's YAML over the packaged one "
+        "(dora-voice-bench --plan echo uses the packaged copy)")
 
 
 def test_packaged_text_dataflow_is_the_examples_with_the_console_script() -> None:

@@ -272,11 +272,15 @@ def test_half_duplex_tail_and_after(tmp_path) -> None:
 
 
 def test_echo_guard_auto() -> None:
-    assert load_config(SpeakerConfig, {}).effective_echo_guard is EchoGuard.HALF_DUPLEX
-    assert load_config(SpeakerConfig, {"AUDIO_OUTPUT": "o.wav"}).effective_echo_guard is EchoGuard.OFF
-    assert load_config(SpeakerConfig, {"AUDIO_INPUT": "q.wav"}).effective_echo_guard is EchoGuard.OFF
-    assert load_config(SpeakerConfig, {"AUDIO_INPUT": "q.wav", "ECHO_GUARD": "half_duplex"}).effective_echo_guard \
-        is EchoGuard.HALF_DUPLEX
+    def guard(env, aec_ready=False):
+        return load_config(SpeakerConfig, env).resolved_echo_guard(aec_ready)
+
+    assert guard({}) is EchoGuard.HALF_DUPLEX  # real devices, no echo canceller: half duplex
+    assert guard({}, aec_ready=True) is EchoGuard.AEC  # real devices with the aec node and its library
+    assert guard({"AUDIO_OUTPUT": "o.wav"}, aec_ready=True) is EchoGuard.OFF
+    assert guard({"AUDIO_INPUT": "q.wav"}) is EchoGuard.OFF
+    assert guard({"AUDIO_INPUT": "q.wav", "ECHO_GUARD": "half_duplex"}) is EchoGuard.HALF_DUPLEX
+    assert guard({"AUDIO_INPUT": "q.wav", "ECHO_GUARD": "aec"}) is EchoGuard.AEC
     with pytest.raises(ConfigError, match="ECHO_GUARD"):
         load_config(SpeakerConfig, {"ECHO_GUARD": "full"})
     with pytest.raises(ConfigError, match="SPEAKER_SAMPLE_RATE"):
@@ -553,7 +557,7 @@ def test_contract() -> None:
     contract = speaker.CONTRACT
     assert contract.path == "dora-voice-speaker"
     assert set(contract.inputs) == {Output.AUDIO, Output.STREAM_STARTED, Output.EVENTS}
-    assert set(contract.outputs) == {Output.PLAYBACK, Output.TIMING}
+    assert set(contract.outputs) == {Output.PLAYBACK, Output.REFERENCE, Output.TIMING}
     assert {"AUDIO_OUTPUT", "ECHO_GUARD", "BARGE_IN_MIN_SPEECH_MS"} <= set(contract.env())
 
 

@@ -71,7 +71,11 @@ if [[ "$(uname -s)" == Linux ]]; then
   fi
 fi
 
-# 3. The project itself, editable, with test extras. Skipped while pyproject.toml is unchanged since the last run.
+# 3. The project itself, editable, with test extras. setuptools >= 77 (PEP 639 licence field) in the venv too: the
+#    packaging test builds the wheel without build isolation; a venv made by Python 3.11 starts with 65.5.
+"$PYBIN" -c 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 77)' 2>/dev/null ||
+  pip_ install -q --upgrade "setuptools>=77" wheel
+#    The project is skipped while pyproject.toml is unchanged since the last run.
 stamp="$VENV/.dora-voice-setup"
 # The test set-up adds the MLX backend (mlx[cpu] + mlx-lm run on Linux CPUs too) so that LLM_BACKEND=mlx is tested.
 extras=test

@@ -85,6 +85,9 @@ MAX_SEGMENTS_PER_TURN = 10_000
 """Largest segment index or total a timing event may carry (a 512-token answer has about 50 segments); larger
 values are rejected, so one bad event cannot make the collector build huge lists."""
 
+MAX_AEC_WINDOWS = 7200
+"""``aec_stats`` windows kept for the session's echo summary (an hour at the aec node's default 500 ms)."""
+
 MAX_OPEN_TURNS = 256
 """Turns kept open at once; when a new turn would exceed it, the oldest open turn is built as incomplete (its
 events stopped coming long ago: a real session has one or two turns in flight)."""
@@ -269,6 +272,8 @@ class TurnRecord:
     v2v_tts_ms: float | None = None
     v2v_playback_ms: float | None = None
     chunks: tuple[ChunkRecord, ...] = ()
+    barge_in_onset_ns: int | None = None  # first voiced sample of the speech that interrupted the turn
+    barge_in_from_onset_ms: float | None = None  # that onset -> playback stopped
 
     @property
     def v2v_parts(self) -> dict[str, float | None]:
@@ -358,7 +363,7 @@ V2V_PARTS = ("v2v_eot_ms", "v2v_asr_ms", "v2v_llm_ttft_ms", "v2v_first_chunk_ms"
 SUMMARY_METRICS = (
     "asr_latency_ms", "eot_delay_ms", "llm_ttft_ms", "llm_first_chunk_ms", "tts_ttfb_ms", "first_audio_ms",
     "llm_start_to_first_audio_ms", "inter_token_ms", "tokens_per_s", "llm_total_ms", "audio_s", "wall_s", "rtf",
-    "underrun_ms", "barge_in_ms", "eot_probability", *V2V_PARTS,
+    "underrun_ms", "barge_in_ms", "barge_in_from_onset_ms", "eot_probability", *V2V_PARTS,
 )
 """Per-turn metrics the session summary reports."""
 
@@ -556,6 +561,8 @@ def build_turn(turn_id: int, events: Iterable[TimingEvent], *, complete: bool,
         **_v2v_parts(speech_end_ns, _field(speech_ended, Key.DETECTED_NS), _t(asr_done), _t(first_token),
                      _t(ev.llm_chunks[min(ev.llm_chunks)]) if ev.llm_chunks else None,
                      _min(_t(e) for e in ev.first_fragments.values()), _t(playback_started)),
+        barge_in_onset_ns=_field(barge_in, Key.SPEECH_START_NS),
+        barge_in_from_onset_ms=_ms(_field(barge_in, Key.SPEECH_START_NS), _t(barge_in)),
         chunks=tuple(_build_chunks(ev, llm_start_ns, _t(first_token))),
     )
 
@@ -674,6 +681,8 @@ class TimingCollector:
     Attributes:
         input_errors: every ``input_error`` event seen, in arrival order.
         stream_started: the mic's ``stream_started`` event, if seen.
+        aec_stats: the last :data:`MAX_AEC_WINDOWS` ``aec_stats`` events (echo cancellation windows), in arrival
+            order.
         unanswered_turns: turn ids that had VAD events only when :meth:`flush` ran.
     """
 
@@ -682,6 +691,7 @@ class TimingCollector:
         self.clock_ns = clock_ns
         self.input_errors: list[TimingEvent] = []
         self.stream_started: TimingEvent | None = None
+        self.aec_stats: deque[TimingEvent] = deque(maxlen=MAX_AEC_WINDOWS)
         self.unanswered_turns: list[int] = []
         self._open: dict[int, _OpenTurn] = {}
         self._done: set[int] = set()
@@ -704,6 +714,8 @@ class TimingCollector:
             self.input_errors.append(event)
         elif event.kind is TimingKind.STREAM_STARTED:
             self.stream_started = event
+        elif event.kind is TimingKind.AEC_STATS:
+            self.aec_stats.append(event)
         elif event.turn_id < 0:
             logger.debug("timing event %s from %s has no turn; ignored", event.kind.value, event.node)
         elif event.turn_id in self._done:
@@ -780,3 +792,40 @@ class TimingCollector:
             lacking = turn.missing()[0]
             logger.info("turn %d reported incomplete, without: %s", turn_id, ", ".join(lacking[:8]))
         return build_turn(turn_id, turn.events, complete=complete, errors=self.input_errors)
+
+
+@dataclass(frozen=True)
+class EchoSummary:
+    """Echo cancellation over a session, from the aec node's ``aec_stats`` windows.
+
+    Attributes:
+        windows: windows reported; ``measured``: those with enough reference-active audio for an ERLE.
+        erle_db_p50 / erle_db_p10: ERLE percentiles over the measured windows, dB (None without any); the windows
+            include any the user spoke in, which lowers them (the bench excludes those).
+        delay_ms: the last echo delay estimate, ms (None before one).
+        cpu_percent: mean CPU of the aec node, % of one core.
+        reference_active_s: audio with the assistant audible, s.
+    """
+
+    windows: int
+    measured: int
+    erle_db_p50: float | None
+    erle_db_p10: float | None
+    delay_ms: float | None
+    cpu_percent: float | None
+    reference_active_s: float
+
+
+def summarize_echo(events: Sequence[TimingEvent]) -> EchoSummary | None:
+    """Aggregate ``aec_stats`` events; None when there are none (no aec node, or it passes audio through)."""
+    if not events:
+        return None
+    erle = [float(e.fields[Key.ERLE_DB]) for e in events if Key.ERLE_DB in e.fields]
+    delays = [float(e.fields[Key.DELAY_MS]) for e in events if float(e.fields.get(Key.DELAY_MS, -1.0)) >= 0]
+    cpu = [float(e.fields[Key.CPU_PERCENT]) for e in events if Key.CPU_PERCENT in e.fields]
+    return EchoSummary(
+        windows=len(events), measured=len(erle),
+        erle_db_p50=percentile(erle, 50) if erle else None, erle_db_p10=percentile(erle, 10) if erle else None,
+        delay_ms=delays[-1] if delays else None, cpu_percent=statistics.fmean(cpu) if cpu else None,
+        reference_active_s=sum(float(e.fields.get(Key.AUDIO_MS, 0.0)) for e in events) / 1000.0,
+    )

@@ -22,10 +22,10 @@ import pyarrow as pa
 from dora_voice.config import env_field, parse_bool, parse_optional_path
 from dora_voice.contracts import NodeContract
 from dora_voice.runtime import Emit, NodeCore, UnknownInputError, run_node
-from dora_voice.schema import AudioFragment, TimingEvent
+from dora_voice.schema import AudioFragment, Key, TimingEvent, TimingKind
 
 from dora_voice_monitor import report
-from dora_voice_monitor.collector import DEFAULT_GRACE_S, TimingCollector, TurnRecord, summarize
+from dora_voice_monitor.collector import DEFAULT_GRACE_S, TimingCollector, TurnRecord, summarize, summarize_echo
 from dora_voice_monitor.sinks import JsonlWriter, PlotTarget, WavCollector
 
 logger = logging.getLogger(__name__)
@@ -36,8 +36,12 @@ TIMING_SUFFIX = "timing"
 TTS_AUDIO_INPUT = "tts_audio"
 """Input id of the TTS audio (``tts/audio``, :class:`~dora_voice.schema.AudioFragment`), used for the WAV only."""
 
+ECHO_FIELDS = (Key.DURATION_MS, Key.AUDIO_MS, Key.ERLE_DB, Key.DELAY_MS, Key.CPU_PERCENT)
+"""The ``aec_stats`` fields written to ``ECHO_REPORT``."""
+
 TIMING_INPUTS = {
     "mic_timing": "mic/timing: TimingEvent (stream_started)",
+    "aec_timing": "aec/timing: TimingEvent (aec_stats: ERLE, echo delay, CPU)",
     "vad_timing": "vad/timing: TimingEvent (speech_started, speech_ended)",
     "asr_timing": "asr/timing: TimingEvent (asr_done)",
     "text_input_timing": "text-input/timing: TimingEvent (text_input)",
@@ -60,6 +64,10 @@ class MonitorConfig:
     plot_dir: Path | None = env_field(
         "MONITOR_PLOT_DIR", None, parse_optional_path,
         "directory for one timeline PNG per turn (turn_<id>.png); a .png path also works")
+    echo_report: Path | None = env_field(
+        "ECHO_REPORT", None, parse_optional_path,
+        "JSONL file: one JSON object per aec_stats window (t_ns, duration_ms, audio_ms, erle_db, delay_ms, "
+        "cpu_percent), written as they arrive")
     save_audio: Path | None = env_field(
         "MONITOR_SAVE_AUDIO", None, parse_optional_path,
         "WAV file collecting all TTS audio (needs the tts_audio input)")
@@ -104,6 +112,7 @@ class MonitorCore(NodeCore):
         self.collector = TimingCollector(grace_s=grace_s, clock_ns=monotonic_ns)
         self.turns: list[TurnRecord] = []
         self._jsonl = JsonlWriter(config.timing_report) if config.timing_report else None
+        self._echo = JsonlWriter(config.echo_report) if config.echo_report else None
         self._plots = PlotTarget(config.plot_dir) if config.plot_dir else None
         self._audio = WavCollector(config.save_audio) if config.save_audio else None
         self._ended = False
@@ -116,7 +125,10 @@ class MonitorCore(NodeCore):
             UnknownInputError: an input id that neither ends in ``timing`` nor is ``tts_audio``.
         """
         if input_id.endswith(TIMING_SUFFIX):
-            self._report(self.collector.add(TimingEvent.decode(value, metadata)))
+            event = TimingEvent.decode(value, metadata)
+            self._report(self.collector.add(event))
+            if event.kind is TimingKind.AEC_STATS and self._echo is not None:
+                self._echo.write({"t_ns": event.t_ns, **{k: event.fields[k] for k in ECHO_FIELDS if k in event.fields}})
         elif input_id == TTS_AUDIO_INPUT:
             if self._audio is not None:
                 self._audio.write(AudioFragment.decode(value, metadata))
@@ -150,7 +162,10 @@ class MonitorCore(NodeCore):
             self._report(self.collector.flush())
         self._write(report.session_summary(summarize(self.turns, self.collector.error_details(),
                                                      self.collector.unanswered_turns)))
-        for sink in (self._jsonl, self._audio):
+        echo = report.echo_summary(summarize_echo(self.collector.aec_stats))
+        if echo:
+            self._write(echo)
+        for sink in (self._jsonl, self._echo, self._audio):
             if sink is not None:
                 sink.close()
         return ()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Sequence
 
-from dora_voice_monitor.collector import ChunkRecord, SessionSummary, TurnRecord
+from dora_voice_monitor.collector import ChunkRecord, EchoSummary, SessionSummary, TurnRecord
 
 RULE_WIDTH = 97
 """Width of the ``=`` and ``-`` rules (characters)."""
@@ -258,3 +258,12 @@ def chunk_breakdown(turn: TurnRecord, *, text_width: int = 40) -> str:
 def verbose_turn(turn: TurnRecord) -> str:
     """TIMELINE, SUMMARY and CHUNK BREAKDOWN of one turn, in that order."""
     return "\n\n".join([timeline(turn), turn_summary(turn), chunk_breakdown(turn)])
+
+
+def echo_summary(echo: EchoSummary | None) -> str:
+    """One line on echo cancellation for the session summary ('' without an aec node at work)."""
+    if echo is None:
+        return ""
+    return (f"echo cancellation: ERLE p50 {fmt_num(echo.erle_db_p50)} dB, p10 {fmt_num(echo.erle_db_p10)} dB over "
+            f"{echo.measured}/{echo.windows} windows ({echo.reference_active_s:.1f} s with the assistant audible), "
+            f"echo delay {fmt_num(echo.delay_ms)} ms, aec CPU {fmt_num(echo.cpu_percent)}% of a core")

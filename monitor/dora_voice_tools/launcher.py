@@ -117,7 +117,7 @@ def run_dataflow(yaml_path: Path, out_dir: Path, env: Mapping[str, str] | None =
         raise LaunchError(f"no dataflow at {yaml_path}")
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    if yaml_path.is_relative_to(PACKAGE_DIR):
+    if yaml_path.is_relative_to(resources.PACKAGE_DIR):
         yaml_path = Path(shutil.copy(yaml_path, out_dir / yaml_path.name))
     extra = dict(env or {})
     extra.setdefault("TIMING_REPORT", str(out_dir / "timing.jsonl"))

@@ -14,7 +14,7 @@ from typing import Any
 
 from dora_voice.config import env_vars
 
-NODE_MODULES = ("mic", "vad", "asr", "llm", "tts", "speaker", "text_input")
+NODE_MODULES = ("mic", "room", "aec", "vad", "asr", "llm", "tts", "speaker", "text_input")
 
 
 @dataclass(frozen=True)

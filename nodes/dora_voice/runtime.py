@@ -134,6 +134,11 @@ def _declared_outputs(node: Any) -> set[str] | None:
     return None if config is None else {str(o) for o in config.get("outputs") or []}
 
 
+def declared_outputs(node: Any) -> set[str] | None:
+    """Output ids this node has in the running dataflow's YAML, or ``None`` when unknown."""
+    return _declared_outputs(node)
+
+
 def declared_inputs(node: Any) -> set[str] | None:
     """Input ids this node has in the running dataflow's YAML, or ``None`` when unknown."""
     config = _node_config(node)

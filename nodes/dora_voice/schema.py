@@ -77,18 +77,22 @@ class Key:
     DETAIL = "detail"  # str: free-form detail (error text, node name)
     HEARD_FRACTION = "heard_fraction"  # float, 0.0-1.0: share of a segment the listener heard
     NODE = "node"  # str: the node that stamped a timing event
+    ERLE_DB = "erle_db"  # float, dB: echo return loss enhancement over a window (mic power / AEC output power)
+    DELAY_MS = "delay_ms"  # float, ms: estimated echo delay of the mic behind the time-aligned reference
+    CPU_PERCENT = "cpu_percent"  # float, % of one core: processing time / audio time
 
 
 class Output:
     """Output ids, by node. The YAML ``outputs:`` lists and the node contracts use these names."""
 
-    AUDIO = "audio"  # mic -> vad; tts -> speaker
+    AUDIO = "audio"  # mic -> vad (or -> room -> aec -> vad); tts -> speaker
     STREAM_STARTED = "stream_started"  # mic -> speaker, monitor
     SPEECH = "speech"  # vad -> asr
     EVENTS = "events"  # vad -> speaker, tts, llm (barge-in), monitor
     TEXT = "text"  # asr -> llm; text-input -> llm; llm -> tts
     SEGMENT_DONE = "segment_done"  # tts -> llm (pacing feedback)
     PLAYBACK = "playback"  # speaker -> llm (what was heard), tts (barge-in), text-input (pacing), monitor
+    REFERENCE = "reference"  # speaker -> aec, room: the far-end reference, exactly what the speaker plays
     TIMING = "timing"  # every node -> monitor
 
 
@@ -131,6 +135,8 @@ class TimingKind(str, enum.Enum):
     TURN_PLAYED = "turn_played"  # speaker: turn finished; count = segments played
     BARGE_IN = "barge_in"  # speaker: playback stopped by the user; duration_ms = detection -> stopped
     INPUT_ERROR = "input_error"  # any node: a bad message was rejected
+    AEC_STATS = "aec_stats"  # aec: one window of mic audio; t_ns = window start; duration_ms (window), audio_ms
+    #   (reference active), erle_db (over those frames; absent without), delay_ms (-1 before an estimate), cpu_percent
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -295,6 +301,54 @@ class StreamStarted:
         return cls(
             stream_start_ns=_get(meta, Key.STREAM_START_NS, int), sample_rate=_positive_rate(meta),
             source=_get(meta, Key.SOURCE, str, "device"), session_id=_get(meta, Key.SESSION_ID, str, ""),
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# speaker -> aec, room (the far-end reference)
+
+
+REFERENCE_FRAME_MS = 20
+"""Length of one speaker/reference frame (ms): 320 samples at 16 kHz."""
+
+
+@dataclass(frozen=True)
+class ReferenceFrame:
+    """speaker/reference: the far-end reference for echo cancellation, exactly what the speaker plays.
+
+    The speaker publishes its whole output timeline, silence included, after every fade, pause and barge-in cut,
+    resampled to 16 kHz, in frames of :data:`REFERENCE_FRAME_MS`, once the samples can no longer change (they were
+    handed to the device, or the file sink's clock passed them).
+
+    Attributes:
+        samples: shape ``(n,)`` float32 in [-1, 1], mono (n = 320 for 20 ms at 16 kHz).
+        sample_rate: Hz (16 000).
+        sample_offset: index of ``samples[0]`` on the reference timeline (16 kHz samples since the speaker's output
+            sample 0); consecutive frames are contiguous.
+        t_ns: wall clock at which ``samples[0]`` leaves the speaker (the device clock estimate, or the file sink's
+            clock, whose origin is the mic stream's start).
+        source: "device" or "file" (the sink).
+    """
+
+    samples: np.ndarray
+    sample_rate: int
+    sample_offset: int
+    t_ns: int
+    session_id: str
+    source: str
+
+    def encode(self) -> tuple[pa.Array, dict[str, Any]]:
+        return _audio_array(self.samples), _clean({
+            Key.SAMPLE_RATE: int(self.sample_rate), Key.SAMPLE_OFFSET: int(self.sample_offset),
+            Key.T_NS: int(self.t_ns), Key.SESSION_ID: self.session_id, Key.SOURCE: self.source,
+        })
+
+    @classmethod
+    def decode(cls, value: pa.Array, meta: Mapping[str, Any]) -> "ReferenceFrame":
+        return cls(
+            samples=audio_to_numpy(value), sample_rate=_positive_rate(meta),
+            sample_offset=_get(meta, Key.SAMPLE_OFFSET, int), t_ns=_get(meta, Key.T_NS, int),
+            session_id=_get(meta, Key.SESSION_ID, str, ""), source=_get(meta, Key.SOURCE, str, "device"),
         )
 
 
@@ -580,6 +634,7 @@ TIMING_FIELD_TYPES: Mapping[str, type] = {
     Key.UNDERRUNS: int, Key.CANCELLED: int, Key.DETECTED_NS: int, Key.SPEECH_START_NS: int, Key.SPEECH_END_NS: int,
     Key.TEXT: str, Key.DETAIL: str, Key.DURATION_MS: float, Key.AUDIO_MS: float, Key.UNDERRUN_MS: float,
     Key.INTERRUPTED: bool, Key.IS_FINAL: bool, Key.EOT_RULE: str, Key.EOT_PROBABILITY: float, Key.EOT_MODEL_MS: float,
+    Key.ERLE_DB: float, Key.DELAY_MS: float, Key.CPU_PERCENT: float,
 }
 """Type of every field a timing event may carry (``float`` fields also accept an int). Float fields are durations
 (ms, >= 0): a non-finite value is sent as ``-1.0`` and :meth:`TimingEvent.get` reads it as missing."""
@@ -625,6 +680,8 @@ TIMING_FIELDS: Mapping[TimingKind, TimingFields] = {
     TimingKind.BARGE_IN: TimingFields(optional=(Key.CANCELLED, Key.DURATION_MS, Key.SPEECH_START_NS,
                                                 Key.DETECTED_NS)),
     TimingKind.INPUT_ERROR: TimingFields(optional=(Key.DETAIL,)),
+    TimingKind.AEC_STATS: TimingFields(optional=(Key.DURATION_MS, Key.AUDIO_MS, Key.ERLE_DB, Key.DELAY_MS,
+                                                 Key.CPU_PERCENT)),
 }
 """The fields of every timing kind (their meaning: :class:`Key` and :class:`TimingKind`). A new field or kind is
 declared here first: :class:`TimingEvent` rejects an undeclared field where it is built (the sender) and drops one

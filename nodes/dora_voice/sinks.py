@@ -72,6 +72,14 @@ class Sink(Protocol):
     def take_underflows(self) -> int:
         """Output underflows reported by the device since the last call."""
 
+    def final_position(self, now_ns: int) -> int:
+        """First position that can still change: everything before it is final (handed to the device, or passed by
+        the file sink's clock), so it can be published as the echo canceller's reference."""
+
+    def read_final(self, start: int, stop: int) -> np.ndarray:
+        """The final samples ``[start, stop)`` (``stop <= final_position``), float32 of shape ``(stop - start,)``,
+        zeros where nothing was placed."""
+
     def checkpoint(self) -> None:
         """Persist what has been placed (file sink)."""
 
@@ -95,12 +103,16 @@ class FileSink:
     The fade before an underrun gap is applied even when its samples are behind the virtual play head: this sink
     stands for a device with at least ``CROSSFADE_MS`` of output buffer (less than :attr:`COMMIT_LAG_S`).
 
+    For the same reason audio is final (:meth:`final_position`) only ``hold_ms`` behind the virtual play head: set
+    it to at least the longest fade the speaker may still apply behind the play head (``CROSSFADE_MS``).
+
     Args:
         path: the WAV to write.
         rate_hz: output rate (Hz), or 0 to :meth:`open` it at the first fragment's rate.
         keep_samples: also keep every placed sample in memory as float32 (:meth:`samples` then returns it exactly;
             for tests and analysis; a session grows it by about 5 MB per minute at 22 kHz).
         clock_ns: wall clock of the writer thread.
+        hold_ms: how far behind the virtual play head audio becomes final, ms.
     """
 
     virtual = True
@@ -108,10 +120,11 @@ class FileSink:
     COMMIT_LAG_S = 0.3
 
     def __init__(self, path: str | Path, rate_hz: int = 0, *, keep_samples: bool = False,
-                 clock_ns: Callable[[], int] = time.time_ns) -> None:
+                 clock_ns: Callable[[], int] = time.time_ns, hold_ms: float = 0.0) -> None:
         self.path = Path(path)
         self.rate = 0
         self.end = 0
+        self.hold_ms = float(hold_ms)
         self.origin_ns: int | None = None
         self.keep_samples = keep_samples
         self.clock_ns = clock_ns
@@ -190,6 +203,21 @@ class FileSink:
 
     def take_underflows(self) -> int:
         return 0
+
+    def final_position(self, now_ns: int) -> int:
+        return max(0, self.earliest_position(now_ns) - int(self.hold_ms * self.rate / 1000))
+
+    def read_final(self, start: int, stop: int) -> np.ndarray:
+        """Final samples from memory; positions already written to the WAV and dropped (the reader fell more than
+        ``COMMIT_LAG_S`` behind the play head) read as zeros, logged."""
+        out = np.zeros(max(0, stop - start), dtype=np.float32)
+        with self._lock:
+            lo, hi = max(start, self._base), min(stop, self.end)
+            if hi > lo:
+                out[lo - start: hi - start] = self._buf[lo - self._base: hi - self._base]
+        if start < min(self._base, stop):
+            logger.warning("speaker: reference read %d samples already written out", min(self._base, stop) - start)
+        return out
 
     def samples(self) -> np.ndarray:
         """What has been placed so far: shape ``(end,)`` float32. Exact with ``keep_samples``; otherwise the
@@ -284,6 +312,8 @@ class DeviceSink:
         stream_factory: ``factory(rate_hz, block_frames) -> stream`` with ``start/write/stop/close`` and
             ``latency`` (s); default opens a sounddevice ``OutputStream`` (tests pass a fake).
         clock_ns: wall clock.
+        keep_history_ms: keep copies of the blocks written in the last this many ms, for :meth:`read_final` (the
+            echo canceller's reference); 0 keeps none.
 
     Raises:
         AudioDeviceError (from :meth:`open`): no output device; the message names ``AUDIO_OUTPUT=out.wav``.
@@ -294,8 +324,11 @@ class DeviceSink:
 
     def __init__(self, device: str = "", *, block_ms: int = DEVICE_BLOCK_MS, fade_ms: int = 8,
                  stream_factory: Callable[[int, int], Any] | None = None,
-                 clock_ns: Callable[[], int] = time.time_ns) -> None:
+                 clock_ns: Callable[[], int] = time.time_ns, keep_history_ms: int = 0) -> None:
         self.device = device
+        self.keep_history_ms = keep_history_ms
+        self._history: deque[tuple[int, np.ndarray]] = deque()  # (start, block copy) of written blocks
+        self._history_blocks = 0
         self.block_ms = block_ms
         self.fade_ms = fade_ms
         self.stream_factory = stream_factory or self._open_stream
@@ -344,6 +377,7 @@ class DeviceSink:
     def open(self, rate_hz: int) -> None:
         self.rate = int(rate_hz)
         self._block = max(1, self.rate * self.block_ms // 1000)
+        self._history_blocks = -(-self.keep_history_ms // self.block_ms) if self.keep_history_ms else 0
         self.stream = self.stream_factory(self.rate, self._block)
         self.stream.start()
         self._provisional_anchor_ns = self.clock_ns() + int(self._latency_s() * _NS_PER_S)
@@ -387,6 +421,10 @@ class DeviceSink:
             while self._running:
                 with self._lock:
                     self._fill(block)
+                    if self._history_blocks:
+                        self._history.append((self._head, block.copy()))
+                        while len(self._history) > self._history_blocks:
+                            self._history.popleft()
                     self._head += block.shape[0]
                     head = self._head
                 before = self.clock_ns()
@@ -478,6 +516,24 @@ class DeviceSink:
     def take_underflows(self) -> int:
         n, self._underflows = self._underflows, 0
         return n
+
+    def final_position(self, now_ns: int) -> int:
+        with self._lock:
+            return self._head
+
+    def read_final(self, start: int, stop: int) -> np.ndarray:
+        """Blocks already written, from the history kept with ``keep_history_ms``; older positions read as zeros
+        (logged: the reader fell behind the history)."""
+        out = np.zeros(max(0, stop - start), dtype=np.float32)
+        with self._lock:
+            history = list(self._history)
+        if history and start < history[0][0]:
+            logger.warning("speaker: reference read %d samples behind the kept history", history[0][0] - start)
+        for block_start, samples in history:
+            a, b = max(start, block_start), min(stop, block_start + samples.shape[0])
+            if b > a:
+                out[a - start: b - start] = samples[a - block_start: b - block_start]
+        return out
 
     def checkpoint(self) -> None:
         if self._error is not None:

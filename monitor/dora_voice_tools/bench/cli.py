@@ -45,6 +45,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from dora_voice import audio
 from dora_voice.logs import setup_logging
 from dora_voice.models import ModelError, get_spec
 
@@ -68,7 +69,8 @@ from dora_voice_tools.bench.running import (
     RssSampler, RunOutcome, execute, log_tail, rss_growth_pct, soak_entry, soak_targets, soak_voice_input,
     stress_checks,
 )
-from dora_voice_tools.resources import SCENARIOS_FILE, TEXT_DATAFLOW, VOICE_DATAFLOW, runs_dir
+from dora_voice_tools.bench import echo as echo_plan
+from dora_voice_tools.resources import ROOM_DATAFLOW, SCENARIOS_FILE, TEXT_DATAFLOW, VOICE_DATAFLOW, runs_dir
 
 logger = logging.getLogger(__name__)
 
@@ -105,15 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
             "  soak        a 200-turn session (--repeat N): text prompts and recordings, node defaults; summary.json\n"
             "              \"soak\": turns, complete, segments, underrun_ms_total, TTFT p50/p90, RSS growth per node\n\n"
             "  distributed every shipped recording through one machine and through two dora daemons on this host\n\n"
+            "  echo        14 utterances in a simulated room, 13 barging into answers: self-interruptions,\n"
+            "              barge-ins detected and onset->stop, ERLE, WER during playback vs clean (aec vs half_duplex)\n\n"
             "examples:\n"
             "  dora-voice-bench --plan quick\n"
             "  dora-voice-bench --scenario one_sentence --repeat 1 --model smollm2-135m --out /tmp/bench\n"
             "  dora-voice-bench --plan voice --clips-dir ../shared/speech\n"
             "  dora-voice-bench --plan pacing --set LLM_FIRST_CHUNK_MAX_TOKENS=4\n"
             "  dora-voice-bench --plan answers --variant qwen0.5b-spoken qwen1.5b-spoken\n\n"
+            "  dora-voice-bench --plan echo --clips-dir ../shared/speech --set ROOM_RT60_MS=400\n\n"
             "output (--out, default runs/bench-<timestamp> in the current directory): summary.json\n"
             "({scenario: {\"streaming\": {medians}, \"batch\": {...}, \"first_audio_ratio\": r}}; voice plans add\n"
-            "\"_overall\": {metric: {\"p50\", \"p90\"}}), report.txt (the printed tables), and per scenario and mode\n"
+            "\"_overall\": {metric: {\"p50\", \"p90\"}}; the echo plan: \"echo\" (the first variant, aec) and\n"
+            "\"echo_variants\"), report.txt (the printed tables), and per scenario and mode\n"
             "timeline.png (the median turn) and run-<k>/ (timing.jsonl, dora.log, answer.wav).\n"
             "Exit status: 0 all runs complete, 1 a run failed or a stress check failed, 2 bad arguments.\n"
             "Timings depend on the machine's load: benchmark on an otherwise idle machine."),
@@ -388,13 +394,71 @@ class _Bench:
         runs_ok = text.ok and (voice is None or voice.ok)
         if not runs_ok or not targets["all_turns_complete"]["ok"] or not targets["segments_lost_0"]["ok"]:
             self.failed = True
+
+    def run_echo(self) -> None:
+        """One conversation per variant in the simulated room; the echo figures (:mod:`.echo`)."""
+        import soundfile  # noqa: PLC0415
+
+        clips = [(item.clip.name, item.clip.transcript, audio.read_wav_mono(item.clip.path)) for item in self.items
+                 if item.clip is not None]
+        clips = [(name, text, samples if rate == echo_plan.RATE_HZ else audio.resample(samples, rate,
+                                                                                      echo_plan.RATE_HZ))
+                 for name, text, (samples, rate) in clips]
+        conversation = echo_plan.compose(clips, self.plan.repeat)
+        input_wav = self.out / "echo" / "conversation.wav"
+        audio.write_wav(input_wav, conversation.samples, echo_plan.RATE_HZ)
+        self.say(f"conversation: {len(conversation.utterances)} utterances, "
+                 f"{conversation.samples.shape[0] / echo_plan.RATE_HZ:.1f} s ({input_wav}); user speech onsets at "
+                 + ", ".join(f"{u.onset_s:.2f}" for u in conversation.utterances) + " s")
+        base = self.items[0]
+        results: dict[str, Any] = {}
+        runs: list[tuple[str, RunOutcome, Path]] = []
+        for variant in base.variants:
+            run_dir = self.out / "echo" / variant.name / "run-1"
+            env = run_env(base, variant, self.overrides, run_dir, 1)
+            env.update({"AUDIO_INPUT": str(input_wav), "ECHO_REPORT": str(run_dir / "echo.jsonl")})
+            env = {**env, **self.overrides}
+            self.done += 1
+            print(f"[bench] {self.done}/{len(base.variants)} echo {variant.name} ({len(conversation.utterances)} "
+                  f"utterances; machine load {os.getloadavg()[0]:.1f}) ...", flush=True)
+            outcome = execute(ROOM_DATAFLOW, run_dir, env,
+                              run_timeout_s(env, len(conversation.utterances),
+                                            conversation.samples.shape[0] / echo_plan.RATE_HZ),
+                              f"echo {variant.name}", None)
+            problems = [p for p in outcome.problems if not p.startswith("segments played")]
+            print(f"[bench] echo {variant.name}: {'ok' if not problems else 'FAILED: ' + '; '.join(problems)} "
+                  f"({len(outcome.turns)} turns, {outcome.wall_s:.1f} s)", flush=True)
+            if problems:
+                self.failed = True
+                print(f"[bench] last lines of {run_dir / 'dora.log'}:\n{log_tail(_read_log(run_dir))}", flush=True)
+            runs.append((variant.name, outcome, run_dir))
+        asr_env = {**base.env, **self.overrides}
+        clean = echo_plan.transcribe_clean(conversation, _clean_transcriber(asr_env))
+        for name, outcome, run_dir in runs:
+            try:
+                answer, rate = soundfile.read(run_dir / "answer.wav", dtype="float32")
+                echo_file = run_dir / "echo.jsonl"
+                windows = ([json.loads(line) for line in echo_file.read_text().splitlines() if line.strip()]
+                           if echo_file.exists() else [])
+                figures = echo_plan.analyze(conversation, outcome.turns, answer, rate, windows, clean)
+            except (OSError, ValueError) as exc:
+                self.failed = True
+                self.say(f"echo ({name}): no figures: {exc}")
+                continue
+            results[name] = figures
+            self.say(echo_plan.render(name, figures))
+            self.say(session_summary(summarize(outcome.turns)))
+        if results:
+            first = results.get(base.variants[0].name) or next(iter(results.values()))
+            self.summary["echo"] = {key: first[key] for key in echo_plan.ECHO_KEYS}
+            self.summary["echo_variants"] = results
         self.write()
 
     def run(self) -> int:
         """Run the plan; the exit status."""
         self.out.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
-        what = (f"{self.plan.kind}, {self.plan.repeat} turns" if self.plan.kind in ("stress", "soak")
+        what = (f"{self.plan.kind}, {self.plan.repeat} turns" if self.plan.kind in ("stress", "soak", "echo")
                 else f"repeat {self.plan.repeat}")
         count = f"{len(self.items)} item(s)"
         if self.answers is not None:
@@ -409,6 +473,8 @@ class _Bench:
             self.run_answers()
         elif self.plan.kind == "soak":
             self.run_soak()
+        elif self.plan.kind == "echo":
+            self.run_echo()
         else:
             self.run_compare()
         self.say(f"plan {self.plan.name} took {time.monotonic() - started:.0f} s"
@@ -435,6 +501,14 @@ _STOP_LOGS = {"repetition": "started repeating itself", "unfinished sentence dro
 def _stop_reasons(log: str) -> dict[str, int]:
     """How often the LLM node logged that it ended a reply early (repetition guard, cut at a cap)."""
     return {reason: log.count(needle) for reason, needle in _STOP_LOGS.items() if needle in log}
+
+
+def _clean_transcriber(env: Mapping[str, str]):
+    """The ASR the dataflow's asr node uses (same model and settings from ``env``), loaded in this process."""
+    from dora_voice.config import load_config  # noqa: PLC0415
+    from dora_voice.nodes.asr import AsrConfig, load_whisper  # noqa: PLC0415
+
+    return load_whisper(load_config(AsrConfig, {k: v for k, v in env.items() if k.startswith("ASR_")}))
 
 
 def _read_log(run_dir: Path) -> str:

@@ -93,8 +93,9 @@ class Plan:
         stream: overrides each scenario's ``stream`` when set.
         variants: named environments compared instead of streaming/batch (each on top of ``stream``).
         env: extra environment for every run.
-        kind: ``"compare"``, ``"stress"`` or ``"answers"`` (the question set of ``questions``, one run per variant,
-            scored by :mod:`.answers`).
+        kind: ``"compare"``, ``"stress"``, ``"soak"``, ``"echo"`` (user utterances barging into answers in a simulated
+            room; ``repeat`` is the number of utterances) or ``"answers"`` (the question set of ``questions``, one run
+            per variant, scored by :mod:`.answers`).
         questions: ``kind: answers`` only: the question file (relative paths: to the scenarios file's folder).
     """
 
@@ -146,7 +147,7 @@ class Catalog:
 
 _SCENARIO_KEYS = {"description", "query", "audio", "clips", "stream", "max_tokens", "env", "transcripts"}
 _PLAN_KEYS = {"description", "scenarios", "repeat", "stream", "variants", "env", "kind", "turns", "questions"}
-PLAN_KINDS = ("compare", "stress", "answers", "soak")
+PLAN_KINDS = ("compare", "stress", "answers", "soak", "echo")
 
 
 def parse_stream(value: Any, where: str) -> str:
@@ -288,9 +289,16 @@ def parse_plan(name: str, data: Any, scenarios: Mapping[str, Scenario], source: 
             raise BenchConfigError(f"{where}: a soak plan needs stream: true or false")
         if all(scenarios[n].pipeline != "text" for n in names):
             raise BenchConfigError(f"{where}: a soak plan needs at least one text scenario")
-    repeat_key = "turns" if kind in ("stress", "soak") else "repeat"
-    if kind not in ("stress", "soak") and "turns" in data:
-        raise BenchConfigError(f"{where}: turns is for kind: stress or soak (use repeat)")
+    if kind == "echo":
+        text = [n for n in names if scenarios[n].pipeline == "text"]
+        if text:
+            raise BenchConfigError(f"{where}: an echo plan takes voice scenarios (the user's utterances) only, "
+                                   f"not {', '.join(text)}")
+        if stream not in ("true", "false"):
+            raise BenchConfigError(f"{where}: an echo plan needs stream: true or false")
+    repeat_key = "turns" if kind in ("stress", "soak", "echo") else "repeat"
+    if kind not in ("stress", "soak", "echo") and "turns" in data:
+        raise BenchConfigError(f"{where}: turns is for kind: stress, soak or echo (use repeat)")
     return Plan(name=name, description=str(data.get("description") or ""), scenarios=names,
                 repeat=_count(data.get(repeat_key, 1), f"{where}: {repeat_key}"), stream=stream,
                 variants=variants, env=parse_env(data.get("env"), where), kind=kind)
@@ -595,6 +603,9 @@ def resolve_plan(catalog: Catalog, plan_name: str | None, scenario_names: Sequen
         plan = dataclasses.replace(plan, scenarios=tuple(names))
     if plan.kind == "stress" and any(catalog.scenario(n).pipeline != "text" for n in plan.scenarios):
         raise BenchConfigError(f"plan {plan.name!r}: a stress plan takes text scenarios only")
+    if plan.kind == "echo":
+        plan = dataclasses.replace(plan, scenarios=tuple(n for n in plan.scenarios
+                                                         if catalog.scenario(n).pipeline != "text"))
     if repeat is not None:
         plan = dataclasses.replace(plan, repeat=repeat)
     return plan, catalog

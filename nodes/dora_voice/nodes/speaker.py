@@ -9,6 +9,9 @@ Outputs:
     ``playback``: :class:`~dora_voice.schema.PlaybackEvent`: ``segment_played`` per segment heard whole;
         on a barge-in ``segment_interrupted`` (heard_fraction) for the segment cut, then ``turn_interrupted`` (the
         LLM and TTS drop the rest of the turn); ``turn_done`` last for every turn, finished or cancelled.
+    ``reference``: :class:`~dora_voice.schema.ReferenceFrame`, the far-end reference for echo cancellation: the
+        whole output timeline (silence included, after fades, pauses and barge-in cuts) at 16 kHz in 20 ms frames,
+        each stamped with the instant its first sample leaves the speaker. Sent only when the YAML wires it.
     ``timing``: ``playback_started`` (t_ns = when the turn's first sample leaves), ``segment_played``,
         ``turn_played`` (count = segments played, underruns, underrun_ms, audio_ms, cancelled, interrupted),
         ``barge_in`` (cancelled segments; duration_ms = speech_started detection -> playback stopped).
@@ -41,8 +44,16 @@ BARGE_IN_MIN_SPEECH_MS`` with no ``speech_ended`` in between, every turn that ha
 the earliest position that has not left, with a ``BARGE_IN_FADE_MS`` fade; all audio placed after that and every
 later fragment of those turns are discarded. The core checks the condition between events (``busy``/``step``).
 ``ECHO_GUARD=half_duplex`` ignores speech whose onset falls while the speaker is audible or within
-``ECHO_TAIL_MS`` (300 ms) after, since an open microphone hears the speaker (no echo cancellation here). ``auto``
-means ``off`` when AUDIO_INPUT or AUDIO_OUTPUT is a file (no acoustic path), else ``half_duplex``.
+``ECHO_TAIL_MS`` (300 ms) after, since an open microphone hears the speaker. ``aec`` (the aec node cancels the
+echo before the VAD) and ``off`` let any speech interrupt. ``auto`` means ``off`` when AUDIO_INPUT or AUDIO_OUTPUT
+is a file (no acoustic path), else ``aec`` when the ``reference`` output is wired and pywebrtc-audio is installed,
+else ``half_duplex``.
+
+Reference: audio becomes final once the sink can no longer change it (:meth:`Sink.final_position`: the device
+sink's writer handed it to the device, which plays it ``stream.latency`` later; the file sink's clock passed it by
+``CROSSFADE_MS``). While the ``events`` input is open (someone listens for barge-in), the core publishes the final
+audio, resampled to 16 kHz with one continuous soxr stream, as :class:`ReferenceFrame` s; before the file sink knows
+its rate the timeline is silence on the mic's clock.
 
 Segment reports (``segment_played``, ``turn_done``) are sent when the listener has heard the audio (the play head
 passed it). With the file sink and nothing able to interrupt any more (barge-in off, or ``events`` closed) they are
@@ -51,7 +62,6 @@ sent as soon as the audio is placed, stamped with the future instant it plays, s
 
 from __future__ import annotations
 
-import enum
 import logging
 import sys
 import time
@@ -68,13 +78,14 @@ from dora_voice.config import (
     ConfigError, env_field, parse_bool, parse_choice, parse_int, parse_optional_path,
     parse_str,
 )
+from dora_voice.echo import ECHO_GUARD_HELP, EchoGuard, aec_library_available, resolve_echo_guard
 from dora_voice.contracts import NodeContract
 from dora_voice.nodes import fatal, node_cli
-from dora_voice.runtime import Emit, NodeCore, declared_inputs, emit, run_node
+from dora_voice.runtime import Emit, NodeCore, declared_inputs, declared_outputs, emit, run_node
 from dora_voice.sinks import DEVICE_BLOCK_MS, DeviceSink, FileSink, Sink
 from dora_voice.schema import (
-    AudioFragment, Key, Output, PlaybackEvent, PlaybackKind, SchemaError, StreamStarted,
-    TimingKind, VadEvent, VadEventKind,
+    PIPELINE_SAMPLE_RATE_HZ, REFERENCE_FRAME_MS, AudioFragment, Key, Output, PlaybackEvent, PlaybackKind,
+    ReferenceFrame, SchemaError, StreamStarted, TimingKind, VadEvent, VadEventKind,
 )
 from dora_voice.turns import TurnSequence
 
@@ -89,12 +100,9 @@ POLL_S = 0.005
 """Longest the core sleeps in :meth:`SpeakerCore.step` between checks (s)."""
 
 
-class EchoGuard(str, enum.Enum):
-    """How speech heard while the speaker plays is treated for barge-in."""
-
-    AUTO = "auto"
-    OFF = "off"
-    HALF_DUPLEX = "half_duplex"
+REFERENCE_HISTORY_MS = 2000
+"""Written device blocks kept for the reference (ms); the core reads them within a few ms."""
+__all__ = ["EchoGuard", "ReferenceTap", "SpeakerConfig", "SpeakerCore", "build_sink", "main"]
 
 
 @dataclass(frozen=True)
@@ -123,21 +131,20 @@ class SpeakerConfig:
     barge_in_fade_ms: int = env_field(
         "BARGE_IN_FADE_MS", 20, parse_int(min_value=0, max_value=1000), "fade-out in ms when playback is interrupted")
     echo_guard: str = env_field(
-        "ECHO_GUARD", "auto", parse_choice("auto", "off", "half_duplex"),
-        "auto|off|half_duplex: half_duplex ignores speech starting while the speaker plays (+300 ms); "
-        "auto = off with a file input or output, else half_duplex")
+        "ECHO_GUARD", "auto", parse_choice("auto", "off", "half_duplex", "aec"), ECHO_GUARD_HELP)
+    reference: str = env_field(
+        "SPEAKER_REFERENCE", "auto", parse_choice("auto", "on", "off"),
+        "publish the far-end reference on the reference output (when wired): auto = when ECHO_GUARD resolves to "
+        "aec; on = always (a simulated room needs it whatever the guard)")
 
     def __post_init__(self) -> None:
         if self.sample_rate_hz and self.sample_rate_hz < 8000:
             raise ConfigError(f"SPEAKER_SAMPLE_RATE={self.sample_rate_hz}: must be 0 or >= 8000 Hz")
 
-    @property
-    def effective_echo_guard(self) -> EchoGuard:
-        """ECHO_GUARD with ``auto`` resolved."""
-        guard = EchoGuard(self.echo_guard)
-        if guard is not EchoGuard.AUTO:
-            return guard
-        return EchoGuard.OFF if (self.audio_output or self.audio_input) else EchoGuard.HALF_DUPLEX
+    def resolved_echo_guard(self, aec_ready: bool) -> EchoGuard:
+        """ECHO_GUARD with ``auto`` resolved; ``aec_ready``: the reference is wired and the AEC library present."""
+        return resolve_echo_guard(self.echo_guard, files=bool(self.audio_output or self.audio_input),
+                                  aec_ready=aec_ready)
 
 
 CONTRACT = NodeContract(
@@ -147,9 +154,87 @@ CONTRACT = NodeContract(
         Output.STREAM_STARTED: "mic/stream_started: StreamStarted (origin of the file sink's clock)",
         Output.EVENTS: "vad/events: VadEvent (speech_started / speech_ended, for barge-in)",
     },
-    outputs=(Output.PLAYBACK, Output.TIMING),
+    outputs=(Output.PLAYBACK, Output.REFERENCE, Output.TIMING),
     config=SpeakerConfig,
 )
+
+
+class ReferenceTap:
+    """Turns the sink's final output into 16 kHz :class:`ReferenceFrame` s (see the module docstring).
+
+    Args:
+        sink: the speaker's sink.
+        frame_ms: frame length, ms.
+    """
+
+    RATE = PIPELINE_SAMPLE_RATE_HZ
+
+    def __init__(self, sink: Sink, frame_ms: int = REFERENCE_FRAME_MS) -> None:
+        self.sink = sink
+        self.source = "file" if sink.virtual else "device"
+        self.frame = self.RATE * frame_ms // 1000
+        self.next_k = 0  # 16 kHz index after the last sample produced (sent or pending)
+        self.sent = 0  # 16 kHz index after the last sample sent
+        self._pos: int | None = None  # next sink position to read
+        self._resampler: Any = None
+        self._pending: list[np.ndarray] = []
+        self._pending_n = 0
+
+    def ready(self) -> bool:
+        """The output timeline has an origin (a device sink is open; a file sink knows the mic's start)."""
+        return bool(self.sink.rate) or getattr(self.sink, "origin_ns", None) is not None
+
+    def _origin_ns(self) -> int:
+        return self.sink.position_to_ns(0) if self.sink.rate else int(getattr(self.sink, "origin_ns"))
+
+    def _append(self, samples: np.ndarray) -> None:
+        if samples.shape[0]:
+            self._pending.append(samples)
+            self._pending_n += samples.shape[0]
+            self.next_k += samples.shape[0]
+
+    def poll(self, now_ns: int, session_id: str) -> list[ReferenceFrame]:
+        """The frames that became final since the last call."""
+        sink = self.sink
+        if not self.ready():
+            return []
+        if sink.rate:
+            if self._pos is None:
+                self._pos = self.next_k * sink.rate // self.RATE
+                if sink.rate != self.RATE:
+                    self._resampler = audio.resample_stream(sink.rate, self.RATE)
+            final = sink.final_position(now_ns)
+            if final > self._pos:
+                x = sink.read_final(self._pos, final)
+                self._pos = final
+                if self._resampler is not None:
+                    x = np.asarray(self._resampler.resample_chunk(x), dtype=np.float32)
+                self._append(x)
+        else:  # a file sink before its first fragment: silence on the mic's clock
+            k = (now_ns - self._origin_ns()) * self.RATE // _NS_PER_S
+            if k > self.next_k:
+                self._append(np.zeros(k - self.next_k, dtype=np.float32))
+        if self._pending_n < self.frame:
+            return []
+        data = np.concatenate(self._pending)
+        whole = (data.shape[0] // self.frame) * self.frame
+        rest = data[whole:]
+        self._pending, self._pending_n = ([rest] if rest.shape[0] else []), rest.shape[0]
+        origin = self._origin_ns()
+        frames = []
+        for i in range(0, whole, self.frame):
+            k = self.sent
+            frames.append(ReferenceFrame(samples=data[i: i + self.frame], sample_rate=self.RATE, sample_offset=k,
+                                         t_ns=origin + k * _NS_PER_S // self.RATE, session_id=session_id,
+                                         source=self.source))
+            self.sent += self.frame
+        return frames
+
+    def next_due_ns(self) -> int | None:
+        """When the next frame will be complete, if the sink's clock tells (file sink), else None."""
+        if not self.ready():
+            return None
+        return self._origin_ns() + (self.sent + self.frame) * _NS_PER_S // self.RATE
 
 
 # ================================================================================================================
@@ -218,6 +303,9 @@ class SpeakerCore(NodeCore):
         sink: :class:`FileSink` or :class:`DeviceSink` (or a test double with the same interface).
         clock_ns: wall clock; tests inject a fake.
         sleep: ``sleep(seconds)`` used by :meth:`step` to wait for the next deadline (at most :data:`POLL_S`).
+        reference: the YAML wires the ``reference`` output; it is published as ``SPEAKER_REFERENCE`` says.
+        aec_ready: an echo canceller runs before the VAD (resolves ``ECHO_GUARD=auto``); default: ``reference``
+            and pywebrtc-audio installed.
 
     Counters: ``fragments_discarded`` (fragments of finished/cancelled turns), ``speech_ignored`` (speech dropped by
     the echo guard), ``barge_ins``, and ``input_errors`` (rejected messages, from :class:`NodeCore`).
@@ -226,12 +314,18 @@ class SpeakerCore(NodeCore):
     node_id = "speaker"
 
     def __init__(self, config: SpeakerConfig, sink: Sink, *, clock_ns: Callable[[], int] = time.time_ns,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, reference: bool = False,
+                 aec_ready: bool | None = None) -> None:
         super().__init__(clock_ns)
         self.config = config
         self.sink = sink
         self.sleep = sleep
-        self.echo_guard = config.effective_echo_guard
+        if aec_ready is None:
+            aec_ready = reference and aec_library_available()
+        self.echo_guard = config.resolved_echo_guard(aec_ready)
+        if config.reference == "off" or (config.reference == "auto" and self.echo_guard is not EchoGuard.AEC):
+            reference = False
+        self.reference = ReferenceTap(sink) if reference else None
         self._turns: OrderedDict[int, _Turn] = OrderedDict()
         self._floor = 0  # turns below this id are finished or cancelled
         self._max_started = -1  # highest turn id that has started playing
@@ -619,7 +713,19 @@ class SpeakerCore(NodeCore):
     def _unreported(self) -> bool:
         return any(not s.reported for t in self._turns.values() for s in t.segments if s.complete)
 
+    def _reference_on(self) -> bool:
+        return (self.reference is not None and not self._events_closed and not self._ended
+                and self.reference.ready())
+
+    def _publish_reference(self, now: int) -> list[Emit]:
+        if not self._reference_on():
+            return []
+        assert self.reference is not None
+        return [emit(Output.REFERENCE, f) for f in self.reference.poll(now, self.session_id)]
+
     def busy(self) -> bool:
+        if self._reference_on():
+            return True
         if not self.sink.rate:
             return False
         if self._reports_wait() and self._unreported():
@@ -632,6 +738,7 @@ class SpeakerCore(NodeCore):
         out = self._device_underflows(now)
         out += self._check_barge_in(now)
         out += self._report(now)
+        out += self._publish_reference(now)
         if out:
             return out
         wait_ns = int(POLL_S * _NS_PER_S)
@@ -680,18 +787,24 @@ class SpeakerCore(NodeCore):
 # dora adapter
 
 
-def build_sink(config: SpeakerConfig) -> Sink:
+def build_sink(config: SpeakerConfig, *, reference: bool = False) -> Sink:
     """The sink ``config`` asks for; a device sink is opened now (its stream start can take a second or two).
+
+    Args:
+        config: speaker settings.
+        reference: the ``reference`` output is wired (the device sink then keeps the blocks it wrote).
 
     Raises:
         AudioDeviceError: no usable output device (the message names AUDIO_OUTPUT=out.wav).
         OSError: the AUDIO_OUTPUT file cannot be written.
     """
     if config.audio_output is not None:
-        sink = FileSink(config.audio_output, config.sample_rate_hz)
+        # Audio is final (reference) once no fade can reach it any more: CROSSFADE_MS behind the play head.
+        sink = FileSink(config.audio_output, config.sample_rate_hz, hold_ms=config.crossfade_ms)
         sink.checkpoint()  # an unwritable path fails now, not after the first answer
         return sink
-    sink = DeviceSink(config.audio_output_device, fade_ms=config.crossfade_ms or 8)
+    sink = DeviceSink(config.audio_output_device, fade_ms=config.crossfade_ms or 8,
+                      keep_history_ms=REFERENCE_HISTORY_MS if reference else 0)
     sink.open(config.sample_rate_hz or DeviceSink.default_rate(config.audio_output_device))
     return sink
 
@@ -702,17 +815,21 @@ def main(argv: list[str] | None = None) -> None:
     from dora import Node  # noqa: PLC0415 - only the node process needs dora
 
     node = Node()
+    outputs = declared_outputs(node)
+    reference = outputs is not None and Output.REFERENCE in outputs
     try:
-        sink = build_sink(config)
+        sink = build_sink(config, reference=reference)
     except (audio.AudioDeviceError, OSError) as exc:
         fatal(CONTRACT.path, str(exc))
-    core = SpeakerCore(config, sink)
+    core = SpeakerCore(config, sink, reference=reference)
+    reference = core.reference is not None
     wired = declared_inputs(node)
     if wired is not None and Output.EVENTS not in wired:
         core.on_input_closed(Output.EVENTS)  # no VAD in this dataflow: nothing can interrupt
-    logger.info("speaker: %s, barge-in %s (min speech %d ms), echo guard %s",
+    logger.info("speaker: %s, barge-in %s (min speech %d ms), echo guard %s, reference %s",
                 f"writing {config.audio_output}" if config.audio_output else "device output",
-                "on" if config.barge_in else "off", config.barge_in_min_speech_ms, core.echo_guard.value)
+                "on" if config.barge_in else "off", config.barge_in_min_speech_ms, core.echo_guard.value,
+                "published" if reference else "not published")
     try:
         run_node(node, core)
     finally:

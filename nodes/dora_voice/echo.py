@@ -1,0 +1,217 @@
+"""Acoustic echo: the echo guard setting shared by the speaker and the AEC node, the echo canceller library, and
+the echo delay estimate.
+
+The echo canceller is WebRTC's AEC3 through the ``pywebrtc-audio`` wheel (Apache-2.0; WebRTC's audio processing
+module, the one Chrome runs). Chosen after measuring the three maintained wheels with prebuilt binaries on the same
+synthetic room here (LibriVox speech as the far end, 60 ms delay, -6 dB, a 150 ms decaying tail, 10 ms frames at
+16 kHz; user speech mixed in for the double-talk check):
+
+==============  =========  ===========================================  ===================
+library         ERLE (dB)  user speech kept in double talk (corr.)      CPU (% of one core)
+==============  =========  ===========================================  ===================
+pywebrtc-audio  27.5       0.68 (output 8 ms behind its input)          1.1-1.7
+livekit APM     28.1       0.45 (same AEC3; 28 MB FFI runtime)          1.7-2.0
+pyaec (Speex)   28.2       0.53                                         3.0-3.4
+==============  =========  ===========================================  ===================
+
+(ERLE over the far-end-only part after 1.5 s; "kept" is the correlation of the output with the user's speech
+alone, at the best lag; CPU varies with the other load on this shared 2-core machine.)
+pywebrtc-audio takes float32 numpy arrays directly, releases the GIL, and ships a 2026 build of the module.
+
+Delay: the AEC node aligns the reference to the microphone by their wall-clock stamps (the speaker stamps each
+reference frame with the instant it leaves, the mic each block with its capture instant), so what remains is the
+acoustic path plus the error of the two clock estimates. AEC3 finds that remainder itself (its delay estimator
+covers several hundred ms); :func:`estimate_delay` measures it independently, by GCC-PHAT (generalized cross
+correlation with phase transform, Knapp & Carter 1976, IEEE Trans. ASSP 24(4)), so it can be reported.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib.util
+import logging
+from typing import Protocol
+
+import numpy as np
+import scipy.fft
+
+logger = logging.getLogger(__name__)
+
+AEC_LIBRARY = "pywebrtc_audio"
+"""Import name of the echo canceller library (PyPI: ``pywebrtc-audio``)."""
+AEC_FRAME_MS = 10
+"""AEC3 works on 10 ms frames; the AEC node feeds it whole frames only."""
+
+
+class EchoGuard(str, enum.Enum):
+    """How the assistant avoids hearing itself (``ECHO_GUARD``)."""
+
+    AUTO = "auto"  # aec with real devices when the library is installed, half_duplex without it, off with files
+    OFF = "off"  # no guard: headphones, or files (no acoustic path)
+    HALF_DUPLEX = "half_duplex"  # ignore speech that starts while the speaker is audible (+ECHO_TAIL_MS)
+    AEC = "aec"  # echo cancellation before the VAD: barge-in at any moment
+
+
+ECHO_GUARD_HELP = ("auto|off|half_duplex|aec: aec cancels the speaker's echo before the VAD (barge-in at any "
+                   "moment); half_duplex ignores speech starting while the speaker plays (+300 ms); auto = off with "
+                   "a file input or output, else aec when pywebrtc-audio is installed and the dataflow has the aec "
+                   "node, else half_duplex")
+
+
+def aec_library_available() -> bool:
+    """True when the echo canceller library can be imported (checked without importing it)."""
+    return importlib.util.find_spec(AEC_LIBRARY) is not None
+
+
+def resolve_echo_guard(value: str | EchoGuard, *, files: bool, aec_ready: bool) -> EchoGuard:
+    """Resolve ``auto``.
+
+    Args:
+        value: the ``ECHO_GUARD`` setting.
+        files: AUDIO_INPUT or AUDIO_OUTPUT names a file (no acoustic path between speaker and microphone).
+        aec_ready: the dataflow cancels echo before the VAD (the aec node is wired to the speaker's reference and
+            the library is installed).
+
+    Returns:
+        ``off`` with files, ``aec`` when ready, else ``half_duplex``; any other value unchanged.
+    """
+    guard = EchoGuard(value)
+    if guard is not EchoGuard.AUTO:
+        return guard
+    if files:
+        return EchoGuard.OFF
+    return EchoGuard.AEC if aec_ready else EchoGuard.HALF_DUPLEX
+
+
+class EchoCanceller(Protocol):
+    """``process(near, far)``: the microphone block and the time-aligned reference, float32 of the same shape
+    ``(n,)`` with ``n`` a multiple of 10 ms, in [-1, 1]; returns the microphone block with the echo removed."""
+
+    def process(self, near: np.ndarray, far: np.ndarray) -> np.ndarray: ...
+
+
+def load_canceller(rate_hz: int, *, noise_suppression: bool = False, stream_delay_ms: int = 0) -> EchoCanceller:
+    """WebRTC AEC3 (with its high-pass filter) from pywebrtc-audio.
+
+    Args:
+        rate_hz: sample rate, Hz (16 000 in the pipeline).
+        noise_suppression: also run WebRTC's noise suppressor (changes the user's speech; off by default).
+        stream_delay_ms: initial delay hint, ms (0: AEC3 estimates it).
+
+    Raises:
+        ImportError: pywebrtc-audio is not installed; the message says how to install it.
+    """
+    try:
+        from pywebrtc_audio import AudioProcessor  # noqa: PLC0415 - optional native library, loaded in main()
+    except ImportError as exc:
+        raise ImportError(f"the echo canceller needs pywebrtc-audio ({exc}); install it with "
+                          "`pip install pywebrtc-audio`, or set ECHO_GUARD=half_duplex") from None
+    return AudioProcessor(sample_rate=int(rate_hz), echo_cancellation=True, noise_suppression=noise_suppression,
+                          high_pass_filter=True, stream_delay_ms=int(stream_delay_ms))
+
+
+def estimate_delay(mic: np.ndarray, reference: np.ndarray, rate_hz: int, *,
+                   max_delay_ms: float = 500.0) -> tuple[float, float]:
+    """Delay of the echo in ``mic`` behind ``reference``, by GCC-PHAT.
+
+    Args:
+        mic: shape ``(n,)`` float32, the raw microphone signal.
+        reference: shape ``(n,)`` float32, the reference over the same sample times (as aligned by timestamps).
+        rate_hz: sample rate, Hz.
+        max_delay_ms: longest delay searched, ms; only non-negative delays are searched (an echo cannot come
+            before its sound), so an error of the clock estimates that makes it look early is not found.
+
+    Returns:
+        ``(delay_ms, confidence)``: the delay in ms, and the height of the correlation peak over the mean of the
+        others (about 1 for no echo; a clear echo gives 10 and more).
+
+    Raises:
+        ValueError: the two signals differ in length or are shorter than ``max_delay_ms``.
+    """
+    mic = np.asarray(mic, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    if mic.shape != reference.shape or mic.ndim != 1:
+        raise ValueError(f"mic and reference must be 1-D and equally long, got {mic.shape} and {reference.shape}")
+    max_lag = int(max_delay_ms * rate_hz / 1000)
+    if mic.shape[0] <= max_lag:
+        raise ValueError(f"need more than {max_delay_ms} ms of signal, got {mic.shape[0] * 1000 / rate_hz:.0f} ms")
+    n = scipy.fft.next_fast_len(mic.shape[0] + max_lag, real=True)  # no circular wrap into the lags searched
+    cross = scipy.fft.rfft(mic, n) * np.conj(scipy.fft.rfft(reference, n))
+    cross /= np.maximum(np.abs(cross), 1e-12)
+    corr = np.abs(scipy.fft.irfft(cross, n)[: max_lag + 1])
+    lag = int(np.argmax(corr))
+    others = np.delete(corr, lag)
+    confidence = float(corr[lag] / (np.mean(others) + 1e-12)) if others.size else 0.0
+    return lag * 1000.0 / rate_hz, confidence
+
+
+class ReferenceBuffer:
+    """The far-end reference (speaker/reference frames) indexed by reference sample, with its wall clock.
+
+    Frames are contiguous by ``sample_offset``; a gap (a frame the speaker never sent) reads as silence and is
+    counted. ``anchor_ns`` is the wall clock of reference sample 0 according to the newest frame (the device sink's
+    clock estimate may move; the file sink's does not).
+
+    Args:
+        rate_hz: reference sample rate, Hz.
+        keep_ms: how much reference to keep behind the newest sample, ms (older samples read as silence).
+    """
+
+    def __init__(self, rate_hz: int, *, keep_ms: int = 3000) -> None:
+        self.rate = int(rate_hz)
+        self.keep = max(1, int(keep_ms * rate_hz / 1000))
+        self._buf = np.zeros(2 * self.keep, dtype=np.float32)  # _buf[:_n] holds reference [start, start + _n)
+        self._n = 0
+        self.start = 0  # reference index of _buf[0]
+        self.anchor_ns: int | None = None
+        self.gaps = 0
+        self.frames = 0
+
+    @property
+    def end(self) -> int:
+        """Reference index after the newest sample received (0 before any)."""
+        return self.start + self._n
+
+    def add(self, samples: np.ndarray, sample_offset: int, t_ns: int) -> None:
+        """Append one frame (amortised O(frame): the buffer moves only when it is full).
+
+        Raises:
+            ValueError: the frame overlaps samples already received (a duplicate or a reordered frame).
+        """
+        if self.frames and sample_offset < self.end:
+            raise ValueError(f"reference frame at sample {sample_offset} overlaps what was received "
+                             f"(up to {self.end})")
+        samples = np.asarray(samples, dtype=np.float32)
+        if not self.frames:
+            self.start = sample_offset
+        elif sample_offset > self.end:
+            self.gaps += 1
+            logger.warning("reference gap: %d samples missing before sample %d (read as silence)",
+                           sample_offset - self.end, sample_offset)
+            samples = np.concatenate([np.zeros(sample_offset - self.end, dtype=np.float32), samples])
+        n = samples.shape[0]
+        if self._n + n > self._buf.shape[0]:
+            keep = min(self._n, max(0, self.keep - n))
+            drop = self._n - keep
+            self._buf[:keep] = self._buf[drop: self._n]
+            self._n = keep
+            self.start += drop
+            if n > self._buf.shape[0] - keep:
+                self._buf = np.concatenate([self._buf[:keep], np.zeros(n, dtype=np.float32)])
+        self._buf[self._n: self._n + n] = samples
+        self._n += n
+        self.anchor_ns = t_ns - sample_offset * 1_000_000_000 // self.rate
+        self.frames += 1
+
+    def index_at(self, t_ns: int) -> int:
+        """Reference index of the sample that left the speaker at wall clock ``t_ns`` (needs a frame first)."""
+        assert self.anchor_ns is not None
+        return int(round((t_ns - self.anchor_ns) * self.rate / 1e9))
+
+    def read(self, start: int, n: int) -> np.ndarray:
+        """Reference samples ``[start, start + n)``: float32 ``(n,)``, zeros outside what is kept or received."""
+        out = np.zeros(n, dtype=np.float32)
+        lo, hi = max(start, self.start), min(start + n, self.end)
+        if hi > lo:
+            out[lo - start: hi - start] = self._buf[lo - self.start: hi - self.start]
+        return out
