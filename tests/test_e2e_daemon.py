@@ -30,9 +30,10 @@ UP_ENV = {"DORA_ZENOH_MULTICAST": "off"}
 
 
 @pytest.fixture
-def daemon(tmp_path: Path):
-    """``dora up`` for one test; ``dora destroy`` afterwards, whatever happened."""
-    env = tool_env(UP_ENV)
+def daemon(tmp_path: Path, request):
+    """``dora up`` for one test (``DORA_ZENOH_MULTICAST=off`` unless the test is marked ``scouting``: the live
+    monitor, a dynamic node, finds the daemon by zenoh scouting); ``dora destroy`` afterwards, whatever happened."""
+    env = tool_env({} if request.node.get_closest_marker("scouting") else UP_ENV)
     dora("destroy", "--force", env=env, cwd=tmp_path)
     up = dora("up", env=env, cwd=tmp_path)
     assert up.returncode == 0, up.stdout + up.stderr
@@ -76,6 +77,7 @@ def test_dora_start_attach_answers_with_settings_from_the_callers_shell(tmp_path
     assert (tmp_path / "answer.wav").stat().st_size > 10_000
 
 
+@pytest.mark.scouting
 def test_detached_run_with_list_logs_and_the_live_monitor_attached(tmp_path: Path, daemon) -> None:
     # A long lead-in, so that the monitor attaches before the question is spoken.
     shell = tool_env({**SMALL_MODELS, "AUDIO_INPUT": str(_clip(tmp_path / "in.wav", lead_s=4.0)),

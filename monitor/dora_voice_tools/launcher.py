@@ -66,16 +66,14 @@ def node_env(extra: Mapping[str, str] | None = None, *, timeout_s: float = 600.0
 
     ``DORA_FINISH_DRAIN_GRACE_SECS`` defaults to ``timeout_s``: dora 1.1 otherwise stops a dataflow whose nodes
     have all been silent for 120 s once no source node runs (a batch-mode LLM generating a long reply is silent).
-    ``DORA_ZENOH_MULTICAST`` defaults to ``off``: a single-machine run needs no zenoh scouting, which otherwise
-    binds UDP on 0.0.0.0 and joins multicast 224.0.0.224:7446 when the YAML declares a dynamic node (measured
-    with dora 1.1); the daemon wires its nodes by explicit loopback endpoints either way.
+    (``DORA_ZENOH_MULTICAST`` is left alone: ``dora run`` turns zenoh scouting off by itself when the YAML declares
+    no dynamic node, and a YAML that declares one needs it: scouting is how the live monitor finds the run.)
     """
     env = dict(os.environ)
     bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
     env.setdefault("RUST_BACKTRACE", "0")
     env.setdefault("DORA_FINISH_DRAIN_GRACE_SECS", str(int(timeout_s)))
-    env.setdefault("DORA_ZENOH_MULTICAST", "off")
     env.update({k: str(v) for k, v in (extra or {}).items()})
     return env
 
