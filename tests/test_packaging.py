@@ -72,8 +72,10 @@ def _build_wheel(tmp_path: Path) -> Path:
     for name in ("nodes", "monitor"):
         shutil.copytree(ROOT / name, src / name, ignore=ignore)
     out = tmp_path / "dist"
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-                           "-q", "-w", str(out), str(src)], capture_output=True, text=True, timeout=300)
+    # The PEP 517 hook pip calls for `pip wheel .`, without pip's own start-up (about 0.7 s instead of 6 s).
+    build = f"from setuptools import build_meta; build_meta.build_wheel({str(out)!r})"
+    out.mkdir()
+    proc = subprocess.run([sys.executable, "-c", build], cwd=src, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (wheel,) = out.glob("dora_voice-*.whl")
     return wheel
