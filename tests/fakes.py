@@ -8,7 +8,10 @@ advances the :class:`FakeClock` or a core sleeps on it.
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -16,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from dora_voice.config import load_config
+from dora_voice_monitor.collector import TurnRecord
 from dora_voice.nodes.speaker import SpeakerConfig, SpeakerCore
 from dora_voice.nodes.tts import TtsConfig, TtsCore
 from dora_voice.runtime import NodeCore
@@ -293,3 +297,68 @@ class SpeakerHarness:
 
 def max_jump(x: np.ndarray) -> float:
     return float(np.max(np.abs(np.diff(x)))) if x.shape[0] > 1 else 0.0
+
+
+def vad(kind: VadEventKind, t_s: float, detected_s: float, turn: int = 1) -> tuple[pa.Array, dict]:
+    return VadEvent(kind=kind, session_id="s", turn_id=turn, t_ns=T0 + int(t_s * 1e9),
+                    detected_ns=T0 + int(detected_s * 1e9)).encode()
+
+
+def sine(freq: float, seconds: float, rate: int = RATE, amplitude: float = 0.5, start: int = 0) -> np.ndarray:
+    n = np.arange(start, start + int(round(seconds * rate)))
+    return (amplitude * np.sin(2 * np.pi * freq * n / rate)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ordering and placement
+
+
+class FakeOutputStream:
+    """sounddevice.OutputStream stand-in: keeps what is written; ``write`` blocks for the block's duration."""
+
+    def __init__(self, rate: int, block: int, latency: float = 0.02) -> None:
+        self.rate, self.block, self.latency = rate, block, latency
+        self.written: list[np.ndarray] = []
+        self.lock = threading.Lock()
+        self.started = self.closed = False
+        self.underflow_after_samples: int | None = None  # report one underflow once this much audio went out
+
+    def start(self) -> None:
+        self.started = True
+
+    def write(self, data: np.ndarray) -> bool:
+        with self.lock:
+            self.written.append(np.array(data, copy=True))
+            audible = sum(int(np.count_nonzero(b)) for b in self.written)
+        time.sleep(data.shape[0] / self.rate)
+        if self.underflow_after_samples is not None and audible >= self.underflow_after_samples:
+            self.underflow_after_samples = None
+            return True
+        return False
+
+    def stop(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def output(self) -> np.ndarray:
+        with self.lock:
+            return np.concatenate(self.written) if self.written else np.zeros(0, np.float32)
+
+
+def wait_for(predicate, timeout_s: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def make_turn(turn_id: int = 0, **values) -> TurnRecord:
+    """A complete, uninterrupted typed turn; every latency unknown unless given."""
+    fields = {f.name: None for f in dataclasses.fields(TurnRecord)}
+    fields.update(turn_id=turn_id, session_id="s", source="text", complete=True, transcript="q", reply="an answer",
+                  segments=1, tts_segments=1, segments_played=1, segments_cancelled=0, segments_lost=0,
+                  interrupted=False, input_errors=0, chunks=())
+    fields.update(values)
+    return TurnRecord(**fields)

@@ -3,8 +3,10 @@ that compose an input WAV from them for end-to-end runs."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import jiwer
 import numpy as np
 import soundfile as sf
 
@@ -18,6 +20,8 @@ TRANSCRIPTS = {
     "cards-005.wav": "eight of spades four of clubs seven of hearts",
     "goforward.wav": "go forward ten meters",
     "librivox-0880.wav": "he was not an ill disposed young man",
+    "librivox-0870.wav": ("and mister john dashwood had then leisure to consider how much there might be prudently in his "
+                          "power to do for them"),
 }
 
 E2E_SETTINGS = {"LLM_MODEL": TEST_LLM, "ASR_MODEL": TEST_ASR, "LLM_MAX_TOKENS": "60", "LOG_LEVEL": "INFO",
@@ -59,3 +63,32 @@ def active_seconds(samples: np.ndarray, rate: int, threshold_dbfs: float = -40.0
     loud = 20 * np.log10(rms) > threshold_dbfs
     first = float(np.argmax(loud)) * frame / rate if loud.any() else None
     return float(loud.sum()) * frame / rate, first
+
+
+REQUIRED = ("turn_id", "transcript", "reply", "asr_latency_ms", "llm_ttft_ms", "tts_ttfb_ms", "first_audio_ms",
+            "llm_start_to_first_audio_ms", "segments")
+_NUMBERS = {"0": "zero", "1": "one", "2": "two", "3": "three", "4": "four", "5": "five", "6": "six", "7": "seven",
+            "8": "eight", "9": "nine", "10": "ten", "11": "eleven", "12": "twelve"}
+
+
+def normalize(text: str) -> str:
+    words = re.sub(r"[^a-z0-9' ]", " ", text.lower().replace("-", " ")).split()
+    return " ".join(_NUMBERS.get(w, w) for w in words)
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    return jiwer.wer(normalize(reference), normalize(hypothesis))
+
+
+def check_turn(turn: dict) -> None:
+    missing = [key for key in REQUIRED if turn.get(key) is None]
+    assert not missing, f"turn {turn.get('turn_id')} lacks {missing}: {turn}"
+    assert turn["reply"].strip()
+    # Causality: speech end < transcript < first token < first audio played.
+    assert turn["speech_end_ns"] < turn["transcript_ns"] < turn["llm_first_token_ns"] < turn["playback_started_ns"]
+    assert turn["segments"] >= 1
+    assert turn["segments_lost"] == 0
+    assert turn["segments_played"] == turn["tts_segments"] >= turn["segments"]
+
+
+LONG_ANSWERS = "You are a storyteller. Whatever the user says, answer with a long story of at least ten sentences."

@@ -10,94 +10,22 @@ and real-time playback.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import threading
 import time
 
 import numpy as np
 import pytest
 
-from dora_voice import audio
 from dora_voice.config import load_config
-from dora_voice.nodes import mic
 from dora_voice.nodes.speaker import SpeakerConfig, SpeakerCore
 from dora_voice.sinks import DeviceSink
 from dora_voice.schema import (
-    AudioChunk, AudioFragment, Key, Output, PlaybackEvent, PlaybackKind, TimingEvent, TimingKind, VadEvent,
+    AudioFragment, Key, Output, PlaybackEvent, PlaybackKind, TimingEvent, TimingKind, VadEvent,
     VadEventKind,
 )
 
+from pulse import DEVICE_RATE as RATE, Recorder
+
 pytestmark = [pytest.mark.device, pytest.mark.real_time]
-
-RATE = 48_000
-
-
-def _pactl(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["pactl", *args], capture_output=True, text=True, timeout=10)
-
-
-@pytest.fixture(scope="module")
-def null_sink():
-    """A fresh 48 kHz PulseAudio null sink that sounddevice's ``pulse`` device plays into and records from."""
-    if shutil.which("pactl") is None:
-        pytest.skip("pactl not found: install pulseaudio and pulseaudio-utils for the null-sink device test")
-    started_server = False
-    if _pactl("info").returncode != 0:
-        if shutil.which("pulseaudio") is None:
-            pytest.skip("no PulseAudio server running and no pulseaudio binary to start one")
-        subprocess.run(["pulseaudio", "--start", "--exit-idle-time=-1"], capture_output=True, timeout=20)
-        if _pactl("info").returncode != 0:
-            pytest.skip("no PulseAudio server could be started (pulseaudio --start failed)")
-        started_server = True
-    try:
-        audio.find_device("pulse", "output")
-    except audio.AudioDeviceError as exc:
-        pytest.skip(f"no 'pulse' PortAudio device (libportaudio2 and the ALSA pulse plugin are needed): {exc}")
-    name = f"dvtest{os.getpid()}"
-    loaded = _pactl("load-module", "module-null-sink", f"sink_name={name}", "rate=48000")
-    if loaded.returncode != 0:
-        pytest.skip(f"cannot load a null sink: {loaded.stderr.strip()}")
-    saved = {key: os.environ.get(key) for key in ("PULSE_SINK", "PULSE_SOURCE")}
-    os.environ["PULSE_SINK"], os.environ["PULSE_SOURCE"] = name, f"{name}.monitor"
-    try:
-        yield name
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        _pactl("unload-module", loaded.stdout.strip())
-        if started_server:
-            subprocess.run(["pulseaudio", "--kill"], capture_output=True, timeout=20)
-
-
-class Recorder:
-    """The mic's device reader on the null sink's monitor, in a thread."""
-
-    def __init__(self) -> None:
-        config = load_config(mic.MicConfig, {"AUDIO_INPUT_DEVICE": "pulse"})
-        self.stream = mic.open_input_stream(config)
-        self.capture = mic.DeviceCapture(self.stream, block_ms=32, session_id="device-test")
-        self.chunks: list[AudioChunk] = []
-        self._running = True
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while self._running:
-            for output_id, value, meta in self.capture.read_block():
-                if output_id == Output.AUDIO:
-                    self.chunks.append(AudioChunk.decode(value, meta))
-
-    def stop(self) -> None:
-        self._running = False
-        self._thread.join(timeout=5)
-        self.stream.stop()
-        self.stream.close()
-
 
 @pytest.fixture(scope="module")
 def device(null_sink):

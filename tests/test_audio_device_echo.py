@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import load_clip
+from recordings import load_clip
 from dora_voice import audio
 from dora_voice.config import load_config
 from dora_voice.echo import load_canceller
@@ -22,7 +22,7 @@ from dora_voice.nodes.aec import AecConfig, AecCore
 from dora_voice.nodes.speaker import SpeakerConfig, SpeakerCore
 from dora_voice.schema import AudioChunk, AudioFragment, Key, Output, ReferenceFrame, TimingEvent, TimingKind
 from dora_voice.sinks import DeviceSink
-from test_audio_device import RATE, Recorder, null_sink  # noqa: F401 - the fixture
+from pulse import DEVICE_RATE as RATE, Recorder
 
 pytestmark = pytest.mark.device
 

@@ -3,7 +3,6 @@ one e2e run of the real text pipeline in both modes."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -28,19 +27,10 @@ from dora_voice_tools.bench.reporting import (
     corpus_wer, item_summary, median, median_turn, overall_stats, ratio, render_compare_table,
     render_v2v_parts_table, render_voice_table, rss_report,
 )
+from fakes import make_turn
 from dora_voice_tools.bench.running import RssSample, RssSampler, stress_checks, turn_problems
 from dora_voice_tools.launcher import RunResult
 from dora_voice_tools.resources import TEXT_DATAFLOW
-
-
-def make_turn(turn_id: int = 0, **values) -> TurnRecord:
-    """A complete, uninterrupted typed turn; every latency unknown unless given."""
-    fields = {f.name: None for f in dataclasses.fields(TurnRecord)}
-    fields.update(turn_id=turn_id, session_id="s", source="text", complete=True, transcript="q", reply="an answer",
-                  segments=1, tts_segments=1, segments_played=1, segments_cancelled=0, segments_lost=0,
-                  interrupted=False, input_errors=0, chunks=())
-    fields.update(values)
-    return TurnRecord(**fields)
 
 
 def tiny_catalog(**plans) -> Catalog:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import TRANSCRIPTS, load_clip
+from recordings import TRANSCRIPTS, load_clip
 from dora_voice.schema import Key, TimingEvent, TimingKind
 from dora_voice_monitor.collector import build_turn
 from dora_voice_tools.bench import echo

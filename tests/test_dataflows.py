@@ -131,7 +131,7 @@ def test_live_monitor_variant_is_the_plain_dataflow_plus_the_attach_point(varian
 
 
 DISTRIBUTED = ROOT / "examples" / "distributed" / "voice-chatbot-distributed.yml"
-MACHINES = {"mic": "edge", "vad": "edge", "speaker": "edge", "monitor": "edge",
+MACHINES = {"mic": "edge", "aec": "edge", "vad": "edge", "speaker": "edge", "monitor": "edge",
             "asr": "server", "llm": "server", "tts": "server"}
 
 

@@ -15,7 +15,7 @@ from dora_voice_tools.launcher import LaunchError, deploy_overlay, parse_machine
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "distributed" / "run-local-cluster.sh"
-BENCH_SPLIT = "edge=mic,vad,speaker,monitor,text-input;server=asr,llm,tts"
+BENCH_SPLIT = "edge=mic,aec,room,vad,speaker,monitor,text-input;server=asr,llm,tts"
 
 
 def test_packaged_cluster_script_is_the_examples() -> None:

@@ -9,13 +9,12 @@ import pytest
 import soundfile as sf
 
 from dora_voice_tools.launcher import run_dataflow
-from recordings import E2E_SETTINGS, active_seconds, compose, load_clip, silence
+from recordings import LONG_ANSWERS, E2E_SETTINGS, active_seconds, compose, load_clip, silence
 
 VOICE_DATAFLOW = Path(__file__).resolve().parents[1] / "dataflows" / "voice-chatbot.yml"
 
 pytestmark = pytest.mark.e2e
 
-LONG_ANSWERS = "You are a storyteller. Whatever the user says, answer with a long story of at least ten sentences."
 
 
 def test_user_interrupts_the_answer(tmp_path: Path) -> None:

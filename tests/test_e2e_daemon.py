@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 import netcheck
-from conftest import load_clip
+from recordings import load_clip
 from daemon_helpers import ROOT, dora, pids_running, start, tool_env
 from dora_voice.models import TEST_LLM
-from test_e2e_voice import SMALL_MODELS, check_turn, compose, silence
+from recordings import E2E_SETTINGS, check_turn, compose, silence
 
 pytestmark = pytest.mark.e2e
 
@@ -56,7 +56,7 @@ def _turns(path: Path) -> list[dict]:
 
 
 def test_dora_start_attach_answers_with_settings_from_the_callers_shell(tmp_path: Path, daemon) -> None:
-    shell = tool_env({**SMALL_MODELS, "AUDIO_INPUT": str(_clip(tmp_path / "in.wav")),
+    shell = tool_env({**E2E_SETTINGS, "AUDIO_INPUT": str(_clip(tmp_path / "in.wav")),
                       "AUDIO_OUTPUT": str(tmp_path / "answer.wav"), "TIMING_REPORT": str(tmp_path / "t.jsonl")})
     shell.pop("LLM_MODEL")  # given with --env instead: it must beat the YAML's default (qwen2.5-0.5b)
     proc, out = start(["dora", "start", str(DATAFLOW), "--attach", "--env", f"LLM_MODEL={TEST_LLM}"], shell, tmp_path)
@@ -80,7 +80,7 @@ def test_dora_start_attach_answers_with_settings_from_the_callers_shell(tmp_path
 @pytest.mark.scouting
 def test_detached_run_with_list_logs_and_the_live_monitor_attached(tmp_path: Path, daemon) -> None:
     # A long lead-in, so that the monitor attaches before the question is spoken.
-    shell = tool_env({**SMALL_MODELS, "AUDIO_INPUT": str(_clip(tmp_path / "in.wav", lead_s=4.0)),
+    shell = tool_env({**E2E_SETTINGS, "AUDIO_INPUT": str(_clip(tmp_path / "in.wav", lead_s=4.0)),
                       "AUDIO_OUTPUT": str(tmp_path / "answer.wav"), "TIMING_REPORT": str(tmp_path / "t.jsonl")})
     started = dora("start", str(LIVE), "--detach", "--name", "dv-detached", env=shell, cwd=tmp_path)
     assert started.returncode == 0, started.stdout + started.stderr
@@ -109,7 +109,7 @@ def test_detached_run_with_list_logs_and_the_live_monitor_attached(tmp_path: Pat
 
 
 def test_dora_stop_ends_a_running_dataflow(tmp_path: Path, daemon) -> None:
-    shell = tool_env({**SMALL_MODELS, "AUDIO_INPUT": str(_clip(tmp_path / "in.wav", tail_s=120.0))})
+    shell = tool_env({**E2E_SETTINGS, "AUDIO_INPUT": str(_clip(tmp_path / "in.wav", tail_s=120.0))})
     started = dora("start", str(DATAFLOW), "--detach", "--name", "dv-stop", env=shell, cwd=tmp_path)
     assert started.returncode == 0, started.stdout + started.stderr
     deadline = time.monotonic() + 60

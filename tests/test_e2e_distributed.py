@@ -17,8 +17,8 @@ import soundfile as sf
 
 import netcheck
 from daemon_helpers import ROOT, READY, processes_running, start, tool_env
-from test_e2e_voice import SMALL_MODELS, active_seconds, check_turn, compose, silence
-from conftest import load_clip
+from recordings import E2E_SETTINGS, active_seconds, check_turn, compose, silence
+from recordings import load_clip
 
 pytestmark = pytest.mark.e2e
 
@@ -30,7 +30,7 @@ PORTS = {"DORA_COORDINATOR_PORT": "16113", "EDGE_LISTEN_PORT": "16391", "SERVER_
 def test_voice_answer_through_two_daemons(tmp_path: Path) -> None:
     compose(tmp_path / "in.wav", [silence(0.5), load_clip("goforward.wav"), silence(0.3)])
     workdir = tmp_path / "cluster"
-    env = tool_env({**SMALL_MODELS, **PORTS})
+    env = tool_env({**E2E_SETTINGS, **PORTS})
     proc, out = start(["bash", str(SCRIPT), "--input", str(tmp_path / "in.wav"), "--output",
                        str(tmp_path / "answer.wav"), "--report", str(tmp_path / "timing.jsonl"),
                        "--workdir", str(workdir), "--timeout", "240"], env, tmp_path)

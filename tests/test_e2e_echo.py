@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TRANSCRIPTS, load_clip
+from recordings import TRANSCRIPTS, load_clip
 from dora_voice_tools.bench.echo import speech_bounds
 from dora_voice_tools.launcher import run_dataflow
-from test_e2e_barge_in import LONG_ANSWERS
-from test_e2e_voice import SMALL_MODELS, compose, normalize, silence
+from recordings import LONG_ANSWERS, E2E_SETTINGS, compose, normalize, silence
 
 pytestmark = pytest.mark.e2e
 
@@ -24,7 +23,7 @@ def test_barge_in_through_the_simulated_room(tmp_path: Path) -> None:
     # A question, then a second utterance 7 s after it, while the long answer to the first plays into the room.
     question, interruption = load_clip("goforward.wav"), load_clip("librivox-0880.wav")
     spans = compose(tmp_path / "in.wav", [silence(0.5), question, silence(7.0), interruption, silence(0.3)])
-    env = {**SMALL_MODELS, "LLM_MAX_TOKENS": "120", "LLM_SYSTEM_PROMPT": LONG_ANSWERS,
+    env = {**E2E_SETTINGS, "LLM_MAX_TOKENS": "120", "LLM_SYSTEM_PROMPT": LONG_ANSWERS,
            "AUDIO_INPUT": str(tmp_path / "in.wav"), "AUDIO_OUTPUT": str(tmp_path / "out.wav"),
            "ECHO_REPORT": str(tmp_path / "echo.jsonl")}
     result = run_dataflow(ROOM_DATAFLOW, tmp_path, env, timeout_s=300)

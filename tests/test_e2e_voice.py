@@ -5,45 +5,17 @@ Models: SmolLM2-135M (LLM), Whisper tiny.en (ASR), Piper joe (TTS) — the test 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-import jiwer
 import pytest
 import soundfile as sf
 
 from dora_voice_tools.launcher import run_dataflow
-from recordings import E2E_SETTINGS, TRANSCRIPTS, active_seconds, compose, load_clip, silence
+from recordings import E2E_SETTINGS, TRANSCRIPTS, active_seconds, check_turn, compose, load_clip, silence, wer
 
 VOICE_DATAFLOW = Path(__file__).resolve().parents[1] / "dataflows" / "voice-chatbot.yml"
 
 pytestmark = pytest.mark.e2e
-
-REQUIRED = ("turn_id", "transcript", "reply", "asr_latency_ms", "llm_ttft_ms", "tts_ttfb_ms", "first_audio_ms",
-            "llm_start_to_first_audio_ms", "segments")
-_NUMBERS = {"0": "zero", "1": "one", "2": "two", "3": "three", "4": "four", "5": "five", "6": "six", "7": "seven",
-            "8": "eight", "9": "nine", "10": "ten", "11": "eleven", "12": "twelve"}
-
-
-def normalize(text: str) -> str:
-    words = re.sub(r"[^a-z0-9' ]", " ", text.lower().replace("-", " ")).split()
-    return " ".join(_NUMBERS.get(w, w) for w in words)
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    return jiwer.wer(normalize(reference), normalize(hypothesis))
-
-
-def check_turn(turn: dict) -> None:
-    missing = [key for key in REQUIRED if turn.get(key) is None]
-    assert not missing, f"turn {turn.get('turn_id')} lacks {missing}: {turn}"
-    assert turn["reply"].strip()
-    # Causality: speech end < transcript < first token < first audio played.
-    assert turn["speech_end_ns"] < turn["transcript_ns"] < turn["llm_first_token_ns"] < turn["playback_started_ns"]
-    assert turn["segments"] >= 1
-    assert turn["segments_lost"] == 0
-    assert turn["segments_played"] == turn["tts_segments"] >= turn["segments"]
-
 
 def test_one_question_streamed_answer(tmp_path: Path) -> None:
     clip = "goforward.wav"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import load_clip
+from recordings import load_clip
 from dora_voice.config import load_config
 from dora_voice.echo import EchoGuard, ReferenceBuffer, estimate_delay, load_canceller, resolve_echo_guard
 from dora_voice.nodes import aec as aec_node

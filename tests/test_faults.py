@@ -347,6 +347,7 @@ def test_a_truncated_gguf_is_refused_before_llama_cpp_with_the_fix(tmp_path) -> 
 
 
 def test_an_unwritable_timing_report_is_one_line_at_start_up(tmp_path, monkeypatch, capsys) -> None:
+    from dora_voice.nodes import EXIT_CANNOT_START
     from dora_voice_monitor import node as monitor_node
 
     blocker = tmp_path / "file"
@@ -354,9 +355,10 @@ def test_an_unwritable_timing_report_is_one_line_at_start_up(tmp_path, monkeypat
     monkeypatch.setenv("TIMING_REPORT", str(blocker / "timing.jsonl"))
     with pytest.raises(SystemExit) as info:
         monitor_node.main([])
-    message = str(info.value.code)
+    assert info.value.code == EXIT_CANNOT_START
+    message = capsys.readouterr().err
     assert message.startswith("dora-voice-monitor: cannot write") and "TIMING_REPORT" in message
-    assert "\n" not in message
+    assert message.count("\n") == 1  # one line
 
 
 # -- 5. ASR: bounded work, Whisper's own doubts ------------------------------------------------------------------

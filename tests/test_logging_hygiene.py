@@ -13,12 +13,14 @@ ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = ("nodes", "monitor")
 
 MAY_PRINT = {
-    "nodes/dora_voice/models.py": {"main", "_cmd_list", "_cmd_prepare", "_cmd_install", "_cmd_verify", "_cmd_path"},
+    "nodes/dora_voice/models.py": {"main", "_cmd_list", "_cmd_prepare", "_cmd_install", "_cmd_verify", "_cmd_path",
+                                    "_cmd_mlx"},
     "nodes/dora_voice/nodes/__init__.py": {"node_cli"},  # --help and --list-env of every node
     "monitor/dora_voice_monitor/cli.py": {"main"},
     "monitor/dora_voice_tools/cli.py": {"print_report", "cmd_run", "cmd_live", "cmd_devices"},
     "monitor/dora_voice_tools/bench/cli.py": {"main", "_Bench.say", "_Bench.run_one", "_Bench.run_stress",
-                                              "_Bench.run"},
+                                              "_Bench.run", "_Bench.run_answers", "_Bench.run_soak",
+                                              "_Bench._session", "_Bench.run_echo"},
 }
 """Terminal programs: ``path -> qualified names of the functions that may print``."""
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 
@@ -15,8 +14,8 @@ from dora_voice_tools.bench.plans import BenchConfigError, load_catalog, parse_c
 from dora_voice_tools.bench.running import (
     SOAK_KEYS, RunOutcome, rss_growth_pct, soak_entry, soak_targets, soak_voice_input,
 )
-from dora_voice_tools.resources import TEXT_DATAFLOW, VOICE_DATAFLOW
-from test_bench import make_turn
+from dora_voice_tools.resources import RECORDINGS_DIR, TEXT_DATAFLOW, VOICE_DATAFLOW
+from fakes import make_turn
 
 
 def test_packaged_soak_plan_mixes_short_and_long_prompts_and_recordings() -> None:
@@ -89,9 +88,10 @@ def test_soak_runs_one_text_session_and_one_voice_session(tmp_path: Path, monkey
     status = bench_cli.main(["--plan", "soak", "--repeat", "20", "--out", str(tmp_path)])
     (text_yaml, text_env, text_expected), (voice_yaml, voice_env, _) = runs
     assert text_yaml == TEXT_DATAFLOW and voice_yaml == VOICE_DATAFLOW
-    assert text_expected == 16 and len(text_env["TEXT_INPUT_QUERIES"].split("|")) == 16  # 4 voice turns (1 per clip)
+    clips = len(list(RECORDINGS_DIR.glob("*.wav")))  # the shipped recordings, one voice turn each (>= 20 // 10)
+    assert text_expected == 20 - clips and len(text_env["TEXT_INPUT_QUERIES"].split("|")) == 20 - clips
     assert text_env["LLM_HISTORY_TURNS"] == "8" and voice_env["BARGE_IN"] == "false"
-    assert sf.info(voice_env["AUDIO_INPUT"]).duration > 4 * 3.0
+    assert sf.info(voice_env["AUDIO_INPUT"]).duration > clips * 3.0
     entry = json.loads((tmp_path / "summary.json").read_text())["soak"]
-    assert tuple(entry) == SOAK_KEYS and entry["turns"] == 18
+    assert tuple(entry) == SOAK_KEYS and entry["turns"] == 20 - clips + 2
     assert status == 1  # 18 of 20 turns reported: the soak fails

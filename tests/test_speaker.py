@@ -3,7 +3,6 @@ and the device sink's writer against a fake output stream."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
@@ -16,26 +15,12 @@ from dora_voice.nodes import speaker
 from dora_voice.nodes.speaker import EchoGuard, SpeakerConfig, SpeakerCore
 from dora_voice.sinks import DeviceSink, FileSink
 from dora_voice.schema import (
-    Key, Output, PlaybackEvent, PlaybackKind, TimingEvent, TimingKind, VadEvent, VadEventKind,
+    Key, Output, PlaybackEvent, PlaybackKind, TimingEvent, TimingKind, VadEventKind,
 )
-from fakes import RATE, T0, dc, fragment, max_jump
+from fakes import RATE, T0, FakeOutputStream, dc, fragment, max_jump, sine, vad, wait_for
 from fakes import SpeakerHarness as Harness
 
 MS = 1_000_000
-
-
-def vad(kind: VadEventKind, t_s: float, detected_s: float, turn: int = 1) -> tuple[pa.Array, dict]:
-    return VadEvent(kind=kind, session_id="s", turn_id=turn, t_ns=T0 + int(t_s * 1e9),
-                    detected_ns=T0 + int(detected_s * 1e9)).encode()
-
-
-def sine(freq: float, seconds: float, rate: int = RATE, amplitude: float = 0.5, start: int = 0) -> np.ndarray:
-    n = np.arange(start, start + int(round(seconds * rate)))
-    return (amplitude * np.sin(2 * np.pi * freq * n / rate)).astype(np.float32)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# ordering and placement
 
 
 def test_shuffled_fragments_play_in_order(tmp_path) -> None:
@@ -399,40 +384,6 @@ def test_build_sink_fails_early_on_an_unwritable_output(tmp_path) -> None:
 # device sink against a fake output stream
 
 
-class FakeOutputStream:
-    """sounddevice.OutputStream stand-in: keeps what is written; ``write`` blocks for the block's duration."""
-
-    def __init__(self, rate: int, block: int, latency: float = 0.02) -> None:
-        self.rate, self.block, self.latency = rate, block, latency
-        self.written: list[np.ndarray] = []
-        self.lock = threading.Lock()
-        self.started = self.closed = False
-        self.underflow_after_samples: int | None = None  # report one underflow once this much audio went out
-
-    def start(self) -> None:
-        self.started = True
-
-    def write(self, data: np.ndarray) -> bool:
-        with self.lock:
-            self.written.append(np.array(data, copy=True))
-            audible = sum(int(np.count_nonzero(b)) for b in self.written)
-        time.sleep(data.shape[0] / self.rate)
-        if self.underflow_after_samples is not None and audible >= self.underflow_after_samples:
-            self.underflow_after_samples = None
-            return True
-        return False
-
-    def stop(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True
-
-    def output(self) -> np.ndarray:
-        with self.lock:
-            return np.concatenate(self.written) if self.written else np.zeros(0, np.float32)
-
-
 def open_device_sink(rate: int = RATE) -> tuple[DeviceSink, FakeOutputStream]:
     streams: list[FakeOutputStream] = []
 
@@ -443,13 +394,6 @@ def open_device_sink(rate: int = RATE) -> tuple[DeviceSink, FakeOutputStream]:
     sink = DeviceSink(stream_factory=factory, block_ms=10, fade_ms=8)
     sink.open(rate)
     return sink, streams[0]
-
-
-def wait_for(predicate, timeout_s: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
 
 
 @pytest.mark.real_time

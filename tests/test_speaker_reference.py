@@ -12,7 +12,8 @@ from dora_voice.config import load_config
 from dora_voice.nodes.speaker import EchoGuard, SpeakerConfig, SpeakerCore
 from dora_voice.schema import Output, ReferenceFrame, VadEventKind
 from dora_voice.sinks import DeviceSink
-from test_speaker import T0, FakeOutputStream, Harness, fragment, sine, vad, wait_for
+from fakes import T0, FakeOutputStream, fragment, sine, vad, wait_for
+from fakes import SpeakerHarness as Harness
 
 FRAME = 320
 

@@ -278,3 +278,19 @@ def find_device(spec: str, kind: str) -> tuple[int | str | None, dict[str, Any]]
     if channels < 1:
         raise AudioDeviceError(f"device {info.get('name')!r} has no {kind} channels")
     return device, dict(info)
+
+
+def rms_dbfs(samples: np.ndarray) -> float:
+    """Root-mean-square level in dB relative to full scale (a full-scale sine is -3.01 dBFS).
+
+    Args:
+        samples: any shape, float in [-1, 1].
+
+    Returns:
+        Level in dBFS; ``-inf`` for empty or all-zero input.
+    """
+    samples = np.asarray(samples, dtype=np.float64)
+    if samples.size == 0:
+        return float("-inf")
+    power = float(np.mean(np.square(samples)))
+    return 10.0 * np.log10(power) if power > 0.0 else float("-inf")
