@@ -80,14 +80,14 @@ def test_an_utterance_that_fills_the_window_goes_to_the_full_transcriber() -> No
 
 
 def test_window_setting_is_strict() -> None:
-    assert load_config(AsrConfig, {}).window == "short"
+    assert load_config(AsrConfig, {}).window == "full"
     with pytest.raises(ConfigError, match="ASR_WINDOW"):
         load_config(AsrConfig, {"ASR_WINDOW": "tiny"})
 
 
 @pytest.fixture(scope="module")
 def short_whisper():
-    return load_whisper(load_config(AsrConfig, {"ASR_THREADS": "1"}))
+    return load_whisper(load_config(AsrConfig, {"ASR_THREADS": "1", "ASR_WINDOW": "short"}))
 
 
 @pytest.mark.parametrize("name", sorted(TRANSCRIPTS))
