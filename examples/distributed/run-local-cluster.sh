@@ -73,6 +73,7 @@ mkdir -p "$WORKDIR/edge" "$WORKDIR/server"
 WORKDIR="$(abs "$WORKDIR")"
 
 pids=()
+start_pid=""
 cleaned=0
 cleanup() {
   [[ "$cleaned" == 1 ]] && return
@@ -82,12 +83,15 @@ cleanup() {
     # that ignores the stop is killed after the grace period), then the daemons and the coordinator.
     timeout 20 dora stop --name dora-voice-distributed --grace-duration 5s >/dev/null 2>&1 || true
     timeout 20 dora destroy --force >/dev/null 2>&1 || true
+    # The attached `dora start` (a background job): without this, the `wait` below waits for it until its timeout.
+    [[ -n "$start_pid" ]] && kill -TERM "$start_pid" 2>/dev/null
     for pid in "${pids[@]}"; do
       for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
       kill -TERM "$pid" 2>/dev/null || true
     done
     sleep 0.5
     for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    [[ -n "$start_pid" ]] && kill -KILL "$start_pid" 2>/dev/null
     wait 2>/dev/null || true
   fi
   log "stopped; logs in $WORKDIR"
@@ -137,7 +141,8 @@ set +e
 # stops the dataflow and the cluster.
 timeout "$TIMEOUT_S" dora start "$DATAFLOW" --name dora-voice-distributed --attach \
   --coordinator-port "$DORA_COORDINATOR_PORT" &
-wait $!
+start_pid=$!
+wait "$start_pid"
 rc=$?
 set -e
 [[ "$rc" == 124 ]] && log "timeout after $TIMEOUT_S s"
