@@ -84,14 +84,14 @@ cleanup() {
     timeout 20 dora stop --name dora-voice-distributed --grace-duration 5s >/dev/null 2>&1 || true
     timeout 20 dora destroy --force >/dev/null 2>&1 || true
     # The attached `dora start` (a background job): without this, the `wait` below waits for it until its timeout.
-    [[ -n "$start_pid" ]] && kill -TERM "$start_pid" 2>/dev/null
+    if [[ -n "$start_pid" ]]; then kill -TERM "$start_pid" 2>/dev/null || true; fi
     for pid in "${pids[@]}"; do
       for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
       kill -TERM "$pid" 2>/dev/null || true
     done
     sleep 0.5
     for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-    [[ -n "$start_pid" ]] && kill -KILL "$start_pid" 2>/dev/null
+    if [[ -n "$start_pid" ]]; then kill -KILL "$start_pid" 2>/dev/null || true; fi
     wait 2>/dev/null || true
   fi
   log "stopped; logs in $WORKDIR"
