@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import queue
 import subprocess
 import sys
@@ -61,9 +62,15 @@ class Output:
         return "".join(self.lines)
 
 
+def _default_sigint() -> None:
+    # A test runner started as a background job inherits SIGINT ignored, and a shell cannot trap a signal that was
+    # ignored when it started: give the child the terminal's default, as a user's Ctrl-C would find it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen, Output]:
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            errors="replace")
+                            errors="replace", preexec_fn=_default_sigint)
     return proc, Output(proc)
 
 
