@@ -251,29 +251,17 @@ class _Bench:
         base = BenchItem("stress", self.items[0].scenario, self.items[0].variants, dict(self.plan.env))
         variant = base.variants[0]
         run_dir = self.out / "stress" / variant.name / "run-1"
-        sampler = RssSampler()
-        sampler.start()
-        try:
-            self.done += 1
-            env = run_env(base, variant, self.overrides, run_dir, 1)
-            env["TEXT_INPUT_QUERIES"] = "|".join(queries[k % len(queries)] for k in range(turns))
-            print(f"[bench] 1/1 stress {variant.name} ({turns} turns, queries: "
-                  f"{', '.join(item.name for item in self.items)}) ...", flush=True)
-            outcome = execute(TEXT_DATAFLOW, run_dir, env, run_timeout_s(env, turns), "stress", turns)
-        finally:
-            sampler.stop()
-        print(f"[bench] stress: {len(outcome.turns)} turns in {outcome.wall_s:.1f} s", flush=True)
+        self.done += 1
+        env = run_env(base, variant, self.overrides, run_dir, 1)
+        env["TEXT_INPUT_QUERIES"] = "|".join(queries[k % len(queries)] for k in range(turns))
+        print(f"[bench] 1/1 stress {variant.name} ({turns} turns, queries: "
+              f"{', '.join(item.name for item in self.items)}) ...", flush=True)
+        outcome, memory = self._session("stress", TEXT_DATAFLOW, run_dir, env, turns, turns)
         checks = stress_checks(outcome.turns, turns, outcome.returncode)
         if not outcome.ok or not all(c["ok"] for c in checks.values()):
             self.failed = True
-            print(f"[bench] last lines of {run_dir / 'dora.log'}:\n{log_tail(_read_log(run_dir))}", flush=True)
-        ordered = sorted(outcome.turns, key=lambda t: t.turn_id)
-        starts = [t.llm_start_ns for t in ordered if t.llm_start_ns is not None]
-        ends = [t.turn_played_ns for t in ordered if t.turn_played_ns is not None]
-        memory: dict[str, dict[str, Any]] = {}
-        if starts and ends:
-            mid_turn = ordered[len(ordered) // 2]
-            memory = rss_report(sampler.samples, starts[0], mid_turn.llm_start_ns or starts[0], ends[-1])
+            if outcome.ok:  # _session printed the log tail of a failed run already
+                print(f"[bench] last lines of {run_dir / 'dora.log'}:\n{log_tail(_read_log(run_dir))}", flush=True)
         entry = {variant.name: variant_summary(outcome.turns, "text", failed=not outcome.ok),
                  "checks": checks, "rss_mb": memory}
         self.summary["stress"] = entry
