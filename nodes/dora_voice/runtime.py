@@ -16,6 +16,12 @@ forever).
 Source nodes (no inputs, e.g. the mic) use the same loop: their core is :meth:`~NodeCore.busy` while it has
 something to produce and produces it in :meth:`~NodeCore.step`.
 
+Last outputs across daemons: when a node finishes, its daemon tells the other daemons that its outputs closed, and
+with dora 1.1 that close can overtake data still queued for another machine (the receiving node then sees the input
+closed before its last message, which is dropped; dora-rs/dora PR #3215 moves the close into the data's FIFO). So a
+node that sent something during the last :data:`EXIT_LINGER_S` waits until that long after its last send before it
+returns; a node that was quiet at the end exits at once.
+
 Bad input: a :class:`~dora_voice.schema.SchemaError` or ``ValueError`` from the core is logged with the input id,
 counted in :attr:`NodeCore.input_errors`, reported to the monitor as a ``input_error`` timing event, and the node
 keeps running.
@@ -32,6 +38,10 @@ import pyarrow as pa
 from dora_voice.schema import Output, SchemaError, TimingEvent, TimingKind, Key
 
 logger = logging.getLogger(__name__)
+
+EXIT_LINGER_S = 0.5
+"""Seconds a node stays alive after its last output before it exits (see the module docstring). The inter-daemon
+publish of a queued message takes milliseconds on an idle machine; half a second covers a loaded 2-core one."""
 
 Emit = tuple[str, pa.Array, dict[str, Any]]
 """One output to send: ``(output_id, payload, metadata)``."""
@@ -113,11 +123,27 @@ class NodeCore:
             return self.reject(input_id, exc)
 
 
-def _send(node: Any, outputs: Iterable[Emit], declared: set[str] | None) -> None:
-    for output_id, value, meta in outputs:
-        if declared is not None and output_id not in declared:
-            continue  # an optional output this dataflow does not wire (e.g. timing without a monitor)
-        node.send_output(output_id, value, meta)
+class _Sender:
+    """Sends a core's outputs, skipping undeclared ones, and remembers when it last sent (monotonic s)."""
+
+    def __init__(self, node: Any, declared: set[str] | None, monotonic=time.monotonic) -> None:
+        self.node = node
+        self.declared = declared
+        self.monotonic = monotonic
+        self.last_send_s: float | None = None
+
+    def __call__(self, outputs: Iterable[Emit]) -> None:
+        for output_id, value, meta in outputs:
+            if self.declared is not None and output_id not in self.declared:
+                continue  # an optional output this dataflow does not wire (e.g. timing without a monitor)
+            self.node.send_output(output_id, value, meta)
+            self.last_send_s = self.monotonic()
+
+    def linger_s(self, linger_s: float = EXIT_LINGER_S) -> float:
+        """Seconds still to wait before exiting so the last output is published before the close (0 when quiet)."""
+        if self.last_send_s is None:
+            return 0.0
+        return max(0.0, self.last_send_s + linger_s - self.monotonic())
 
 
 def _node_config(node: Any) -> dict[str, Any] | None:
@@ -145,19 +171,21 @@ def declared_inputs(node: Any) -> set[str] | None:
     return None if config is None else {str(i) for i in (config.get("inputs") or {})}
 
 
-def run_node(node: Any, core: NodeCore) -> None:
+def run_node(node: Any, core: NodeCore, *, sleep=time.sleep, monotonic=time.monotonic) -> None:
     """Drive ``core`` with the events of ``node`` (a ``dora.Node``) until the stream ends.
 
     Outputs the YAML does not declare are skipped silently, so a node can run in a dataflow without a monitor.
+    Before returning, waits until :data:`EXIT_LINGER_S` after the last output sent (see the module docstring);
+    ``sleep`` and ``monotonic`` (s) are injectable for tests.
     """
-    declared = _declared_outputs(node)
+    send = _Sender(node, _declared_outputs(node), monotonic)
     while True:
         if core.finished():
             break
         if core.busy():
             event = node.try_recv()
             if event is None:
-                _send(node, core.step(), declared)
+                send(core.step())
                 continue
         else:
             event = node.next()
@@ -165,15 +193,18 @@ def run_node(node: Any, core: NodeCore) -> None:
                 break
         kind = event.get("type")
         if kind == "INPUT":
-            _send(node, core.handle(event["id"], event["value"], event.get("metadata") or {}), declared)
+            send(core.handle(event["id"], event["value"], event.get("metadata") or {}))
         elif kind == "INPUT_CLOSED":
-            _send(node, core.on_input_closed(event["id"]), declared)
+            send(core.on_input_closed(event["id"]))
         elif kind == "ERROR":
             if "Timeout" not in str(event.get("error", "")):
                 logger.error("%s: dora error event: %s", core.node_id, str(event.get("error"))[:300])
         elif kind == "STOP":  # keep draining; the stream ends by itself once every input is closed
-            _send(node, core.on_stop(), declared)
+            send(core.on_stop())
     while core.busy():
-        _send(node, core.step(), declared)
-    _send(node, core.on_end(), declared)
+        send(core.step())
+    send(core.on_end())
+    wait_s = send.linger_s()
+    if wait_s > 0:
+        sleep(wait_s)
     logger.info("%s: finished (%d bad inputs rejected)", core.node_id, core.input_errors)
