@@ -62,8 +62,8 @@ def test_packaged_catalog_has_the_required_scenarios_and_plans() -> None:
     assert exhaustive.repeat == 3
     pacing = catalog.plan("pacing")
     assert pacing.scenarios == ("unicorn_jokes", "long_story") and pacing.stream == "true"
-    assert {name: env["LLM_PACING"] for name, env in pacing.variants.items()} == {"pacing_off": "off",
-                                                                                   "pacing_tts": "tts"}
+    assert {name: env["LLM_PACING"] for name, env in pacing.variants.items()} == {
+        "pacing_off": "off", "pacing_tts": "tts", "pacing_adaptive": "adaptive"}
     stress = catalog.plan("stress")
     assert stress.kind == "stress" and stress.repeat == 50
 

@@ -7,7 +7,7 @@ import pytest
 
 from dora_voice.config import ConfigError, load_config
 from dora_voice.history import ConversationHistory, HistoryStrategy
-from dora_voice.nodes.llm import PACING_POLL_S, LlmConfig, LlmCore
+from dora_voice.nodes.llm import PACING_POLL_S, ChunkPacer, LlmConfig, LlmCore
 from dora_voice.schema import (
     PlaybackEvent, PlaybackKind, SegmentDone, TimingKind, Transcript,
 )
@@ -326,3 +326,61 @@ def test_a_reply_that_ends_by_itself_is_untouched() -> None:
     out = ask(core, "What is pi?", 0) + run_all(core)
     assert reply_text(out).split() == "".join(REPLY).split()
     assert [t for t in timings(out) if t.kind is TimingKind.LLM_DONE][0].fields["detail"] == ""
+
+
+def test_chunk_pacer_budget_follows_queued_audio_and_measured_speed() -> None:
+    pacer = ChunkPacer(margin_s=0.3)
+    pacer.generated(0.04)
+    pacer.synthesized(tokens=10, synth_s=0.6)  # 60 ms per token: 100 ms per token in all
+    assert pacer.budget(1.3) == 10  # (1.3 - 0.3) s / 0.1 s
+    assert pacer.budget(0.1) == ChunkPacer.MIN_TOKENS  # already late: a short chunk, not a one-word one
+    assert pacer.budget(100.0) is None  # plenty queued: no limit
+    pacer.synthesized(tokens=10, synth_s=1.6)  # synthesis got slower: the budget shrinks
+    assert pacer.budget(1.3) < 10
+
+
+ADAPTIVE = {"LLM_PACING": "adaptive", "LLM_CHUNK_MIN_CHARS": "0", "LLM_FIRST_CHUNK_MIN_CHARS": "0",
+            "LLM_PACING_MARGIN_MS": "300"}
+LONG = ["Yes", ".", " The", " river", ",", " wide", " and", " slow", ",", " runs", " past", " the", " old", " mill",
+        " and", " on", " to", " the", " sea", "."]
+
+
+def adaptive_second_chunk(clock, audio_ms: float) -> list[str]:
+    """The chunks after the first one was synthesized into ``audio_ms`` of audio, tokens at 40 ms each."""
+
+    def stepping_backend_tokens():
+        for token in LONG:
+            clock.advance(0.04)
+            yield token
+
+    core, backend = make(ADAPTIVE, clock=clock)
+    backend.stream = lambda messages, max_tokens: stepping_backend_tokens()
+    out = ask(core, "q", 0)
+    while core.current.waiting_for is None:
+        out += core.step()
+    assert [s.text for s in segments(out)] == ["Yes."]
+    core.handle("segment_done", *SegmentDone("s", 0, 0, clock(), audio_ms=audio_ms, synth_ms=16.0).encode())
+    while core.current is not None and core.current.waiting_for in (None, 0):
+        out += core.step()
+    return [s.text for s in segments(out)]
+
+
+def test_adaptive_pacing_cuts_the_next_chunk_to_what_the_queued_audio_covers(clock) -> None:
+    # 0.784 s queued (0.8 s of audio whose synthesis began 16 ms ago), 0.3 s margin, 40 ms generation + 8 ms
+    # synthesis per token (16 ms for the 2 tokens of "Yes."): 10 tokens at most, cut at the last clause within them.
+    short = adaptive_second_chunk(clock, audio_ms=800.0)
+    assert short[:2] == ["Yes.", "The river, wide and slow,"]
+    # With a long answer already queued the sentence goes whole.
+    long = adaptive_second_chunk(clock, audio_ms=30_000.0)
+    assert long[:2] == ["Yes.", "The river, wide and slow, runs past the old mill and on to the sea."]
+
+
+def test_tts_pacing_never_limits_the_chunk(clock) -> None:
+    core, _ = make({**ADAPTIVE, "LLM_PACING": "tts"}, tokens=LONG, clock=clock)
+    out = ask(core, "q", 0)
+    while core.current.waiting_for is None:
+        out += core.step()
+    core.handle("segment_done", *SegmentDone("s", 0, 0, clock(), audio_ms=100.0, synth_ms=80.0).encode())
+    while core.current is not None and core.current.waiting_for in (None, 0):
+        out += core.step()
+    assert [s.text for s in segments(out)][1] == "The river, wide and slow, runs past the old mill and on to the sea."

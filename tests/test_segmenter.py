@@ -118,6 +118,30 @@ def test_first_max_tokens_cuts_early_at_a_word_boundary() -> None:
     assert out == ["Once upon a", "time there was a king.", "He was old."]
 
 
+def test_a_token_budget_cuts_the_next_segment_at_its_last_clause_else_a_word() -> None:
+    seg = TextSegmenter(policy(max_chars=200, min_chars=0))
+    out = seg.push("Hello.") + seg.push(" ")  # first segment
+    seg.limit_next(6)
+    tokens = [" The", " river", ",", " wide", " and", " slow", " runs", " on", "."]
+    for token in tokens[:5]:
+        out += seg.push(token)
+    assert out == ["Hello."]  # 5 pushes: within the budget, no sentence end yet
+    out += seg.push(tokens[5])
+    assert out == ["Hello.", "The river,"]  # the 6th push: cut at the clause, the rest waits
+    for token in tokens[6:]:
+        out += seg.push(token)
+    out += seg.push(" Next one comes")
+    assert out[-1] == "wide and slow runs on."  # the budget held for one segment only: a sentence end again
+    seg.limit_next(2)
+    out += seg.push(" here")
+    assert out[-1] == "wide and slow runs on."  # one push since that segment: within the budget
+    out += seg.push(" now")
+    assert out[-1] == "Next one comes here"  # no clause: cut at the last whitespace (a token may go on)
+    assert seg.pending == "now"
+    with pytest.raises(ValueError):
+        seg.limit_next(0)
+
+
 def test_reset_starts_a_new_turn() -> None:
     seg = TextSegmenter(policy(max_chars=100, min_chars=50))
     assert seg.push("Hi. ") == ["Hi."]

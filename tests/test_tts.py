@@ -17,7 +17,7 @@ import pytest
 from dora_voice.config import ConfigError, env_field, load_config, parse_int
 from dora_voice.nodes.tts import CONTRACT, TtsConfig, TtsCore
 from dora_voice.schema import (
-    MAX_TEXT_CHARS, Key, Output, PlaybackEvent, PlaybackKind, TimingKind, VadEvent, VadEventKind,
+    MAX_TEXT_CHARS, Key, Output, PlaybackEvent, PlaybackKind, SegmentDone, TimingKind, VadEvent, VadEventKind,
 )
 from dora_voice.tts_engines import TtsEngine
 from fakes import FakeClock, Out, check_turn, chunk, drain, make_tts, send, speech_started
@@ -85,6 +85,21 @@ def test_segment_done_comes_after_all_segments_of_its_chunk(clock: FakeClock) ->
     audio_positions = [i for i, o in enumerate(emitted) if o == Output.AUDIO]
     assert emitted.count(Output.SEGMENT_DONE) == 1
     assert emitted.index(Output.SEGMENT_DONE) > audio_positions[-1]
+
+
+def test_segment_done_carries_the_chunks_audio_and_synthesis_time(clock: FakeClock) -> None:
+    core, engine = make_tts(clock, TTS_MAX_SEGMENT_LENGTH="30", TTS_MIN_SEGMENT_LENGTH="5")
+    text = "Alpha beta gamma. Delta epsilon zeta."
+    send(core, ("text", chunk(text, 0)))
+    done = []
+    while core.busy():
+        done += [SegmentDone.decode(v, m) for o, v, m in core.step() if o == Output.SEGMENT_DONE]
+    assert len(done) == 1 and len(engine.texts) == 2  # two TTS segments, one LLM chunk
+    sentences = [s for s in text.split(". ")]
+    expected_ms = sum(round(len(s.rstrip(".") + ".") * engine.ms_per_char / 1000 * engine.sample_rate)
+                      for s in sentences) * 1000 / engine.sample_rate
+    assert done[0].audio_ms == pytest.approx(expected_ms, abs=1.0)
+    assert done[0].synth_ms == pytest.approx(2 * engine.synth_s * 1000, abs=1.0)  # one pull per sentence
 
 
 def test_batch_mode_makes_one_segment_of_the_whole_reply(clock: FakeClock) -> None:

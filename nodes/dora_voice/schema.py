@@ -565,23 +565,35 @@ class AudioFragment:
 
 @dataclass(frozen=True)
 class SegmentDone:
-    """tts/segment_done: the TTS finished synthesizing one LLM chunk (``text_segment_index``). Drives pacing."""
+    """tts/segment_done: the TTS finished synthesizing one LLM chunk (``text_segment_index``). Drives pacing.
+
+    Attributes:
+        audio_ms: duration of the chunk's synthesized audio, ms (0 when unknown).
+        synth_ms: wall time the synthesis of the chunk took, ms (0 when unknown).
+    """
 
     session_id: str
     turn_id: int
     text_segment_index: int
     t_ns: int
+    audio_ms: float = 0.0
+    synth_ms: float = 0.0
 
     def encode(self) -> tuple[pa.Array, dict[str, Any]]:
         return _label("segment_done"), {
             Key.SESSION_ID: self.session_id, Key.TURN_ID: int(self.turn_id),
             Key.TEXT_SEGMENT_INDEX: int(self.text_segment_index), Key.T_NS: int(self.t_ns),
+            Key.AUDIO_MS: float(self.audio_ms), Key.DURATION_MS: float(self.synth_ms),
         }
 
     @classmethod
     def decode(cls, value: pa.Array, meta: Mapping[str, Any]) -> "SegmentDone":
+        audio_ms, synth_ms = _get(meta, Key.AUDIO_MS, float, 0.0), _get(meta, Key.DURATION_MS, float, 0.0)
+        if audio_ms < 0 or synth_ms < 0:
+            raise SchemaError(f"segment_done: audio_ms and duration_ms must be >= 0, got {audio_ms}, {synth_ms}")
         return cls(session_id=_get(meta, Key.SESSION_ID, str, ""), turn_id=_get(meta, Key.TURN_ID, int),
-                   text_segment_index=_get(meta, Key.TEXT_SEGMENT_INDEX, int), t_ns=_get(meta, Key.T_NS, int, 0))
+                   text_segment_index=_get(meta, Key.TEXT_SEGMENT_INDEX, int), t_ns=_get(meta, Key.T_NS, int, 0),
+                   audio_ms=audio_ms, synth_ms=synth_ms)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -110,8 +110,13 @@ class LlmConfig:
                                      "shortest later chunk cut at a sentence end, characters")
     chunk_max_chars: int = env_field("LLM_CHUNK_MAX_CHARS", 200, parse_int(min_value=10, max_value=5000),
                                      "longest chunk before a forced cut, characters")
-    pacing: str = env_field("LLM_PACING", "tts", parse_choice("off", "tts"),
-                            "tts: generate the next chunk only after the TTS synthesized the previous one")
+    pacing: str = env_field("LLM_PACING", "adaptive", parse_choice("off", "tts", "adaptive"),
+                            "tts: generate the next chunk only after the TTS synthesized the previous one; "
+                            "adaptive: the same, and size that chunk so it is spoken before the queued audio runs "
+                            "out (measured generation and synthesis speed)")
+    pacing_margin_ms: float = env_field("LLM_PACING_MARGIN_MS", 300.0, parse_float(min_value=0.0, max_value=10000.0),
+                                        "adaptive pacing: audio that should still be queued when the next chunk's "
+                                        "audio is ready, ms")
     pacing_timeout_s: float = env_field("LLM_PACING_TIMEOUT_S", 5.0, parse_float(min_value=0.1, max_value=120.0),
                                         "longest wait for TTS feedback before generating on, s")
     history_strategy: str = env_field("HISTORY_STRATEGY", "sliding", parse_choice(*(s.value for s in HistoryStrategy)),
@@ -160,6 +165,65 @@ class _Turn:
     batch_text: list[str] = field(default_factory=list)  # batch mode: sentences the guard admitted
     waiting_for: int | None = None  # pacing: chunk index whose synthesis we wait for
     waiting_since_ns: int = 0
+    chunk_tokens: list[int] = field(default_factory=list)  # tokens of each chunk sent (adaptive pacing)
+    audio_end_ns: int | None = None  # adaptive pacing: when the audio synthesized so far will have been played
+    budget: int | None = None  # adaptive pacing: token budget of the chunk being generated
+
+
+class ChunkPacer:
+    """Adaptive pacing: how many tokens the next chunk may have so that the listener does not run out of audio.
+
+    The LLM waits for the TTS to finish the previous chunk (``segment_done``) before generating the next one, so
+    the two do not compete for the CPU; the next chunk is then heard after it is generated and synthesized. Its
+    token budget is ``floor((queued_audio_s - margin_s) / (gen_s_per_token + synth_s_per_token))``: the audio
+    still queued for the listener, less a margin, over the measured cost of one token (both speeds kept as
+    exponential moving averages over the session, weight :data:`ChunkPacer.ALPHA`; until measured,
+    :data:`ChunkPacer.PRIOR_S_PER_TOKEN` each). The idea is the design notes' adaptive TTS
+    (``../shared/seeds/chunked-llm-adaptive-tts-integration-test.md``): chunk size follows the audio buffered.
+
+    The queued audio is estimated from the TTS's feedback: chunk ``k``'s audio (``audio_ms``) starts at the
+    latest of the end of chunk ``k-1``'s and the start of its own synthesis (fragments stream out while it
+    synthesizes), which ignores the speaker's sentence pauses: the estimate errs on the short side.
+
+    Args:
+        margin_s: audio that should still be queued when the next chunk's audio is ready, s.
+    """
+
+    ALPHA = 0.3
+    PRIOR_S_PER_TOKEN = 0.04
+    MIN_TOKENS = 3
+    """A smaller budget is raised to this: a chunk of one or two words is spoken with broken prosody."""
+    MAX_TOKENS = 400
+    """A larger budget means no limit."""
+
+    def __init__(self, margin_s: float) -> None:
+        self.margin_s = margin_s
+        self.gen_s_per_token = self.PRIOR_S_PER_TOKEN
+        self.synth_s_per_token = self.PRIOR_S_PER_TOKEN
+        self._gen_measured = False
+        self._synth_measured = False
+
+    def _mix(self, old: float, new: float, measured: bool) -> float:
+        return new if not measured else (1 - self.ALPHA) * old + self.ALPHA * new
+
+    def generated(self, seconds: float) -> None:
+        """One token took ``seconds`` to generate (not the turn's first: that includes the prompt)."""
+        self.gen_s_per_token = self._mix(self.gen_s_per_token, seconds, self._gen_measured)
+        self._gen_measured = True
+
+    def synthesized(self, tokens: int, synth_s: float) -> None:
+        """A chunk of ``tokens`` tokens took ``synth_s`` seconds to synthesize."""
+        if tokens > 0 and synth_s > 0:
+            self.synth_s_per_token = self._mix(self.synth_s_per_token, synth_s / tokens, self._synth_measured)
+            self._synth_measured = True
+
+    def budget(self, queued_s: float) -> int | None:
+        """Token budget of the next chunk with ``queued_s`` seconds of audio still to play (``None``: no limit)."""
+        per_token = self.gen_s_per_token + self.synth_s_per_token
+        tokens = int((queued_s - self.margin_s) / per_token) if per_token > 0 else self.MAX_TOKENS + 1
+        if tokens > self.MAX_TOKENS:
+            return None
+        return max(self.MIN_TOKENS, tokens)
 
 
 PACING_POLL_S = 0.002
@@ -190,6 +254,7 @@ class LlmCore(NodeCore):
                                            max_turns=config.history_turns, max_tokens=config.history_tokens,
                                            count_tokens=backend.count_tokens)
         self.segmenter = TextSegmenter(config.segmentation)
+        self.pacer = ChunkPacer(config.pacing_margin_ms / 1000)
         self.queue: deque[Transcript] = deque()
         self.current: _Turn | None = None
         self.interrupted_turns: set[int] = set()
@@ -232,9 +297,12 @@ class LlmCore(NodeCore):
             done = SegmentDone.decode(value, metadata)
             self.turn_ids.check_known(done.turn_id, "segment_done")
             turn = self.current
-            if turn is not None and turn.waiting_for is not None and done.turn_id == turn.transcript.turn_id \
-                    and done.text_segment_index >= turn.waiting_for:
+            if turn is None or done.turn_id != turn.transcript.turn_id:
+                return []
+            self._audio_queued(turn, done)
+            if turn.waiting_for is not None and done.text_segment_index >= turn.waiting_for:
                 turn.waiting_for = None
+                self._limit_next_chunk(turn)
             return []
         if input_id == "playback":
             event = PlaybackEvent.decode(value, metadata)
@@ -291,6 +359,7 @@ class LlmCore(NodeCore):
             logger.warning("turn %d: no TTS feedback for chunk %d within %.1f s; generating on",
                            turn.transcript.turn_id, turn.waiting_for, self.config.pacing_timeout_s)
             turn.waiting_for = None
+        before_ns = self.clock_ns()
         try:
             delta = next(turn.tokens)
         except StopIteration:
@@ -304,6 +373,8 @@ class LlmCore(NodeCore):
         if turn.first_token_ns is None:
             turn.first_token_ns = now
             out.append(self.timing(TimingKind.LLM_FIRST_TOKEN, turn.transcript.turn_id, now))
+        else:
+            self.pacer.generated((now - before_ns) / 1e9)
         turn.tokens_total += 1
         turn.tokens_in_chunk += 1
         turn.reply += delta
@@ -455,12 +526,37 @@ class LlmCore(NodeCore):
             out.append(self.timing(TimingKind.LLM_CHUNK, turn.transcript.turn_id, now, **{
                 Key.SEGMENT_INDEX: index, Key.TOKENS: turn.tokens_in_chunk, Key.TEXT: text,
                 Key.DURATION_MS: (now - turn.last_chunk_ns) / 1e6, Key.IS_FINAL: is_final}))
+        if text:
+            turn.chunk_tokens.append(turn.tokens_in_chunk)
         turn.tokens_in_chunk = 0
         turn.last_chunk_ns = now
-        if text and not is_final and self.config.pacing == "tts":
+        if text and not is_final and self.config.pacing in ("tts", "adaptive"):
             turn.waiting_for = index
             turn.waiting_since_ns = now
         return out
+
+    def _audio_queued(self, turn: _Turn, done: SegmentDone) -> None:
+        """Adaptive pacing: account chunk ``done.text_segment_index``'s audio and synthesis speed."""
+        if self.config.pacing != "adaptive" or done.audio_ms <= 0:
+            return
+        now = self.clock_ns()
+        if 0 <= done.text_segment_index < len(turn.chunk_tokens):
+            self.pacer.synthesized(turn.chunk_tokens[done.text_segment_index], done.synth_ms / 1000)
+        starts_ns = now - int(done.synth_ms * 1e6)
+        if turn.audio_end_ns is not None:
+            starts_ns = max(starts_ns, turn.audio_end_ns)
+        turn.audio_end_ns = starts_ns + int(done.audio_ms * 1e6)
+
+    def _limit_next_chunk(self, turn: _Turn) -> None:
+        """Adaptive pacing: the token budget of the chunk about to be generated."""
+        if self.config.pacing != "adaptive" or turn.audio_end_ns is None or not self.config.enable_streaming:
+            return
+        queued_s = (turn.audio_end_ns - self.clock_ns()) / 1e9
+        turn.budget = self.pacer.budget(queued_s)
+        self.segmenter.limit_next(turn.budget)
+        logger.debug("turn %d: chunk %d: %.2f s of audio queued, budget %s tokens (%.0f ms/token generation, "
+                     "%.0f ms/token synthesis)", turn.transcript.turn_id, len(turn.chunks), queued_s, turn.budget,
+                     self.pacer.gen_s_per_token * 1000, self.pacer.synth_s_per_token * 1000)
 
     def _fail(self, turn: _Turn, exc: Exception) -> list[Emit]:
         """The runtime failed during ``turn``: report it, speak nothing more of it, and go on with the next turn."""
@@ -665,8 +761,8 @@ def main(argv: list[str] | None = None) -> None:
     logger.info("LLM warm-up (system prompt cached) took %.0f ms", (time.perf_counter() - started) * 1000)
     node = Node()
     wired = declared_inputs(node)
-    if config.pacing == "tts" and wired is not None and "segment_done" not in wired:
-        logger.info("LLM_PACING=tts but no segment_done input is wired: generating without pacing")
+    if config.pacing != "off" and wired is not None and "segment_done" not in wired:
+        logger.info("LLM_PACING=%s but no segment_done input is wired: generating without pacing", config.pacing)
         config = dataclasses.replace(config, pacing="off")
     run_node(node, LlmCore(config, backend))
 

@@ -142,6 +142,8 @@ class _Chunk:
     texts: deque[str]
     is_final: bool
     speakable: bool  # the chunk had text (segment_done is sent for it)
+    audio_samples: int = 0  # synthesized so far, over the chunk's segments
+    synth_ns: int = 0  # synthesis wall time so far, over the chunk's segments
 
 
 @dataclass
@@ -386,6 +388,8 @@ class TtsCore(NodeCore):
         turn, chunk = synth.chunk.turn, synth.chunk
         now = self.clock_ns()
         turn.audio_samples += synth.samples
+        chunk.audio_samples += synth.samples
+        chunk.synth_ns += now - synth.started_ns
         audio_ms = synth.samples * 1000 / self.sample_rate
         synth_ms = (now - synth.started_ns) / 1e6
         out.append(self.timing(TimingKind.TTS_SEGMENT_DONE, turn.turn_id, now, **{
@@ -404,8 +408,9 @@ class TtsCore(NodeCore):
         turn = chunk.turn
         out: list[Emit] = []
         if chunk.speakable:
-            out.append(emit(Output.SEGMENT_DONE, SegmentDone(turn.session_id, turn.turn_id, chunk.text_segment_index,
-                                                             self.clock_ns())))
+            out.append(emit(Output.SEGMENT_DONE, SegmentDone(
+                turn.session_id, turn.turn_id, chunk.text_segment_index, self.clock_ns(),
+                audio_ms=chunk.audio_samples * 1000 / self.sample_rate, synth_ms=chunk.synth_ns / 1e6)))
         if chunk.is_final:
             if turn_closed:
                 out += self._turn_done(turn, cancelled=False)

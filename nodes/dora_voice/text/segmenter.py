@@ -19,6 +19,10 @@ first segment is out, the later-segment rule after that):
 3. The buffer is longer than ``rule.max_chars`` (no boundary can come in time): cut at the last clause boundary,
    else the last whitespace, at or before ``rule.cut_chars``; a run with no whitespace at all is cut hard there.
 
+A *token budget* (:meth:`TextSegmenter.limit_next`, set by the LLM's adaptive pacing from the audio already queued)
+adds a rule for the next segment only: after that many pushes, cut at the last clause boundary, else at the last
+whitespace, so a segment the listener would otherwise wait for is shorter, ending at a phrase where it can.
+
 Because a boundary needs the whitespace *after* the punctuation, a cut never depends on how the text was split
 into pushes: "3." followed later by "14" is never cut, and rules 1 and 3 give the same segments whether text
 arrives whole, one character at a time or in 7-character pieces (chunk invariance, tested as in stream2sentence's
@@ -160,6 +164,18 @@ class TextSegmenter:
         self._buffer = ""
         self._segments = 0
         self._pushes = 0
+        self._budget: int | None = None
+
+    def limit_next(self, max_tokens: int | None) -> None:
+        """Cut the next segment after at most ``max_tokens`` pushes (counted since the last segment), at its last
+        clause boundary or else its last whitespace; ``None`` lifts the limit. Applies to one segment only.
+
+        Raises:
+            ValueError: ``max_tokens < 1``.
+        """
+        if max_tokens is not None and max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1 or None, got {max_tokens}")
+        self._budget = max_tokens
 
     @property
     def pending(self) -> str:
@@ -195,6 +211,7 @@ class TextSegmenter:
     def _emit(self, segment: str) -> str:
         self._segments += 1
         self._pushes = 0
+        self._budget = None
         return segment
 
     def _drain(self, *, final: bool) -> list[str]:
@@ -230,6 +247,14 @@ class TextSegmenter:
             if length >= min_len:
                 return end
         if rule.max_tokens is not None and self._pushes >= rule.max_tokens and not final:
+            space = text.rstrip().rfind(" ")
+            if space > 0 and text[:space].strip():
+                return space
+        if self._budget is not None and self._pushes >= self._budget and not final:
+            clause_ends = [e for e in self._boundaries(text, False, clauses=True)
+                           if len(text[:e].strip()) >= min_len]
+            if clause_ends:
+                return clause_ends[-1]
             space = text.rstrip().rfind(" ")
             if space > 0 and text[:space].strip():
                 return space
