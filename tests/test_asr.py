@@ -10,7 +10,7 @@ from dora_voice.config import ConfigError, load_config
 from dora_voice.nodes.asr import (
     FULL_WINDOW_S, AsrConfig, AsrCore, WindowedWhisper, decode_bound, load_whisper, looks_like_loop, window_frames,
 )
-from dora_voice.schema import Output, Transcript, Utterance
+from dora_voice.schema import Key, Output, TimingEvent, TimingKind, Transcript, Utterance
 
 RATE = 16_000
 
@@ -108,3 +108,55 @@ def test_real_core_emits_one_transcript(short_whisper, clock) -> None:
     out = core.handle("speech", *utterance.encode())
     texts = [Transcript.decode(v, m) for (oid, v, m) in out if oid == Output.TEXT]
     assert len(texts) == 1 and texts[0].turn_id == 3 and "forward" in texts[0].text.lower()
+
+
+class CountingTranscriber:
+    """A fake Whisper: the transcript names the audio's length; records every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def __call__(self, samples: np.ndarray) -> str:
+        self.calls.append(len(samples))
+        return f"words {len(samples)}"
+
+
+def speech(samples: np.ndarray, turn_id: int, *, speculative: bool) -> tuple:
+    return Utterance(samples, RATE, "s", turn_id, 1, 2, 3, speculative=speculative).encode()
+
+
+def decoded(out: list) -> tuple[list[Transcript], list[TimingEvent]]:
+    return ([Transcript.decode(v, m) for (oid, v, m) in out if oid == Output.TEXT],
+            [TimingEvent.decode(v, m) for (oid, v, m) in out if oid == Output.TIMING])
+
+
+def test_a_speculative_transcript_is_kept_unsent_and_reused_when_the_turn_is_confirmed_with_the_same_audio(
+        clock) -> None:
+    model = CountingTranscriber()
+    core = AsrCore(model, clock_ns=clock)
+    audio = np.full(RATE, 0.1, dtype=np.float32)
+    assert core.handle("speech", *speech(audio, 0, speculative=True)) == []  # transcribed, nothing sent
+    assert model.calls == [RATE]
+    texts, timing = decoded(core.handle("speech", *speech(audio.copy(), 0, speculative=False)))
+    assert model.calls == [RATE]  # not transcribed again
+    assert [t.text for t in texts] == [f"words {RATE}"] and texts[0].turn_id == 0
+    assert [e.kind for e in timing] == [TimingKind.ASR_DONE] and timing[0].fields[Key.SPECULATION] == "hit"
+    assert core.speculation_hits == 1 and core.speculation_cancelled == 0
+
+
+def test_speculation_dropped_when_the_user_resumes_is_counted_and_the_confirmed_audio_is_transcribed(clock) -> None:
+    model = CountingTranscriber()
+    core = AsrCore(model, clock_ns=clock)
+    first, longer, confirmed = (np.full(n, 0.1, dtype=np.float32) for n in (RATE, 2 * RATE, 3 * RATE))
+    out = core.handle("speech", *speech(first, 0, speculative=True))
+    out += core.handle("speech", *speech(longer, 0, speculative=True))  # a second pause: the first was for nothing
+    out += core.handle("speech", *speech(confirmed, 0, speculative=False))  # confirmed after more speech
+    texts, timing = decoded(out)
+    assert model.calls == [RATE, 2 * RATE, 3 * RATE]
+    assert [t.text for t in texts] == [f"words {3 * RATE}"]  # only the confirmed audio's transcript is sent
+    kinds = [e.kind for e in timing]
+    assert kinds == [TimingKind.SPECULATION_CANCELLED, TimingKind.SPECULATION_CANCELLED, TimingKind.ASR_DONE]
+    assert timing[-1].fields[Key.SPECULATION] == "miss" and core.speculation_cancelled == 2
+    # A turn without speculation says so.
+    _texts, timing = decoded(core.handle("speech", *speech(first, 1, speculative=False)))
+    assert timing[0].fields[Key.SPECULATION] == "none"

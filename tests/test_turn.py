@@ -145,7 +145,8 @@ def test_vad_pause_shorter_than_the_wait_keeps_one_turn_and_reports_the_rule() -
     config = load_config(VadConfig, {"VAD_MIN_SPEECH_MS": "64"})
     core = VadCore(config, scripted_vad(pattern), StreamClock(), end_of_turn=config.policy(model))
     out = feed(core, np.full(len(pattern) * FRAME_SAMPLES, 0.1, dtype=np.float32))
-    utterances = [Utterance.decode(v, m) for (oid, v, m) in out if oid == Output.SPEECH]
+    utterances = [u for u in (Utterance.decode(v, m) for (oid, v, m) in out if oid == Output.SPEECH)
+                  if not u.speculative]
     assert len(utterances) == 1
     assert utterances[0].speech_end_ns == T0 + 72 * FRAME_SAMPLES * 10**9 // RATE  # after the second part
     (ended,) = speech_ended(out)
@@ -153,6 +154,50 @@ def test_vad_pause_shorter_than_the_wait_keeps_one_turn_and_reports_the_rule() -
     assert ended.fields[Key.DETECTED_NS] - ended.t_ns == pytest.approx(7 * FRAME_MS * 1e6, abs=1e6)
     # The model heard the utterance from its padded onset to the proposal, trailing silence included.
     assert model.heard[1] == (72 + 7) * FRAME_SAMPLES - (10 * FRAME_SAMPLES - config.speech_pad_ms * RATE // 1000)
+
+
+def test_vad_speculates_at_each_proposal_before_the_model_is_asked_and_confirms_with_the_same_audio() -> None:
+    # Speech, a pause the model calls incomplete (the user then resumes), speech, a pause it calls complete.
+    pattern = "." * 10 + "#" * 20 + "." * 22 + "#" * 20 + "." * 40
+    config = load_config(VadConfig, {"VAD_MIN_SPEECH_MS": "64"})
+    clock = StreamClock()
+    asked_at: list[int] = []
+
+    class TimedModel(ScriptedModel):
+        """Takes 50 ms of the stream's clock per call: what is stamped after a call shows it."""
+
+        def __call__(self, samples):
+            asked_at.append(clock.now_ns)
+            clock.now_ns += 50_000_000
+            return super().__call__(samples)
+
+    core = VadCore(config, scripted_vad(pattern), clock, end_of_turn=config.policy(TimedModel(0.1, 0.97)))
+    out = feed(core, np.full(len(pattern) * FRAME_SAMPLES, 0.1, dtype=np.float32))
+    speculative = [u for u in (Utterance.decode(v, m) for (oid, v, m) in out if oid == Output.SPEECH) if u.speculative]
+    # At each proposal the speculative utterance left before the model was asked (stamped before its 50 ms).
+    assert [u.detected_ns for u in speculative] == asked_at
+    speech = [Utterance.decode(v, m) for (oid, v, m) in out if oid == Output.SPEECH]
+    assert [u.turn_id for u in speech] == [0, 0, 0]
+    first, second, confirmed = speech
+    assert len(first.samples) < len(second.samples)  # the user went on speaking after the first proposal
+    assert np.array_equal(second.samples, confirmed.samples)  # nothing changed since the second: the same audio
+    assert second.speech_end_ns == confirmed.speech_end_ns
+    assert core.speculations == 2
+
+
+def test_vad_without_speculation_sends_only_confirmed_utterances() -> None:
+    pattern = "#" * 20 + "." * 40
+    config = load_config(VadConfig, {"VAD_MIN_SPEECH_MS": "64", "TURN_SPECULATION": "off"})
+    core = VadCore(config, scripted_vad(pattern), StreamClock(), end_of_turn=config.policy(ScriptedModel(0.9)))
+    speech = [Utterance.decode(v, m) for (oid, v, m) in feed(core, np.full(len(pattern) * FRAME_SAMPLES, 0.1,
+                                                                           dtype=np.float32)) if oid == Output.SPEECH]
+    assert [u.speculative for u in speech] == [False]
+    # The silence rule decides at its only moment: there is nothing to speculate on.
+    config = load_config(VadConfig, {"VAD_MIN_SPEECH_MS": "64", "TURN_DETECTOR": "silence"})
+    core = VadCore(config, scripted_vad(pattern), StreamClock(), end_of_turn=config.policy(None))
+    speech = [Utterance.decode(v, m) for (oid, v, m) in feed(core, np.full(len(pattern) * FRAME_SAMPLES, 0.1,
+                                                                           dtype=np.float32)) if oid == Output.SPEECH]
+    assert [u.speculative for u in speech] == [False]
 
 
 def test_vad_max_wait_ends_a_turn_the_model_misjudges() -> None:
@@ -202,8 +247,12 @@ def test_real_700_ms_mid_sentence_pause_gives_one_turn_with_the_whole_sentence(s
     config = load_config(VadConfig, {})
     core = VadCore(config, load_silero(), StreamClock(), end_of_turn=config.policy(smart_turn))
     out = feed(core, paused, block=320)
-    utterances = [Utterance.decode(v, m) for (oid, v, m) in out if oid == Output.SPEECH]
+    speech = [Utterance.decode(v, m) for (oid, v, m) in out if oid == Output.SPEECH]
+    utterances = [u for u in speech if not u.speculative]
     assert len(utterances) == 1
+    # The pause was speculated on (and the speculation superseded), the end too: the turn confirmed after both.
+    assert [u.speculative for u in speech] == [True, True, False]
+    assert np.array_equal(speech[1].samples, utterances[0].samples)
     # The turn ends after the second half of the sentence, not at the pause.
     assert utterances[0].speech_end_ns > T0 + int((0.3 + PAUSE_AT_S + 0.7 + 1.0) * 1e9)
     assert len(utterances[0].samples) / RATE > len(clip) / RATE

@@ -29,6 +29,10 @@ Definitions (all durations in ms unless the name says ``_s``; ``None`` when an e
     * ``llm_start_to_first_audio_ms``: ``llm_start`` -> ``playback_started`` (the combined TTFB).
     * ``eot_rule`` / ``eot_probability``: the rule that ended the user's turn (``model``, ``max_wait``, ``silence``,
       ``max_speech``, ``end_of_stream``) and the end-of-turn model's P(complete) (``speech_ended`` fields).
+    * ``speculation``: ``hit`` when the transcript was made during the pause, from the speculative utterance, and
+      reused; ``miss`` when a speculative one was dropped first; ``none`` (``asr_done``'s field).
+      ``speculation_cancelled``: speculative transcripts of the turn dropped because the user went on speaking
+      (``speculation_cancelled`` events): deliberate, never heard, never lost segments.
     * Voice-to-voice, split into consecutive parts that add up to ``first_audio_ms`` exactly (:data:`V2V_PARTS`):
       ``v2v_eot_ms`` speech_end -> end of turn decided; ``v2v_asr_ms`` -> transcript emitted; ``v2v_llm_ttft_ms``
       -> first LLM token (the hop to the LLM and the prompt included); ``v2v_first_chunk_ms`` -> first chunk
@@ -265,6 +269,8 @@ class TurnRecord:
     # end of turn and the parts of voice-to-voice (see the module docstring), ms
     eot_rule: str | None = None
     eot_probability: float | None = None
+    speculation: str | None = None  # asr_done's: hit (transcribed during the pause), miss, none
+    speculation_cancelled: int = 0  # speculative transcripts of this turn dropped (the user went on speaking)
     v2v_eot_ms: float | None = None
     v2v_asr_ms: float | None = None
     v2v_llm_ttft_ms: float | None = None
@@ -558,6 +564,8 @@ def build_turn(turn_id: int, events: Iterable[TimingEvent], *, complete: bool,
         tts_done_ns=_t(tts_done), playback_started_ns=_t(playback_started), barge_in_ns=_t(barge_in),
         turn_played_ns=_t(turn_played),
         eot_rule=_field(speech_ended, Key.EOT_RULE), eot_probability=_field(speech_ended, Key.EOT_PROBABILITY),
+        speculation=_field(asr_done, Key.SPECULATION),
+        speculation_cancelled=len(ev.by_kind.get(TimingKind.SPECULATION_CANCELLED, ())),
         **_v2v_parts(speech_end_ns, _field(speech_ended, Key.DETECTED_NS), _t(asr_done), _t(first_token),
                      _t(ev.llm_chunks[min(ev.llm_chunks)]) if ev.llm_chunks else None,
                      _min(_t(e) for e in ev.first_fragments.values()), _t(playback_started)),
@@ -611,7 +619,7 @@ def _build_chunks(ev: _TurnEvents, llm_start_ns: int | None, first_token_ns: int
 # The collector
 
 
-_VAD_KINDS = {TimingKind.SPEECH_STARTED, TimingKind.SPEECH_ENDED}
+_VAD_KINDS = {TimingKind.SPEECH_STARTED, TimingKind.SPEECH_ENDED, TimingKind.SPECULATION_CANCELLED}
 
 
 def _lacking(kind: TimingKind, seen: Mapping[int, TimingEvent], total: int) -> list[str]:

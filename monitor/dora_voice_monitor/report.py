@@ -82,6 +82,10 @@ def _notes(turn: TurnRecord) -> list[str]:
     if turn.eot_rule is not None:
         notes.append(f"eot={turn.eot_rule}" + (f" p={turn.eot_probability:.2f}" if turn.eot_probability is not None
                                                 else ""))
+    if turn.speculation in ("hit", "miss"):
+        notes.append(f"speculation={turn.speculation}")
+    if turn.speculation_cancelled:
+        notes.append(f"speculation_cancelled={turn.speculation_cancelled}")
     return notes
 
 

@@ -62,6 +62,9 @@ class Key:
     EOT_RULE = "eot_rule"  # str: the rule that ended the turn (dora_voice.turn.TurnRule value)
     EOT_PROBABILITY = "eot_probability"  # float, 0.0-1.0: the end-of-turn model's latest P(complete)
     EOT_MODEL_MS = "eot_model_ms"  # float, ms: time spent in the end-of-turn model for this turn
+    SPECULATIVE = "speculative"  # bool: an utterance sent at a proposed end of turn, before it is confirmed
+    SPECULATION = "speculation"  # str: on asr_done, "hit" (transcript of the speculative pass reused), "miss"
+    #   (a speculative pass was dropped: the audio changed) or "none"
     LLM_START_NS = "llm_start_ns"  # int, ns: prompt submitted to the LLM
     TOKENS = "tokens"  # int: LLM tokens in a chunk (or in the reply, on llm_done)
     SOURCE = "source"  # str: "device" or "file" (mic), "voice" or "text" (transcripts)
@@ -120,7 +123,9 @@ class TimingKind(str, enum.Enum):
     SPEECH_STARTED = "speech_started"  # vad: t_ns = first voiced sample; detected_ns = decision time
     SPEECH_ENDED = "speech_ended"  # vad: t_ns = last voiced sample; detected_ns = decision time; eot_rule,
     # eot_probability (absent when no model was asked), eot_model_ms, count (model evaluations)
-    ASR_DONE = "asr_done"  # asr: transcript emitted
+    ASR_DONE = "asr_done"  # asr: transcript emitted; speculation = hit | miss | none
+    SPECULATION_CANCELLED = "speculation_cancelled"  # asr: a speculative transcription dropped (the user went on
+    #   speaking); duration_ms = the compute it had cost. Never heard, never a lost segment.
     TEXT_INPUT = "text_input"  # text-input: a typed query emitted
     LLM_START = "llm_start"  # llm: prompt submitted
     LLM_FIRST_TOKEN = "llm_first_token"  # llm: first token generated
@@ -364,6 +369,9 @@ class Utterance:
         samples: shape ``(n,)`` float32, 16 kHz, including the VAD's padding.
         speech_start_ns / speech_end_ns: wall clock of the first / last voiced sample.
         detected_ns: when the VAD declared the end of the turn (``speech_end_ns`` + the silence wait).
+        speculative: ``True`` for an utterance sent when a pause *proposed* the end of the turn, before it was
+            confirmed (the ASR may transcribe it ahead, but nothing downstream acts on it); the confirmed utterance
+            of the same ``turn_id`` follows, with ``False``, and may hold more speech.
     """
 
     samples: np.ndarray
@@ -373,12 +381,13 @@ class Utterance:
     speech_start_ns: int
     speech_end_ns: int
     detected_ns: int
+    speculative: bool = False
 
     def encode(self) -> tuple[pa.Array, dict[str, Any]]:
         return _audio_array(self.samples), {
             Key.SAMPLE_RATE: int(self.sample_rate), Key.SESSION_ID: self.session_id, Key.TURN_ID: int(self.turn_id),
             Key.SPEECH_START_NS: int(self.speech_start_ns), Key.SPEECH_END_NS: int(self.speech_end_ns),
-            Key.DETECTED_NS: int(self.detected_ns),
+            Key.DETECTED_NS: int(self.detected_ns), Key.SPECULATIVE: bool(self.speculative),
         }
 
     @classmethod
@@ -387,6 +396,7 @@ class Utterance:
             samples=audio_to_numpy(value), sample_rate=_positive_rate(meta), session_id=_get(meta, Key.SESSION_ID, str, ""),
             turn_id=_get(meta, Key.TURN_ID, int), speech_start_ns=_get(meta, Key.SPEECH_START_NS, int),
             speech_end_ns=_get(meta, Key.SPEECH_END_NS, int), detected_ns=_get(meta, Key.DETECTED_NS, int),
+            speculative=_get(meta, Key.SPECULATIVE, bool, False),
         )
 
 
@@ -646,7 +656,7 @@ TIMING_FIELD_TYPES: Mapping[str, type] = {
     Key.UNDERRUNS: int, Key.CANCELLED: int, Key.DETECTED_NS: int, Key.SPEECH_START_NS: int, Key.SPEECH_END_NS: int,
     Key.TEXT: str, Key.DETAIL: str, Key.DURATION_MS: float, Key.AUDIO_MS: float, Key.UNDERRUN_MS: float,
     Key.INTERRUPTED: bool, Key.IS_FINAL: bool, Key.EOT_RULE: str, Key.EOT_PROBABILITY: float, Key.EOT_MODEL_MS: float,
-    Key.ERLE_DB: float, Key.DELAY_MS: float, Key.CPU_PERCENT: float,
+    Key.ERLE_DB: float, Key.DELAY_MS: float, Key.CPU_PERCENT: float, Key.SPECULATION: str,
 }
 """Type of every field a timing event may carry (``float`` fields also accept an int). Float fields are durations
 (ms, >= 0): a non-finite value is sent as ``-1.0`` and :meth:`TimingEvent.get` reads it as missing."""
@@ -670,7 +680,9 @@ TIMING_FIELDS: Mapping[TimingKind, TimingFields] = {
     TimingKind.SPEECH_STARTED: TimingFields(optional=(Key.DETECTED_NS,)),
     TimingKind.SPEECH_ENDED: TimingFields(optional=(Key.DETECTED_NS, Key.SPEECH_START_NS, Key.EOT_RULE,
                                                     Key.EOT_PROBABILITY, Key.EOT_MODEL_MS, Key.COUNT)),
-    TimingKind.ASR_DONE: TimingFields(optional=(Key.TEXT, Key.DURATION_MS, Key.AUDIO_MS, Key.SPEECH_END_NS)),
+    TimingKind.ASR_DONE: TimingFields(optional=(Key.TEXT, Key.DURATION_MS, Key.AUDIO_MS, Key.SPEECH_END_NS,
+                                                Key.SPECULATION)),
+    TimingKind.SPECULATION_CANCELLED: TimingFields(optional=(Key.DURATION_MS, Key.AUDIO_MS)),
     TimingKind.TEXT_INPUT: TimingFields(optional=(Key.TEXT,)),
     TimingKind.LLM_START: TimingFields(optional=(Key.TEXT,)),
     TimingKind.LLM_FIRST_TOKEN: TimingFields(),

@@ -236,6 +236,10 @@ def render_v2v_parts_table(variant: str, rows: Sequence[tuple[str, Sequence[Turn
     for t in turns:
         rules[t.eot_rule or "-"] = rules.get(t.eot_rule or "-", 0) + 1
     lines.append("end of turn: " + ", ".join(f"{rule} {n}" for rule, n in sorted(rules.items())))
+    hits = sum(t.speculation == "hit" for t in turns)
+    misses = sum(t.speculation == "miss" for t in turns)
+    cancelled = sum(t.speculation_cancelled or 0 for t in turns)
+    lines.append(f"speculation: {hits} hit(s), {misses} miss(es), {cancelled} speculative transcript(s) cancelled")
     return "\n".join(lines)
 
 

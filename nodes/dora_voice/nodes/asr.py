@@ -1,6 +1,7 @@
 """ASR node: Whisper (CTranslate2, int8 on CPU) on each utterance, with a cost proportional to its length.
 
-Input ``speech`` (vad/speech). Outputs ``text`` (a :class:`~dora_voice.schema.Transcript` per turn, carrying the
+Input ``speech`` (vad/speech; a ``speculative`` utterance is transcribed ahead and kept, see :class:`AsrCore`).
+Outputs ``text`` (a :class:`~dora_voice.schema.Transcript` per turn, carrying the
 utterance's ``speech_end_ns``) and ``timing`` (``asr_done``). An utterance that transcribes to nothing (noise,
 breath) produces no transcript and is logged.
 
@@ -228,12 +229,31 @@ class WindowedWhisper:
 _NON_SPEECH = re.compile(r"^[\s\W]*$|^\s*[\[(].*[\])]\s*$")
 
 
+@dataclass
+class _Speculation:
+    """A speculative utterance transcribed ahead of its turn's confirmation."""
+
+    turn_id: int
+    samples: np.ndarray
+    text: str
+    elapsed_ms: float
+
+
 class AsrCore(NodeCore):
     """Transcribes utterances.
+
+    Speculation: an utterance marked ``speculative`` (the VAD's proposed end of turn) is transcribed at once and its
+    transcript kept, not sent. When the confirmed utterance of that turn arrives with the same samples, the kept
+    transcript is sent without transcribing again (``asr_done`` with ``speculation=hit``); when its audio differs
+    (the user went on speaking), or another speculative utterance replaces it, the kept one is dropped and counted
+    (``speculation_cancelled``; the confirmed utterance is transcribed as usual, ``speculation=miss``).
 
     Args:
         transcribe: the model (injected; tests pass a fake).
         clock_ns: wall clock.
+
+    Attributes:
+        speculation_hits / speculation_cancelled: speculative transcripts reused / dropped so far.
     """
 
     node_id = "asr"
@@ -243,6 +263,9 @@ class AsrCore(NodeCore):
         super().__init__(clock_ns)
         self.transcribe = transcribe
         self.max_samples = int(max_utterance_s * PIPELINE_SAMPLE_RATE_HZ)
+        self.speculation: _Speculation | None = None
+        self.speculation_hits = 0
+        self.speculation_cancelled = 0
 
     def on_input(self, input_id: str, value: pa.Array, metadata: Mapping[str, Any]) -> Iterable[Emit]:
         if input_id != "speech":
@@ -259,22 +282,52 @@ class AsrCore(NodeCore):
                            "%.0f s are transcribed", utterance.turn_id, samples.shape[0] / PIPELINE_SAMPLE_RATE_HZ,
                            self.max_samples / PIPELINE_SAMPLE_RATE_HZ, self.max_samples / PIPELINE_SAMPLE_RATE_HZ)
             samples = samples[-self.max_samples:]
-        started = time.perf_counter()
-        text = " ".join(self.transcribe(samples).split())
-        elapsed_ms = (time.perf_counter() - started) * 1000
         audio_s = len(utterance.samples) / utterance.sample_rate
+        out: list[Emit] = []
+        kept = self.speculation
+        if kept is not None and (utterance.speculative or kept.turn_id != utterance.turn_id
+                                 or not np.array_equal(kept.samples, utterance.samples)):
+            out.append(self._cancel(kept))  # replaced, or the turn ended with other audio: it was for nothing
+            kept = None
+        if kept is not None:  # the confirmed utterance is the one transcribed ahead
+            self.speculation = None
+            self.speculation_hits += 1
+            text, elapsed_ms, speculation = kept.text, kept.elapsed_ms, "hit"
+        else:
+            started = time.perf_counter()
+            text = " ".join(self.transcribe(samples).split())
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            speculation = "miss" if out else "none"
+        if utterance.speculative:
+            self.speculation = _Speculation(utterance.turn_id, utterance.samples, text, elapsed_ms)
+            logger.debug("turn %d: speculative transcript %r (%.0f ms); kept until the turn is confirmed",
+                         utterance.turn_id, text, elapsed_ms)
+            return out
         if _NON_SPEECH.match(text):
             logger.info("turn %d: no words in %.2f s of audio (%r); no transcript", utterance.turn_id, audio_s, text)
-            return []
+            return out
         now = self.clock_ns()
-        logger.info("turn %d: %r (%.0f ms for %.2f s of audio)", utterance.turn_id, text, elapsed_ms, audio_s)
+        logger.info("turn %d: %r (%.0f ms for %.2f s of audio; speculation %s)", utterance.turn_id, text, elapsed_ms,
+                    audio_s, speculation)
         transcript = Transcript(text, utterance.session_id, utterance.turn_id, utterance.speech_end_ns, now, "voice")
-        return [
+        return out + [
             emit(Output.TEXT, transcript),
             self.timing(TimingKind.ASR_DONE, utterance.turn_id, now,
                         **{Key.TEXT: text, Key.DURATION_MS: elapsed_ms, Key.AUDIO_MS: audio_s * 1000,
-                           Key.SPEECH_END_NS: utterance.speech_end_ns}),
+                           Key.SPEECH_END_NS: utterance.speech_end_ns, Key.SPECULATION: speculation}),
         ]
+
+    def on_end(self) -> Iterable[Emit]:
+        # A speculative transcript whose turn was never confirmed (the stream ended first) was for nothing.
+        return [self._cancel(self.speculation)] if self.speculation is not None else []
+
+    def _cancel(self, kept: _Speculation) -> Emit:
+        self.speculation = None
+        self.speculation_cancelled += 1
+        logger.info("turn %d: speculative transcript %r dropped (its turn was not confirmed with that audio); "
+                    "%d dropped so far", kept.turn_id, kept.text[:80], self.speculation_cancelled)
+        return self.timing(TimingKind.SPECULATION_CANCELLED, kept.turn_id, **{
+            Key.DURATION_MS: kept.elapsed_ms, Key.AUDIO_MS: len(kept.samples) * 1000 / PIPELINE_SAMPLE_RATE_HZ})
 
 
 CONTRACT = NodeContract(

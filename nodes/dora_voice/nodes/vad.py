@@ -4,7 +4,10 @@ Input ``audio`` (mic/audio, 16 kHz float32 blocks). Outputs:
     * ``speech`` — one :class:`~dora_voice.schema.Utterance` per user turn, once the end of turn is decided
       (:mod:`dora_voice.turn`): by default a 200 ms pause proposes it and the Smart Turn model judges whether the
       utterance is complete (``TURN_DETECTOR=smart_turn``), or ``VAD_MIN_SILENCE_MS`` of silence ends it
-      (``TURN_DETECTOR=silence``).
+      (``TURN_DETECTOR=silence``). With ``TURN_SPECULATION=asr`` (default) and Smart Turn, the proposal itself
+      also sends the utterance so far, marked ``speculative``, before the model is asked: the ASR transcribes it
+      while the model decides and the pause goes on, and reuses that transcript when the confirmed utterance of
+      the turn (same ``turn_id``) has the same audio. A speculative utterance is never answered.
     * ``events`` — ``speech_started`` (once ``VAD_MIN_SPEECH_MS`` of speech is confirmed; ``t_ns`` is the onset
       sample's time) and ``speech_ended`` (``t_ns`` is the last voiced sample's time), for barge-in.
     * ``timing`` — the same two moments for the monitor; ``speech_ended`` also says which rule ended the turn
@@ -75,6 +78,10 @@ class VadConfig:
                                      "Smart Turn .onnx file; overrides the registry model smart-turn-v3.2")
     turn_threads: int = env_field("TURN_THREADS", 1, parse_int(min_value=1, max_value=64),
                                   "CPU threads for the end-of-turn model")
+    speculation: str = env_field("TURN_SPECULATION", "asr", parse_choice("asr", "off"),
+                                 "asr: at a proposed end of turn (smart_turn), send the utterance so far to the ASR "
+                                 "marked speculative, so it is transcribed while the model decides and the pause "
+                                 "goes on; off: only confirmed utterances")
 
     def __post_init__(self) -> None:
         if self.max_wait_ms < self.propose_silence_ms:
@@ -137,6 +144,8 @@ class VadCore(NodeCore):
         self._last_voiced_end = 0  # stream index just after the last voiced frame
         self._voiced_frames = 0
         self._silent_frames = 0
+        self._speculated = False  # a speculative utterance was sent for the current pause
+        self.speculations = 0
 
     # -- time ------------------------------------------------------------------------------------------------
     def sample_time_ns(self, index: int) -> int:
@@ -220,8 +229,18 @@ class VadCore(NodeCore):
             return out + self._end_utterance(self.end_of_turn.forced(TurnRule.MAX_SPEECH))
         if voiced:
             self.end_of_turn.reset()  # speaking (or resumed): a pause so far ends nothing
+            self._speculated = False
             return out
-        decision = self.end_of_turn.on_silence(self._silent_frames * FRAME_MS, self._utterance_audio)
+        silence_ms = self._silent_frames * FRAME_MS
+        if (self.config.speculation == "asr" and not self._speculated and self.end_of_turn.detector == "smart_turn"
+                and silence_ms >= self.end_of_turn.proposes_at_ms):
+            # Before the model is asked: the ASR starts on the same audio while the model decides.
+            self._speculated = True
+            self.speculations += 1
+            samples, start_ns, end_ns = self._utterance_span()
+            out.append(emit(Output.SPEECH, Utterance(samples, self.rate, self.session_id, self.turn_id, start_ns,
+                                                     end_ns, self.clock_ns(), speculative=True)))
+        decision = self.end_of_turn.on_silence(silence_ms, self._utterance_audio)
         if decision is not None:
             out += self._end_utterance(decision)
         return out
@@ -242,14 +261,18 @@ class VadCore(NodeCore):
         return [emit(Output.EVENTS, event),
                 self.timing(TimingKind.SPEECH_STARTED, self.turn_id, t_ns, **{Key.DETECTED_NS: now})]
 
-    def _end_utterance(self, decision: TurnDecision) -> list[Emit]:
-        now = self.clock_ns()
-        start_ns = self.sample_time_ns(self._onset)
-        end_ns = self.sample_time_ns(self._last_voiced_end)
+    def _utterance_span(self) -> tuple[np.ndarray, int, int]:
+        """The utterance as it would end now: samples from the padded onset to the padded last voiced sample, and the
+        wall clock (ns) of the first and last voiced samples."""
         history = np.concatenate(self._frames)
         lo = max(self._onset - self.pad_samples, self._history_start) - self._history_start
         hi = min(self._last_voiced_end + self.pad_samples - self._history_start, len(history))
-        samples = history[lo:hi]
+        return history[lo:hi], self.sample_time_ns(self._onset), self.sample_time_ns(self._last_voiced_end)
+
+    def _end_utterance(self, decision: TurnDecision) -> list[Emit]:
+        now = self.clock_ns()
+        samples, start_ns, end_ns = self._utterance_span()
+        self._speculated = False
         turn = self.turn_id
         self.turn_id += 1
         self.state = VadState.SILENCE
