@@ -563,6 +563,12 @@ def test_v2v_parts_table_adds_up_and_scores_the_transcripts() -> None:
     assert table[9] == "share of the parts' p50 sum: eot 36%, asr 14%, ttft 21%, chunk1 14%, tts 9%, play 6%"
     assert table[10] == "end of turn: max_wait 1, model 1, silence 1"
 
+    # Two runs of one clip (two sessions): each run's transcript is scored against the reference on its own.
+    runs = [make_turn(0, session_id=s, source="voice", transcript="Ten of clubs.", first_audio_ms=700.0, **parts)
+            for s in ("run-1", "run-2")]
+    table = render_v2v_parts_table(STREAMING, [("cards-001", runs, "ten of clubs")]).splitlines()
+    assert table[4].split()[1] == "2" and table[4].split()[10] == "0.000"
+
 
 def test_corpus_wer_counts_words_over_all_clips() -> None:
     assert corpus_wer([("go forward ten meters", "Go forward 10 meters."), ("five five", "5")]) == pytest.approx(1 / 6)

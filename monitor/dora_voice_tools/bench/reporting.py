@@ -117,12 +117,13 @@ def render_compare_table(name: str, entry: Mapping[str, Any], pipeline: str, *, 
     and, with two variants, their ratio; then the first-audio ratio line."""
     variants = [k for k, v in entry.items() if isinstance(v, Mapping)]
     two = len(variants) == 2
-    header = f"{'metric':<30}" + "".join(f"{v:>14}" for v in variants) + (f"{'ratio':>10}" if two else "")
+    width = max([14] + [len(v) + 2 for v in variants])  # long variant names keep a gap between columns
+    header = f"{'metric':<30}" + "".join(f"{v:>{width}}" for v in variants) + (f"{'ratio':>10}" if two else "")
     lines = [f"{name} ({pipeline}, {repeat} repetition{'' if repeat == 1 else 's'}, medians)"
              + (f"  {note}" if note else ""), header, "-" * len(header)]
     for label, metric in row_fields(pipeline):
         values = [entry[v].get(metric) for v in variants]
-        row = f"{label:<30}" + "".join(f"{fmt_metric(metric, x):>14}" for x in values)
+        row = f"{label:<30}" + "".join(f"{fmt_metric(metric, x):>{width}}" for x in values)
         if two:
             row += f"{fmt_num(ratio(values[0], values[1]), 2):>10}"
         lines.append(row)
@@ -193,10 +194,18 @@ V2V_LABELS = (("v2v_eot_ms", "eot"), ("v2v_asr_ms", "asr"), ("v2v_llm_ttft_ms", 
 """The parts of voice-to-voice (:data:`dora_voice_monitor.collector.V2V_PARTS`) and their short column names."""
 
 
+def _runs(turns: Sequence[TurnRecord]) -> list[list[TurnRecord]]:
+    """The turns of a clip grouped by run (repetition: each run is a session of its own), in turn order."""
+    runs: dict[str, list[TurnRecord]] = {}
+    for turn in turns:
+        runs.setdefault(turn.session_id, []).append(turn)
+    return [sorted(run, key=lambda t: t.turn_id) for run in runs.values()]
+
+
 def render_v2v_parts_table(variant: str, rows: Sequence[tuple[str, Sequence[TurnRecord], str | None]]) -> str:
     """Voice-to-voice as the sum of its parts, per clip (medians over its turns, ms), with the rules that ended the
-    turns (``model:0.97``, ``max_wait:0.21``, ``silence``), underruns and the clip's WER (the turns' transcripts
-    joined against the reference); then p50 of each part over all turns with its share of their sum, and the corpus
+    turns (``model:0.97``, ``max_wait:0.21``, ``silence``), underruns and the clip's WER (each run's transcripts,
+    in turn order, against the reference; over its runs, each a session of its own); then p50 of each part over all turns with its share of their sum, and the corpus
     WER over the clips with a reference.
 
     Args:
@@ -211,10 +220,9 @@ def render_v2v_parts_table(variant: str, rows: Sequence[tuple[str, Sequence[Turn
     pairs = []
     for name, turns, reference in rows:
         ordered = sorted(turns, key=lambda t: t.turn_id)
-        heard = " ".join(t.transcript for t in ordered)
-        wer = corpus_wer([(reference, heard)]) if reference else None
-        if reference:
-            pairs.append((reference, heard))
+        clip_pairs = [(reference, " ".join(t.transcript for t in run)) for run in _runs(turns)] if reference else []
+        wer = corpus_wer(clip_pairs) if clip_pairs else None
+        pairs += clip_pairs
         rules = " ".join(f"{t.eot_rule}:{t.eot_probability:.2f}" if t.eot_probability is not None
                          else str(t.eot_rule or "-") for t in ordered)
         cells = "".join(f"{fmt_ms(median(getattr(t, f) for t in turns)):>8}" for f, _l in V2V_LABELS)
