@@ -573,3 +573,36 @@ def test_v2v_parts_table_adds_up_and_scores_the_transcripts() -> None:
 def test_corpus_wer_counts_words_over_all_clips() -> None:
     assert corpus_wer([("go forward ten meters", "Go forward 10 meters."), ("five five", "5")]) == pytest.approx(1 / 6)
     assert corpus_wer([]) is None
+
+
+def test_roundtrip_scores_what_was_heard_against_the_uninterrupted_replies(tmp_path) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    from dora_voice_tools.bench.roundtrip import HeardRun, roundtrip
+
+    wavs = []
+    for k in range(3):
+        wav = tmp_path / f"run-{k}.wav"
+        sf.write(str(wav), np.full(1600 * (k + 1), 0.1, dtype=np.float32), 16_000)
+        wavs.append(wav)
+    heard_texts = {1600: "Go forward 10 meters.", 3200: "He might have been, ate amiable himself."}
+    runs = [
+        HeardRun("goforward run-1", wavs[0], [make_turn(0, reply="Go forward ten meters.")]),
+        HeardRun("librivox run-1", wavs[1], [make_turn(0, reply="He might have been made amiable himself."),
+                                             make_turn(1, reply="Cut off.", interrupted=True)]),
+        HeardRun("no answer run-1", wavs[2], [make_turn(0, reply="")]),  # nothing to score
+        HeardRun("missing run-1", tmp_path / "absent.wav", [make_turn(0, reply="Hello.")]),
+    ]
+    seen: list[int] = []
+
+    def transcribe(samples):
+        seen.append(len(samples))
+        return heard_texts[len(samples)]
+
+    entry = roundtrip(runs, transcribe)
+    assert seen == [1600, 3200]  # only the runs with a reply and a WAV were transcribed
+    assert entry["answers"] == 2
+    # 1 word wrong ("made" heard as "ate") of 4 + 7 reference words; the interrupted turn's reply is not expected.
+    assert entry["wer"] == pytest.approx(1 / 11)
+    assert entry["worst"][0] == "librivox run-1" and entry["worst"][1] == pytest.approx(1 / 7)

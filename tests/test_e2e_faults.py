@@ -23,7 +23,7 @@ import soundfile as sf
 
 from dora_voice_tools.launcher import dora_executable, node_env
 from dora_voice_tools.resources import TEXT_DATAFLOW
-from test_e2e_voice import SMALL_MODELS
+from recordings import E2E_SETTINGS
 
 pytestmark = pytest.mark.e2e
 
@@ -70,7 +70,7 @@ def _heard_s(path: Path) -> float:
 def test_kill_9_mid_answer_ends_the_dataflow_naming_the_node_and_keeps_what_was_heard(node: str,
                                                                                          tmp_path: Path) -> None:
     wav, report, log_path = tmp_path / "answer.wav", tmp_path / "timing.jsonl", tmp_path / "dora.log"
-    env = node_env({**SMALL_MODELS, "LLM_MAX_TOKENS": "300", "LLM_MAX_WORDS": "0", "LLM_SYSTEM_PROMPT": STORY,
+    env = node_env({**E2E_SETTINGS, "LLM_MAX_TOKENS": "300", "LLM_MAX_WORDS": "0", "LLM_SYSTEM_PROMPT": STORY,
                     "TEXT_INPUT_FILE": "", "TEXT_INPUT_QUERIES": "Tell me a story about a dragon.|Another one.",
                     "AUDIO_OUTPUT": str(wav), "TIMING_REPORT": str(report)}, timeout_s=120)
     with open(log_path, "w") as log:
@@ -105,6 +105,10 @@ def test_kill_9_mid_answer_ends_the_dataflow_naming_the_node_and_keeps_what_was_
         first = next((t for t in turns if t["turn_id"] == 0), None)
         assert first is not None and first["complete"] is False, output[-3000:]  # never reported as whole
         if node == "tts":
-            assert first["segments_lost"] > 0, first  # the chunks the TTS never voiced are counted
+            # What the dead TTS synthesized but the listener never heard counts as lost; with the LLM paced by the
+            # TTS nothing more may have been queued (the LLM stops generating when the TTS's feedback closes).
+            record = json.dumps({k: v for k, v in first.items() if k != "chunks"})
+            assert first["segments_lost"] >= first["tts_segments"] - first["segments_played"], record
+            assert first["audio_played_s"] <= first["audio_s"] + 0.05, record
     else:  # an observer or a source that already delivered: the answer in flight is still given
         assert _heard_s(wav) > heard + 1.0, output[-3000:]

@@ -70,6 +70,7 @@ from dora_voice_tools.bench.running import (
     stress_checks,
 )
 from dora_voice_tools.bench import echo as echo_plan
+from dora_voice_tools.bench import roundtrip as roundtrip_plan
 from dora_voice_tools.resources import ROOM_DATAFLOW, SCENARIOS_FILE, TEXT_DATAFLOW, VOICE_DATAFLOW, runs_dir
 
 logger = logging.getLogger(__name__)
@@ -99,8 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
             "plans (scenarios.yaml; --list shows everything):\n"
             "  quick       each text scenario once, streaming vs batch (default)\n"
             "  exhaustive  every scenario, 3 repetitions\n"
-            "  voice       every shipped recording (= tests/data) through voice-chatbot.yml, streaming (voice-to-voice)\n"
-            "  pacing      LLM_PACING=off vs tts on long answers, streaming\n"
+            "  voice       every shipped recording (= tests/data) through voice-chatbot.yml, streaming (voice-to-voice);\n"
+            "              with whisper-base installed, also the answers' round-trip WER (what was heard vs the reply)\n"
+            "  pacing      LLM_PACING=off vs tts vs adaptive on long answers, streaming\n"
             "  stress      50 queries in one run: completeness checks and node memory (RSS) over time\n"
             "  answers     answer quality: the everyday question set (answers.yaml) per model and prompt variant,\n"
             "              scored (facts present, no forbidden claim, no loop, <= 90 words), with first audio\n\n"
@@ -213,6 +215,7 @@ class _Bench:
     def run_compare(self) -> None:
         """Every item and variant; a table per item; the voice overview when there are voice items."""
         voice: dict[str, list[tuple[str, list[TurnRecord], str | None]]] = {}
+        heard: dict[str, list[roundtrip_plan.HeardRun]] = {}
         for item in self.items:
             by_variant: dict[str, list[TurnRecord]] = {}
             failed: dict[str, bool] = {}
@@ -223,6 +226,10 @@ class _Bench:
                         [self.run_one(item, variant, folder / "run-1", self.plan.repeat, self.plan.repeat)])
                 by_variant[variant.name] = [t for r in runs for t in r.turns]
                 failed[variant.name] = not all(r.ok for r in runs)
+                if item.clip is not None:
+                    heard.setdefault(variant.name, []).extend(
+                        roundtrip_plan.HeardRun(f"{item.name} run-{k + 1}", folder / f"run-{k + 1}" / "answer.wav",
+                                                r.turns) for k, r in enumerate(runs))
                 self.plot(item, variant.name, by_variant[variant.name])
             entry = item_summary(item.pipeline, by_variant, failed)
             self.summary[item.name] = entry
@@ -243,6 +250,23 @@ class _Bench:
                 self.say(render_v2v_parts_table(v, rows))
             self.summary["_overall"] = next(iter(overall.values())) if len(overall) == 1 else overall
             self.write()
+            self.run_roundtrip(heard)
+
+    def run_roundtrip(self, heard: dict[str, list[roundtrip_plan.HeardRun]]) -> None:
+        """The answer round-trip WER of every voice variant (skipped, with a note, without whisper-base)."""
+        transcribe = roundtrip_plan.load_transcriber()
+        if transcribe is None:
+            self.say(f"answer round-trip WER: skipped ({roundtrip_plan.ROUNDTRIP_MODEL} is not installed: "
+                     f"dora-voice-models install {roundtrip_plan.ROUNDTRIP_MODEL})")
+            return
+        entries = {v: roundtrip_plan.roundtrip(runs, transcribe) for v, runs in heard.items()}
+        for v, entry in entries.items():
+            worst = "" if not entry["worst"] else f"; worst {entry['worst'][0]} {entry['worst'][1]:.3f}"
+            wer = "n/a" if entry["wer"] is None else f"{entry['wer']:.3f}"
+            self.say(f"answer round-trip WER ({v}; what was heard, transcribed by {entry['model']}, against the "
+                     f"replies): {wer} over {entry['answers']} answers{worst}")
+        self.summary["_roundtrip"] = next(iter(entries.values())) if len(entries) == 1 else entries
+        self.write()
 
     def run_stress(self) -> None:
         """All the plan's queries back to back in one run; completeness checks, session summary, RSS table."""
