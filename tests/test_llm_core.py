@@ -384,3 +384,16 @@ def test_tts_pacing_never_limits_the_chunk(clock) -> None:
     while core.current is not None and core.current.waiting_for in (None, 0):
         out += core.step()
     assert [s.text for s in segments(out)][1] == "The river, wide and slow, runs past the old mill and on to the sea."
+
+
+def test_history_keeps_a_reply_with_line_breaks_as_generated_so_the_next_prompt_reuses_the_cache() -> None:
+    tokens = ["Here", ":", "\n", "1", ".", " Asia", "\n", "2", ".", " Africa", "\n"]
+    core, backend = make(tokens=tokens)
+    ask(core, "List two continents.", 0)
+    run_all(core)
+    ask(core, "And a third?", 1)
+    run_all(core)
+    assistant = [m["content"] for m in backend.prompts[1] if m["role"] == "assistant"]
+    # The generated text itself (ends trimmed), not its words re-joined by spaces: the prompt's prefix then matches
+    # the tokens llama.cpp already holds.
+    assert assistant == ["".join(tokens).strip()]

@@ -605,7 +605,12 @@ class LlmCore(NodeCore):
         truncated = turn.stop_reason in ("word_cap", "max_tokens", "repetition")
         reply = " ".join((" ".join(turn.chunks) if truncated else turn.reply).split())
         turn_id = turn.transcript.turn_id
-        heard = self._heard_text(turn_id) if turn_id in self.interrupted_turns else reply
+        # The history keeps a whole reply exactly as generated (line breaks of lists and code included): the next
+        # prompt then starts with the tokens already in llama.cpp's cache, and only the new message is evaluated.
+        # With the whitespace collapsed, every reply with a line break (measured: code answers in the soak) made the
+        # next turn re-evaluate that reply: TTFT 1.2-2.6 s instead of ~0.4 s.
+        kept = reply if truncated else turn.reply.strip()
+        heard = self._heard_text(turn_id) if turn_id in self.interrupted_turns else kept
         if not failed and self.dead_peer is None and self.history.add(turn_id, turn.transcript.text, heard):
             self.prefill_pending = True
         fields: dict[str, Any] = {
