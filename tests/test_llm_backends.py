@@ -82,6 +82,27 @@ def test_llama_cpp_streams_and_can_be_stopped(llama: LlamaCppBackend) -> None:
 
 
 @pytest.mark.real_model
+def test_llama_cpp_prefill_after_dropping_old_exchanges_moves_the_kept_ones_in_the_cache(llama) -> None:
+    system = {"role": "system", "content": "You are a helpful assistant. Answer in one short sentence."}
+    exchanges = []
+    for k, (q, a) in enumerate([("Name a red fruit.", "A strawberry is a red fruit."),
+                                ("Name a yellow fruit.", "A banana is a yellow fruit."),
+                                ("Name a green vegetable.", "Broccoli is a green vegetable."),
+                                ("Name a purple vegetable.", "An eggplant is a purple vegetable.")]):
+        exchanges += [{"role": "user", "content": f"{q} ({k})"}, {"role": "assistant", "content": a}]
+    question = {"role": "user", "content": "Name an orange fruit."}
+    list(llama.stream([system, *exchanges, question], max_tokens=1))  # the whole history is in the cache
+    kept = exchanges[4:]  # the oldest two exchanges dropped, as the sliding history does
+    steps = list(llama.prefill([system, *kept, {"role": "user", "content": ""}]))
+    reused, evaluated = llama.last_prefill
+    assert steps and reused >= 30 and evaluated < reused  # the kept exchanges moved, not evaluated again
+    shifted = "".join(llama.stream([system, *kept, question], max_tokens=12))
+    llama.llm.reset()  # the same prompt on an empty cache
+    fresh = "".join(llama.stream([system, *kept, question], max_tokens=12))
+    assert shifted.split()[:3] == fresh.split()[:3], (shifted, fresh)  # greedy: the same answer
+
+
+@pytest.mark.real_model
 def test_llama_cpp_ignore_eos_runs_to_max_tokens() -> None:
     # What the end-to-end tests rely on: however the small model would have answered, the reply is max_tokens long.
     backend = LlamaCppBackend(resolve_llm(None, TEST_LLM), threads=2, context_tokens=512, temperature=0.0, seed=1,

@@ -39,6 +39,9 @@ class LlmBackend(Protocol):
         """Evaluate ``messages`` once (fills the prompt cache, pages the weights in)."""
 
 
+MIN_SHIFT_TOKENS = 16
+"""Shortest run of cached tokens worth moving instead of evaluating again (:meth:`LlamaCppBackend.prefill`)."""
+
 PREFILL_BATCH_TOKENS = 32
 """Tokens per piece of an interruptible prefill (:meth:`LlamaCppBackend.prefill`): about 50-80 ms on 2 cores with
 the 0.5B default, so a new turn waits at most that long for the cache re-evaluation to yield."""
@@ -71,6 +74,7 @@ class LlamaCppBackend:
         self.llm = Llama(model_path=str(model_path), n_ctx=context_tokens, n_threads=threads, n_threads_batch=threads,
                          seed=seed, verbose=False)
         self.logit_bias: dict[int, float] | None = None
+        self.last_prefill = (0, 0)  # the last prefill's (tokens reused by shifting the cache, tokens evaluated)
         if ignore_eos:
             ends = {self.llm.token_eos(), self.llm._model.token_eot()}
             self.logit_bias = {token: float("-inf") for token in ends if token >= 0}
@@ -106,9 +110,11 @@ class LlamaCppBackend:
 
         The prompt tokens are the ones ``create_chat_completion`` would evaluate (same chat template, same prefix
         match): they are captured from its first ``eval`` call, which is stopped before it computes anything.
+        Exchanges the history kept are not evaluated again but moved in the cache (:meth:`_shift_cache`).
         """
         captured: list[int] = []
         n_past = [0]
+        cached = [int(t) for t in self.llm.input_ids[: self.llm.n_tokens]]  # what the KV cache holds, in order
 
         def capture(tokens: Any) -> None:
             captured.extend(int(t) for t in tokens)
@@ -124,9 +130,54 @@ class LlamaCppBackend:
         finally:
             del self.llm.eval
         self.llm.n_tokens = n_past[0]
-        for start in range(0, len(captured), batch_tokens):
+        reused = self._shift_cache(cached, n_past[0], captured)
+        self.last_prefill = (reused, len(captured) - reused)
+        if reused:
+            yield reused
+        for start in range(reused, len(captured), batch_tokens):
             self.llm.eval(captured[start: start + batch_tokens])
             yield start + len(captured[start: start + batch_tokens])
+
+    def _shift_cache(self, cached: list[int], keep: int, new: list[int]) -> int:
+        """Reuse cached tokens that moved: when the history dropped its oldest exchanges, the exchanges it kept are
+        still in the KV cache, further on. Their entries are moved down to follow the ``keep`` tokens that still
+        match (the system prompt), by llama.cpp's position shift (RoPE-rotated keys, as llama.cpp's own context
+        shift does it), instead of being evaluated again.
+
+        Args:
+            cached: the tokens in the KV cache before, positions ``0..len-1``.
+            keep: how many of them the new prompt starts with (llama-cpp-python's prefix match).
+            new: the new prompt's tokens after those ``keep``.
+
+        Returns:
+            How many tokens of ``new`` are now in the cache after position ``keep`` (0 when nothing was shifted:
+            no run of at least :data:`MIN_SHIFT_TOKENS` cached tokens starts ``new``, or the model's cache cannot
+            shift).
+        """
+        import llama_cpp  # noqa: PLC0415 - the backend's own module, imported with it
+
+        if keep == 0 or len(new) < MIN_SHIFT_TOKENS or len(cached) <= keep:
+            return 0
+        best_at, best_len = -1, 0
+        for at in range(keep + 1, len(cached)):
+            if cached[at] != new[0]:
+                continue
+            length = 0
+            while at + length < len(cached) and length < len(new) and cached[at + length] == new[length]:
+                length += 1
+            if length > best_len:
+                best_at, best_len = at, length
+        if best_len < MIN_SHIFT_TOKENS:
+            return 0
+        ctx = self.llm._ctx
+        if not llama_cpp.llama_memory_can_shift(ctx.memory):
+            return 0
+        ctx.kv_cache_seq_rm(-1, keep, best_at)  # the dropped exchanges
+        ctx.kv_cache_seq_shift(0, best_at, best_at + best_len, keep - best_at)  # the kept ones (sequence 0), moved down
+        ctx.kv_cache_seq_rm(-1, keep + best_len, -1)  # whatever followed them (the last prompt's tail)
+        self.llm.input_ids[keep: keep + best_len] = list(cached[best_at: best_at + best_len])
+        self.llm.n_tokens = keep + best_len
+        return best_len
 
 
 class _PromptCaptured(Exception):

@@ -649,8 +649,10 @@ class LlmCore(NodeCore):
         except StopIteration:
             self.prefill_pending = False
             self._prefill_steps = None
-            logger.info("history trimmed to %d turns: prefix re-evaluated in %.0f ms, off the user's path",
-                        len(self.history.exchanges), (self.clock_ns() - self._prefill_started) / 1e6)
+            reused, evaluated = getattr(self.backend, "last_prefill", (0, 0))
+            logger.info("history trimmed to %d turns: prefix re-evaluated in %.0f ms, off the user's path (%d tokens "
+                        "moved in the cache, %d evaluated)", len(self.history.exchanges),
+                        (self.clock_ns() - self._prefill_started) / 1e6, reused, evaluated)
         except Exception as exc:  # noqa: BLE001 - a cache warm-up failing must not end the session
             self.prefill_pending = False
             self._prefill_steps = None
