@@ -397,3 +397,17 @@ def test_history_keeps_a_reply_with_line_breaks_as_generated_so_the_next_prompt_
     # The generated text itself (ends trimmed), not its words re-joined by spaces: the prompt's prefix then matches
     # the tokens llama.cpp already holds.
     assert assistant == ["".join(tokens).strip()]
+
+
+def test_a_reply_cut_by_the_word_cap_is_kept_as_generated_up_to_the_cut() -> None:
+    tokens = ["Step", " one", ":", "\n", "mix", " it", ".", "\n", "Step", " two", ":", "\n", "bake", " it", "."]
+    core, backend = make({"LLM_MAX_WORDS": "4", "LLM_CHUNK_MIN_CHARS": "0"}, tokens=tokens)
+    ask(core, "How?", 0)
+    out = run_all(core)
+    sent = " ".join(s.text for s in segments(out) if s.text)
+    assert "two" not in sent  # the cap ended the reply after the sentence in progress
+    ask(core, "Then?", 1)
+    run_all(core)
+    (assistant,) = [m["content"] for m in backend.prompts[1] if m["role"] == "assistant"]
+    # What was sent, with the generated line breaks (the cache holds those tokens), not re-joined by spaces.
+    assert assistant == "Step one:\nmix it." and " ".join(assistant.split()) == sent

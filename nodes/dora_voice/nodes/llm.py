@@ -170,6 +170,22 @@ class _Turn:
     budget: int | None = None  # adaptive pacing: token budget of the chunk being generated
 
 
+def _generated_prefix(generated: str, sent: str) -> str:
+    """The beginning of ``generated`` (the raw token text) that holds the text of ``sent`` (the chunks sent,
+    joined with single spaces: the segmenter strips the whitespace around each), with its own line breaks and
+    spacing: the same non-whitespace characters, counted. All of ``generated`` when it holds fewer."""
+    needed = sum(not c.isspace() for c in sent)
+    if needed == 0:
+        return ""
+    seen = 0
+    for index, char in enumerate(generated):
+        if not char.isspace():
+            seen += 1
+            if seen == needed:
+                return generated[: index + 1]
+    return generated
+
+
 class ChunkPacer:
     """Adaptive pacing: how many tokens the next chunk may have so that the listener does not run out of audio.
 
@@ -609,7 +625,7 @@ class LlmCore(NodeCore):
         # prompt then starts with the tokens already in llama.cpp's cache, and only the new message is evaluated.
         # With the whitespace collapsed, every reply with a line break (measured: code answers in the soak) made the
         # next turn re-evaluate that reply: TTFT 1.2-2.6 s instead of ~0.4 s.
-        kept = reply if truncated else turn.reply.strip()
+        kept = (_generated_prefix(turn.reply, " ".join(turn.chunks)) if truncated else turn.reply).strip()
         heard = self._heard_text(turn_id) if turn_id in self.interrupted_turns else kept
         if not failed and self.dead_peer is None and self.history.add(turn_id, turn.transcript.text, heard):
             self.prefill_pending = True
