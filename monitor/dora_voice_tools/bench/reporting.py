@@ -205,8 +205,8 @@ def _runs(turns: Sequence[TurnRecord]) -> list[list[TurnRecord]]:
 def render_v2v_parts_table(variant: str, rows: Sequence[tuple[str, Sequence[TurnRecord], str | None]]) -> str:
     """Voice-to-voice as the sum of its parts, per clip (medians over its turns, ms), with the rules that ended the
     turns (``model:0.97``, ``max_wait:0.21``, ``silence``), underruns and the clip's WER (each run's transcripts,
-    in turn order, against the reference; over its runs, each a session of its own); then p50 of each part over all turns with its share of their sum, and the corpus
-    WER over the clips with a reference.
+    in turn order, against the reference; over its runs, each a session of its own); then p50 of each part over
+    all turns with its share of their sum, and the corpus WER over the clips with a reference.
 
     Args:
         variant: the column's name.

@@ -167,7 +167,6 @@ class _Turn:
     waiting_since_ns: int = 0
     chunk_tokens: list[int] = field(default_factory=list)  # tokens of each chunk sent (adaptive pacing)
     audio_end_ns: int | None = None  # adaptive pacing: when the audio synthesized so far will have been played
-    budget: int | None = None  # adaptive pacing: token budget of the chunk being generated
 
 
 def _generated_prefix(generated: str, sent: str) -> str:
@@ -568,10 +567,10 @@ class LlmCore(NodeCore):
         if self.config.pacing != "adaptive" or turn.audio_end_ns is None or not self.config.enable_streaming:
             return
         queued_s = (turn.audio_end_ns - self.clock_ns()) / 1e9
-        turn.budget = self.pacer.budget(queued_s)
-        self.segmenter.limit_next(turn.budget)
+        budget = self.pacer.budget(queued_s)
+        self.segmenter.limit_next(budget)
         logger.debug("turn %d: chunk %d: %.2f s of audio queued, budget %s tokens (%.0f ms/token generation, "
-                     "%.0f ms/token synthesis)", turn.transcript.turn_id, len(turn.chunks), queued_s, turn.budget,
+                     "%.0f ms/token synthesis)", turn.transcript.turn_id, len(turn.chunks), queued_s, budget,
                      self.pacer.gen_s_per_token * 1000, self.pacer.synth_s_per_token * 1000)
 
     def _fail(self, turn: _Turn, exc: Exception) -> list[Emit]:
