@@ -67,3 +67,21 @@ def test_hop_cost_summary() -> None:
     assert figures["near/text"]["n"] == 100 and figures["near/text"]["p99"] == 1.0  # the start-up message is skipped
     assert figures["extra/text"]["p50"] == 0.5
     assert figures["extra/audio_1s"]["p50"] == 1.0 and figures["far/audio_1s"]["p99"] == 3.0
+
+
+def test_overlay_wires_the_end_of_stream_handshake_on_every_edge_between_machines_only() -> None:
+    flow = yaml.safe_load(deploy_overlay(resources.VOICE_DATAFLOW.read_text(), parse_machines(BENCH_SPLIT)))
+    nodes = {n["id"]: n for n in flow["nodes"] if n["path"] != "dynamic"}
+    machine = {node_id: n["deploy"]["machine"] for node_id, n in nodes.items()}
+    expected = set()
+    for receiver, node in nodes.items():
+        for input_id, spec in (node.get("inputs") or {}).items():
+            sender = spec["source"].split("/", 1)[0]
+            if input_id.startswith("ack_"):
+                assert spec["source"] == f"{input_id.removeprefix('ack_')}/ack"
+                assert "ack" in nodes[sender]["outputs"]
+            elif machine[sender] != machine[receiver]:
+                expected.add((sender, receiver))
+    wired = {(sender, input_id.removeprefix("ack_")) for sender, n in nodes.items()
+             for input_id in (n.get("inputs") or {}) if input_id.startswith("ack_")}
+    assert wired == expected and ("tts", "speaker") in wired and ("vad", "asr") in wired

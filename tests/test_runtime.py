@@ -1,10 +1,15 @@
-"""The shared event loop: draining, undeclared outputs, and the wait after the last output before exiting."""
+"""The shared event loop: draining, undeclared outputs, the wait after the last output before exiting, and reliable
+delivery between machines in the loop."""
 
 from __future__ import annotations
 
+import logging
+
 import pyarrow as pa
 
+from dora_voice.link import ACK_TIMEOUT_S, MARKER_RETRY_S
 from dora_voice.runtime import EXIT_LINGER_S, NodeCore, run_node
+from dora_voice.schema import Key
 
 from fakes import FakeClock
 
@@ -73,3 +78,108 @@ def test_a_node_that_sent_long_ago_waits_only_the_rest_and_a_quiet_node_not_at_a
     node = EventNode(inputs(2), [], clock)  # nothing it produces is wired: nothing was sent
     run_node(node, Echo(clock_ns=clock), sleep=clock.sleep, monotonic=lambda: clock() / 1e9)
     assert node.sent == [] and clock.sleeps == []
+
+
+# -- reliable delivery between machines (dora_voice.link) in the loop -----------------------------------------------
+
+
+class LinkNode(EventNode):
+    """An ``EventNode`` with input sources and a dataflow descriptor. As a sender's peer it plays the receiver: the
+    end-of-stream markers, once all outputs have one, are answered with ``done`` on ``ack_<receiver>`` (``answer``
+    ``None``: never). Blocking on an empty queue fails the test: with a report input open, dora would never end the
+    stream by itself."""
+
+    def __init__(self, events, outputs, inputs, clock, *, receivers=(), answer=True, ends=False,
+                 descriptor=None) -> None:
+        super().__init__(events, outputs, clock)
+        self.inputs, self.receivers, self.answer, self.ends = inputs, receivers, answer, ends
+        self.descriptor = descriptor or {"nodes": []}
+        self.metadata: list[tuple[str, dict]] = []
+
+    def node_config(self) -> dict:
+        return {"outputs": self.outputs, "inputs": self.inputs}
+
+    def dataflow_descriptor(self) -> dict:
+        return self.descriptor
+
+    def next(self, timeout=None):
+        if self.events:
+            return self.events.pop(0)
+        if self.ends:
+            return None
+        assert timeout is not None, "blocked on an empty stream: would hang"
+        self.clock.advance(timeout)
+        return {"type": "ERROR", "error": "Timeout event stream error: Receiver timed out"}
+
+    def send_output(self, output_id, value, metadata) -> None:
+        super().send_output(output_id, value, metadata)
+        self.metadata.append((output_id, dict(metadata)))
+        markers = [m for _o, m in self.metadata if m.get(Key.END_OF_STREAM)]
+        if self.answer and metadata.get(Key.END_OF_STREAM) and len(markers) == len(self.outputs):
+            self.events += [{"type": "INPUT", "id": f"ack_{r}", "value": pa.array([], pa.uint8()),
+                             "metadata": {Key.LINK: metadata[Key.LINK], Key.EVENT: "done"}} for r in self.receivers]
+
+
+SENDER_INPUTS = {"in": "up/x", "ack_rx": {"source": "rx/ack"}}
+
+
+def run(node: EventNode, clock: FakeClock) -> float:
+    """Runs an ``Echo`` core on ``node``; returns the seconds it took on the fake clock."""
+    start_s = clock() / 1e9
+    run_node(node, Echo(clock_ns=clock), sleep=clock.sleep, monotonic=lambda: clock() / 1e9)
+    return clock() / 1e9 - start_s
+
+
+def test_a_sender_numbers_its_messages_marks_the_end_and_exits_once_the_receiver_reports_done() -> None:
+    clock = FakeClock()
+    node = LinkNode(inputs(2) + [{"type": "INPUT_CLOSED", "id": "in"}], ["out", "timing"], SENDER_INPUTS, clock,
+                    receivers=["rx"])
+    took_s = run(node, clock)
+    sent = [(o, m.get(Key.LINK_SEQ), bool(m.get(Key.END_OF_STREAM))) for o, m in node.metadata]
+    # Data numbered per output, then one marker per output carrying the count; the loop ended without dora
+    # ending the stream (the report input stays open), and it did not wait out the timeout.
+    assert sent == [("out", 0, False), ("out", 1, False), ("out", 2, False), ("out", 3, True), ("timing", 0, True)]
+    assert node.events == [] and took_s <= EXIT_LINGER_S
+
+
+def test_a_sender_without_a_report_gives_up_after_the_timeout_and_says_so(caplog) -> None:
+    clock = FakeClock()
+    node = LinkNode(inputs(1) + [{"type": "INPUT_CLOSED", "id": "in"}], ["out"], SENDER_INPUTS, clock, answer=False)
+    with caplog.at_level(logging.WARNING):
+        took_s = run(node, clock)
+    assert ACK_TIMEOUT_S <= took_s <= ACK_TIMEOUT_S + EXIT_LINGER_S
+    assert "no end-of-stream report on ack_rx" in caplog.text
+    # The markers went out again while it waited (a marker can be dropped too).
+    assert len([m for _o, m in node.metadata if m.get(Key.END_OF_STREAM)]) >= ACK_TIMEOUT_S / MARKER_RETRY_S - 1
+
+
+def test_a_sender_stops_waiting_for_a_receiver_that_finished() -> None:
+    clock = FakeClock()
+    events = inputs(1) + [{"type": "INPUT_CLOSED", "id": "in"}, {"type": "INPUT_CLOSED", "id": "ack_rx"}]
+    node = LinkNode(events, ["out"], SENDER_INPUTS, clock, answer=False)
+    assert run(node, clock) <= EXIT_LINGER_S
+
+
+def test_a_receiver_reorders_a_retransmission_and_never_shows_the_link_to_its_core(monkeypatch) -> None:
+    monkeypatch.setenv("DORA_NODE_CONFIG", "node_id: rx\n")
+    clock = FakeClock()
+
+    def message(seq: int, **extra) -> dict:
+        return {"type": "INPUT", "id": "in", "value": pa.array([seq]),
+                "metadata": {Key.LINK: "tok", Key.LINK_SEQ: seq, **extra}}
+
+    descriptor = {"nodes": [{"id": "tx", "inputs": {"ack_rx": "rx/ack"}}]}
+    events = [message(0), message(2), message(1), message(1), message(3, **{Key.END_OF_STREAM: True})]
+    node = LinkNode(events, ["out", "ack"], {"in": "tx/o"}, clock, ends=True, descriptor=descriptor)
+    received = []
+
+    class Record(Echo):
+        def on_input(self, input_id, value, metadata):
+            received.append((value.to_pylist()[0], sorted(metadata)))
+            return []
+
+    run_node(node, Record(clock_ns=clock), sleep=clock.sleep, monotonic=lambda: clock() / 1e9)
+    # In order, once each (the duplicate of 1 dropped), without the link's metadata.
+    assert received == [(0, []), (1, []), (2, [])]
+    reports = [(m[Key.EVENT], value) for o, m in node.metadata if o == "ack" for value in [m.get(Key.DETAIL)]]
+    assert reports == [("nack", "o"), ("done", None)]  # 1 asked for as soon as 2 arrived; done after the marker

@@ -177,16 +177,30 @@ def parse_machines(spec: str) -> dict[str, str]:
 
 
 def deploy_overlay(yaml_text: str, machines: Mapping[str, str]) -> str:
-    """The dataflow YAML with ``deploy: {machine: ...}`` on every node (``machines["*"]`` for nodes not named).
+    """The dataflow YAML with ``deploy: {machine: ...}`` on every node (``machines["*"]`` for nodes not named), and
+    reliable delivery (:mod:`dora_voice.link`) wired on every edge between two machines: the
+    receiver gets an ``ack`` output, the sender an input ``ack_<receiver>`` from it.
 
     Dynamic nodes are left out: they attach to a daemon of their own choosing.
     """
     import yaml
 
     flow = yaml.safe_load(yaml_text)
-    for node in flow["nodes"]:
-        if node.get("path") != "dynamic":
-            node["deploy"] = {"machine": machines.get(node["id"], machines.get("*"))}
+    nodes = {node["id"]: node for node in flow["nodes"] if node.get("path") != "dynamic"}
+    for node in nodes.values():
+        node["deploy"] = {"machine": machines.get(node["id"], machines.get("*"))}
+    for receiver in nodes.values():
+        for input_id, spec in list((receiver.get("inputs") or {}).items()):
+            if input_id.startswith("ack_"):
+                continue  # an acknowledgement edge added here: not acknowledged itself
+            source = (spec.get("source") if isinstance(spec, dict) else spec).split("/", 1)[0]
+            sender = nodes.get(source)
+            if sender is None or sender["deploy"] == receiver["deploy"]:
+                continue
+            if "ack" not in receiver.setdefault("outputs", []):
+                receiver["outputs"].append("ack")
+            sender.setdefault("inputs", {})[f"ack_{receiver['id']}"] = {
+                "source": f"{receiver['id']}/ack", "queue_size": 10, "queue_policy": "backpressure"}
     return yaml.safe_dump(flow, sort_keys=False)
 
 

@@ -16,11 +16,12 @@ forever).
 Source nodes (no inputs, e.g. the mic) use the same loop: their core is :meth:`~NodeCore.busy` while it has
 something to produce and produces it in :meth:`~NodeCore.step`.
 
-Last outputs across daemons: when a node finishes, its daemon tells the other daemons that its outputs closed, and
-with dora 1.1 that close can overtake data still queued for another machine (the receiving node then sees the input
-closed before its last message, which is dropped; dora-rs/dora PR #3215 moves the close into the data's FIFO). So a
+Between machines dora 1.1 can drop a message (zenoh publishes with congestion control ``Drop``) and can deliver
+the close of an output before data queued ahead of it (dora-rs/dora PR #3215). Where the YAML wires delivery reports
+on such an edge (``ack`` output, ``ack_<receiver>`` inputs; ``dora_voice_tools.launcher.deploy_overlay`` adds them),
+the loop numbers, reorders, retransmits and closes the stream with a handshake: :mod:`dora_voice.link`. Elsewhere a
 node that sent something during the last :data:`EXIT_LINGER_S` waits until that long after its last send before it
-returns; a node that was quiet at the end exits at once.
+returns (a node that was quiet at the end exits at once).
 
 Bad input: a :class:`~dora_voice.schema.SchemaError` or ``ValueError`` from the core is logged with the input id,
 counted in :attr:`NodeCore.input_errors`, reported to the monitor as a ``input_error`` timing event, and the node
@@ -31,10 +32,14 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from typing import Any, Iterable, Mapping
 
 import pyarrow as pa
 
+from dora_voice.link import (
+    ACK_PREFIX, ACK_TIMEOUT_S, MARKER_RETRY_S, NACK_RETRY_S, Link, acking_sources, own_node_id,
+)
 from dora_voice.schema import Output, SchemaError, TimingEvent, TimingKind, Key
 
 logger = logging.getLogger(__name__)
@@ -126,16 +131,19 @@ class NodeCore:
 class _Sender:
     """Sends a core's outputs, skipping undeclared ones, and remembers when it last sent (monotonic s)."""
 
-    def __init__(self, node: Any, declared: set[str] | None, monotonic=time.monotonic) -> None:
+    def __init__(self, node: Any, declared: set[str] | None, monotonic=time.monotonic, link: Link | None = None) -> None:
         self.node = node
         self.declared = declared
         self.monotonic = monotonic
+        self.link = link
         self.last_send_s: float | None = None
 
     def __call__(self, outputs: Iterable[Emit]) -> None:
         for output_id, value, meta in outputs:
             if self.declared is not None and output_id not in self.declared:
                 continue  # an optional output this dataflow does not wire (e.g. timing without a monitor)
+            if self.link is not None:
+                meta = self.link.stamp(output_id, value, meta)
             self.node.send_output(output_id, value, meta)
             self.last_send_s = self.monotonic()
 
@@ -171,31 +179,77 @@ def declared_inputs(node: Any) -> set[str] | None:
     return None if config is None else {str(i) for i in (config.get("inputs") or {})}
 
 
+def input_sources(node: Any) -> dict[str, str] | None:
+    """Input id -> its source ``node/output`` (either YAML form), or ``None`` when unknown."""
+    config = _node_config(node)
+    if config is None:
+        return None
+    return {str(input_id): str(spec.get("source") if isinstance(spec, dict) else spec)
+            for input_id, spec in (config.get("inputs") or {}).items()}
+
+
+def _descriptor(node: Any) -> dict[str, Any] | None:
+    try:
+        descriptor = node.dataflow_descriptor()
+    except Exception:  # noqa: BLE001 - a dynamic node, a test double or an older dora: nothing known
+        return None
+    return descriptor if isinstance(descriptor, dict) else None
+
+
 def run_node(node: Any, core: NodeCore, *, sleep=time.sleep, monotonic=time.monotonic) -> None:
     """Drive ``core`` with the events of ``node`` (a ``dora.Node``) until the stream ends.
 
     Outputs the YAML does not declare are skipped silently, so a node can run in a dataflow without a monitor.
-    Before returning, waits until :data:`EXIT_LINGER_S` after the last output sent (see the module docstring);
+    On edges wired for delivery reports the loop also numbers, reorders and retransmits, and a sender ends with the
+    end-of-stream handshake (:mod:`dora_voice.link`). Before returning, waits until :data:`EXIT_LINGER_S` after the
+    last output sent (see the module docstring);
     ``sleep`` and ``monotonic`` (s) are injectable for tests.
     """
-    send = _Sender(node, _declared_outputs(node), monotonic)
+    declared = _declared_outputs(node)
+    sources = input_sources(node)
+    link = Link(sources, declared, uuid.uuid4().hex[:12],
+                acked_by_sender=acking_sources(_descriptor(node), own_node_id()))
+    send = _Sender(node, declared, monotonic, link)
+    if link.sends or link.reports_to:
+        logger.info("%s: reliable delivery between machines: receivers reporting %s; reporting to %s", core.node_id,
+                    ", ".join(sorted(i.removeprefix(ACK_PREFIX) for i in link.ack_inputs)) or "none",
+                    ", ".join(sorted(link.reports_to)) or "none")
+    # With report inputs open (their receivers live until this node exits), dora never ends the stream by itself:
+    # a sender is done when its data inputs are.
+    open_data = set(sources or ()) - link.ack_inputs
     while True:
-        if core.finished():
+        if core.finished() or (link.sends and sources and not open_data and not core.busy()):
             break
+        if link.pending:
+            send(link.tick(monotonic()))
         if core.busy():
             event = node.try_recv()
             if event is None:
                 send(core.step())
                 continue
         else:
-            event = node.next()
+            event = node.next(timeout=NACK_RETRY_S) if link.pending else node.next()
             if event is None:
                 break
         kind = event.get("type")
         if kind == "INPUT":
-            send(core.handle(event["id"], event["value"], event.get("metadata") or {}))
+            input_id, metadata = event["id"], event.get("metadata") or {}
+            if input_id in link.ack_inputs:
+                send(link.on_report(input_id, event["value"], metadata))
+                continue
+            deliver, reports = link.receive(input_id, event["value"], metadata, monotonic())
+            send(reports)
+            for input_id, value, metadata in deliver:
+                send(core.handle(input_id, value, metadata))
         elif kind == "INPUT_CLOSED":
-            send(core.on_input_closed(event["id"]))
+            input_id = event["id"]
+            if input_id in link.ack_inputs:
+                link.on_report_closed(input_id)
+                continue
+            open_data.discard(input_id)
+            for held_id, value, metadata in link.close(input_id):
+                send(core.handle(held_id, value, metadata))
+            send(core.on_input_closed(input_id))
         elif kind == "ERROR":
             if "Timeout" not in str(event.get("error", "")):
                 logger.error("%s: dora error event: %s", core.node_id, str(event.get("error"))[:300])
@@ -204,7 +258,42 @@ def run_node(node: Any, core: NodeCore, *, sleep=time.sleep, monotonic=time.mono
     while core.busy():
         send(core.step())
     send(core.on_end())
+    _end_of_stream(node, core.node_id, link, send, monotonic)
     wait_s = send.linger_s()
     if wait_s > 0:
         sleep(wait_s)
     logger.info("%s: finished (%d bad inputs rejected)", core.node_id, core.input_errors)
+
+
+
+def _end_of_stream(node: Any, node_id: str, link: Link, send: _Sender, monotonic) -> None:
+    """A sender's last act (:mod:`dora_voice.link`): send the end-of-stream markers, answer the receivers' requests
+    for retransmission, and wait (at most :data:`~dora_voice.link.ACK_TIMEOUT_S`) until each has reported ``done``
+    or finished. Markers are sent again every :data:`~dora_voice.link.MARKER_RETRY_S`. Other inputs arriving now
+    (feedback edges) come after the core finished and are dropped (DEBUG log)."""
+    markers = link.markers()
+    if not markers:
+        return
+    send(markers)
+    started = last_markers = monotonic()
+    while link.waiting:
+        now = monotonic()
+        if now - started >= ACK_TIMEOUT_S:
+            logger.warning("%s: no end-of-stream report on %s after %.0f s; exiting anyway (those receivers may "
+                           "miss this node's last messages)", node_id, ", ".join(sorted(link.waiting)), ACK_TIMEOUT_S)
+            return
+        if now - last_markers >= MARKER_RETRY_S:
+            send(link.markers())
+            last_markers = now
+        event = node.next(timeout=min(MARKER_RETRY_S, ACK_TIMEOUT_S - (now - started)))
+        if event is None:
+            break
+        kind = event.get("type")
+        if kind == "INPUT" and event["id"] in link.ack_inputs:
+            send(link.on_report(event["id"], event["value"], event.get("metadata") or {}))
+        elif kind == "INPUT":
+            logger.debug("%s: input %r after the end of the stream dropped", node_id, event["id"])
+        elif kind == "INPUT_CLOSED" and event["id"] in link.ack_inputs:
+            link.on_report_closed(event["id"])
+    logger.info("%s: end of stream delivered in %.0f ms (%d message(s) sent again, %d lost)", node_id,
+                (monotonic() - started) * 1000, link.retransmitted, link.gone)

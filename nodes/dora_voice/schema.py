@@ -83,6 +83,11 @@ class Key:
     ERLE_DB = "erle_db"  # float, dB: echo return loss enhancement over a window (mic power / AEC output power)
     DELAY_MS = "delay_ms"  # float, ms: estimated echo delay of the mic behind the time-aligned reference
     CPU_PERCENT = "cpu_percent"  # float, % of one core: processing time / audio time
+    # Reliable delivery between machines (dora_voice.link); the runtime adds and removes these, cores never see them.
+    LINK = "link"  # str: names one run of the sending node
+    LINK_SEQ = "link_seq"  # int: 0-based message number per output; on an end_of_stream marker, messages sent
+    END_OF_STREAM = "end_of_stream"  # bool: the sender's end-of-stream marker on this output
+    GONE = "gone"  # bool: a retransmission asked for is no longer kept (the message is lost)
 
 
 class Output:
@@ -90,6 +95,7 @@ class Output:
 
     AUDIO = "audio"  # mic -> vad (or -> room -> aec -> vad); tts -> speaker
     STREAM_STARTED = "stream_started"  # mic -> speaker, monitor
+    ASR_AUDIO = "asr_audio"  # aec -> vad: the mic with the echo removed linearly, unsuppressed (the ASR's audio)
     SPEECH = "speech"  # vad -> asr
     EVENTS = "events"  # vad -> speaker, tts, llm (barge-in), monitor
     TEXT = "text"  # asr -> llm; text-input -> llm; llm -> tts
@@ -97,6 +103,7 @@ class Output:
     PLAYBACK = "playback"  # speaker -> llm (what was heard), tts (barge-in), text-input (pacing), monitor
     REFERENCE = "reference"  # speaker -> aec, room: the far-end reference, exactly what the speaker plays
     TIMING = "timing"  # every node -> monitor
+    ACK = "ack"  # any node -> its senders on other machines (input ack_<node>): delivery reports (dora_voice.link)
 
 
 class VadEventKind(str, enum.Enum):
