@@ -4,11 +4,14 @@ estimate, and the ECHO_GUARD resolution. Signals are real speech (tests/data).""
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from recordings import load_clip
 from dora_voice.config import load_config
-from dora_voice.echo import EchoGuard, ReferenceBuffer, estimate_delay, load_canceller, resolve_echo_guard
+from dora_voice.echo import (
+    EchoGuard, LinearEchoCanceller, ReferenceBuffer, estimate_delay, load_canceller, resolve_echo_guard,
+)
 from dora_voice.nodes import aec as aec_node
 from dora_voice.nodes.aec import AecConfig, AecCore, build_core
 from dora_voice.nodes.room import AcousticPath, RoomConfig, RoomCore, synthetic_rir
@@ -268,3 +271,49 @@ def test_reference_buffer_keeps_the_latest_samples_exactly() -> None:
     assert buf.end == 20_000 and buf.start >= 20_000 - 3200
     np.testing.assert_array_equal(buf.read(20_000 - 1600, 1600), signal[-1600:])
     assert not buf.read(0, 320).any()  # long gone: silence
+
+
+def test_linear_canceller_reduces_the_echo_and_keeps_double_talk_whole() -> None:
+    """The ASR's path: the linear filter takes out some echo (less than AEC3) and does not suppress the user when
+    both talk. "Whole" is measured against what the same canceller makes of the user's speech alone (it high-passes
+    its input by a fixed filter), and compared with AEC3 measured the same way."""
+    far = far_end(8.0)
+    user = np.zeros_like(far)
+    speech = load_clip("goforward.wav") * 0.5
+    u0 = 5 * RATE
+    user[u0: u0 + speech.shape[0]] = speech
+    refs, mic = simulated_room(far, user, delay_ms=80)
+    ref = np.concatenate([ReferenceFrame.decode(v, m).samples for v, m in refs])
+    n = mic.shape[0] // 160 * 160
+    mic, ref, user = mic[:n], np.pad(ref, (0, max(0, n - ref.shape[0])))[:n], user[:n]
+    silent = np.zeros_like(ref)
+    linear, linear_alone = (LinearEchoCanceller(RATE).process(x, r) for x, r in ((mic, ref), (user, silent)))
+    aec3, aec3_alone = (load_canceller(RATE).process(x, r) for x, r in ((mic, ref), (user, silent)))
+    far_only = slice(3 * RATE, u0)
+    assert power_db(mic[far_only]) - power_db(linear[far_only]) > 6  # echo reduced
+    seg = slice(u0, u0 + speech.shape[0])
+
+    def kept(out: np.ndarray, alone: np.ndarray) -> float:
+        return float(np.corrcoef(out[seg], alone[seg])[0, 1])
+
+    assert kept(linear, linear_alone) > 0.9 and kept(linear, linear_alone) > kept(aec3, aec3_alone) + 0.1
+    assert power_db(linear[seg] - linear_alone[seg]) < power_db(mic[seg] - user[seg]) - 6  # less echo than before
+    with pytest.raises(ValueError, match="whole"):
+        LinearEchoCanceller(RATE).process(mic[:100], ref[:100])
+
+
+def test_aec_sends_the_linear_path_just_before_each_block_on_the_same_clock() -> None:
+    far = far_end(3.0)
+    refs, mic = simulated_room(far, np.zeros_like(far), delay_ms=40)
+    core = AecCore(load_config(AecConfig, {"ECHO_GUARD": "aec"}), load_canceller(RATE),
+                   linear=LinearEchoCanceller(RATE))
+    outputs = []
+    for input_id, encoded in interleave(refs, mic_chunks(mic)):
+        outputs += core.handle(input_id, *encoded)
+    outputs += core.on_input_closed(Output.AUDIO) + list(core.on_end())
+    audio = [(o, AudioChunk.decode(v, m)) for o, v, m in outputs if o in (Output.AUDIO, Output.ASR_AUDIO)]
+    assert audio and [o for o, _c in audio] == [Output.ASR_AUDIO, Output.AUDIO] * (len(audio) // 2)
+    for (_a, linear), (_b, block) in zip(audio[::2], audio[1::2]):
+        assert (linear.sample_offset, linear.t_ns, linear.samples.shape) == (block.sample_offset, block.t_ns,
+                                                                             block.samples.shape)
+    assert sum(c.samples.shape[0] for o, c in audio if o == Output.AUDIO) == mic.shape[0]

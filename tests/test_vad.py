@@ -8,7 +8,7 @@ import pytest
 
 from recordings import load_clip
 from dora_voice.config import ConfigError, load_config
-from dora_voice.nodes.vad import FRAME_SAMPLES, VadConfig, VadCore, load_silero
+from dora_voice.nodes.vad import FRAME_SAMPLES, SideStream, VadConfig, VadCore, load_silero
 from dora_voice.schema import AudioChunk, Output, TimingEvent, TimingKind, Utterance, VadEvent, VadEventKind
 
 RATE = 16_000
@@ -124,3 +124,38 @@ def test_short_noises_do_not_start_speech(voiced_frames: int, started: bool) -> 
     kinds = [e.kind for e in outputs(out, Output.EVENTS)]
     assert (VadEventKind.SPEECH_STARTED in kinds) is started
     assert (len(outputs(out, Output.SPEECH)) == 1) is started
+
+
+def test_utterances_are_cut_from_the_asr_audio_stream_when_it_covers_them() -> None:
+    """The VAD decides on ``audio`` (AEC3's output) and cuts the utterance from ``asr_audio`` (the linear
+    canceller's), sample for sample; where ``asr_audio`` does not cover the span it falls back to ``audio``."""
+    config = load_config(VadConfig, {"VAD_MIN_SPEECH_MS": "96", "VAD_MIN_SILENCE_MS": "96", "VAD_SPEECH_PAD_MS": "0"})
+    probs = [0.0] * 4 + [0.9] * 6 + [0.0] * 4
+    n = len(probs) * FRAME_SAMPLES
+    heard = np.full(n, 0.1, dtype=np.float32)  # what the VAD judges
+    kept = np.arange(n, dtype=np.float32) / n  # what the ASR should get: every sample distinct
+    core = VadCore(config, scripted(probs))
+    out = []
+    for offset in range(0, n, 320):  # the aec's 20 ms blocks: asr_audio first, then audio
+        t_ns = T0 + offset * 10**9 // RATE
+        out += core.handle("asr_audio", *AudioChunk(kept[offset:offset + 320], RATE, offset, t_ns, "s1").encode())
+        out += core.handle("audio", *AudioChunk(heard[offset:offset + 320], RATE, offset, t_ns, "s1").encode())
+    (utterance,) = outputs(out, Output.SPEECH)
+    np.testing.assert_array_equal(utterance.samples, kept[4 * FRAME_SAMPLES:10 * FRAME_SAMPLES])
+    assert core.asr_audio.used == 1 and core.input_errors == 0
+
+    core = VadCore(config, scripted(probs))  # no asr_audio at all: the VAD's own audio, as before
+    (utterance,) = outputs(feed(core, heard, block=320), Output.SPEECH)
+    np.testing.assert_array_equal(utterance.samples, heard[4 * FRAME_SAMPLES:10 * FRAME_SAMPLES])
+
+
+def test_side_stream_reads_only_spans_it_covers_and_restarts_after_a_gap() -> None:
+    side = SideStream()
+    side.add(100, np.arange(100, 200, dtype=np.float32))
+    side.add(200, np.arange(200, 300, dtype=np.float32))
+    np.testing.assert_array_equal(side.read(150, 250), np.arange(150, 250))
+    assert side.read(50, 150) is None and side.read(250, 350) is None
+    side.trim(200)
+    assert side.read(150, 250) is None and side.read(200, 300) is not None
+    side.add(400, np.arange(400, 500, dtype=np.float32))  # a gap: what was kept no longer lines up
+    assert side.read(200, 300) is None and side.read(400, 500) is not None

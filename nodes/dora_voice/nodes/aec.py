@@ -8,6 +8,10 @@ Inputs:
 Outputs:
     ``audio``: :class:`~dora_voice.schema.AudioChunk` with the echo removed, contiguous ``sample_offset`` and the
         input's sample clock (``t_ns``), in blocks of whole 10 ms frames (the VAD frames them itself).
+    ``asr_audio`` (optional): the same blocks with the echo removed by a linear filter only, nothing suppressed
+        (``AEC_ASR_AUDIO=linear``, :class:`~dora_voice.echo.LinearEchoCanceller`), sent just before each ``audio``
+        block: the VAD decides on ``audio`` and cuts the utterance for the ASR from this one, so the user's words
+        survive double talk (:mod:`dora_voice.echo` has the figures).
     ``timing``: ``aec_stats`` every ``AEC_STATS_INTERVAL_MS`` of audio: ``erle_db`` over the frames where the
         reference is audible, ``delay_ms`` (the echo delay estimate), ``cpu_percent`` (this node's process).
 
@@ -43,7 +47,8 @@ import pyarrow as pa
 from dora_voice.config import env_field, parse_bool, parse_choice, parse_int, parse_optional_path
 from dora_voice.contracts import NodeContract
 from dora_voice.echo import (
-    AEC_FRAME_MS, ECHO_GUARD_HELP, EchoCanceller, EchoGuard, ReferenceBuffer, aec_library_available,
+    AEC_FRAME_MS, ECHO_GUARD_HELP, EchoCanceller, EchoGuard, LinearEchoCanceller, ReferenceBuffer,
+    aec_library_available,
     estimate_delay, load_canceller, resolve_echo_guard,
 )
 from dora_voice.runtime import Emit, NodeCore, emit
@@ -84,6 +89,11 @@ class AecConfig:
                                        "as silence, ms")
     stats_interval_ms: int = env_field("AEC_STATS_INTERVAL_MS", 500, parse_int(min_value=100, max_value=60_000),
                                        "audio per aec_stats report (ERLE, delay, CPU), ms")
+    asr_audio: str = env_field("AEC_ASR_AUDIO", "linear", parse_choice("linear", "suppressed"),
+                               "audio the ASR transcribes: linear (echo removed by a linear filter, the user kept "
+                               "whole in double talk; needs pyaec) or suppressed (AEC3's output, as the VAD hears it)")
+    linear_filter_ms: int = env_field("AEC_LINEAR_FILTER_MS", 128, parse_int(min_value=16, max_value=500),
+                                      "echo path length the linear filter models, ms")
 
     @property
     def files(self) -> bool:
@@ -97,7 +107,7 @@ CONTRACT = NodeContract(
         Output.AUDIO: "mic/audio (or room/audio): AudioChunk, 16 kHz float32",
         Output.REFERENCE: "speaker/reference: ReferenceFrame, what the speaker plays",
     },
-    outputs=(Output.AUDIO, Output.TIMING),
+    outputs=(Output.AUDIO, Output.ASR_AUDIO, Output.TIMING),
     config=AecConfig,
 )
 
@@ -131,11 +141,13 @@ class AecCore(NodeCore):
     node_id = "aec"
 
     def __init__(self, config: AecConfig, canceller: EchoCanceller | None, *,
+                 linear: EchoCanceller | None = None,
                  clock_ns: Callable[[], int] = time.time_ns,
                  cpu_clock: Callable[[], float] = time.process_time) -> None:
         super().__init__(clock_ns)
         self.config = config
         self.canceller = canceller
+        self.linear = linear
         self.cpu_clock = cpu_clock
         self.reference = ReferenceBuffer(RATE_HZ, keep_ms=4000)
         self._held: deque[AudioChunk] = deque()
@@ -286,14 +298,19 @@ class AecCore(NodeCore):
         self._offset += n
         before = self.cpu_clock()
         cleaned = np.asarray(self.canceller.process(mic, ref), dtype=np.float32)
+        linear = None if self.linear is None else np.asarray(self.linear.process(mic, ref), dtype=np.float32)
         self.process_s += self.cpu_clock() - before
         self.frames += n // FRAME
         out = self._measure(start, mic, ref, cleaned)
         keep = n if keep is None else keep
         np.clip(cleaned, -1.0, 1.0, out=cleaned)
-        out.insert(0, emit(Output.AUDIO, AudioChunk(samples=cleaned[:keep], sample_rate=RATE_HZ, sample_offset=start,
-                                                    t_ns=self._t_ns(start), session_id=self.session_id)))
-        return out
+        blocks = [emit(Output.AUDIO, AudioChunk(samples=cleaned[:keep], sample_rate=RATE_HZ, sample_offset=start,
+                                                t_ns=self._t_ns(start), session_id=self.session_id))]
+        if linear is not None:  # first, so the VAD holds it before it decides on the block
+            blocks.insert(0, emit(Output.ASR_AUDIO, AudioChunk(samples=linear[:keep], sample_rate=RATE_HZ,
+                                                               sample_offset=start, t_ns=self._t_ns(start),
+                                                               session_id=self.session_id)))
+        return blocks + out
 
     # -- measurements ---------------------------------------------------------------------------------------------
     def _measure(self, start: int, mic: np.ndarray, ref: np.ndarray, cleaned: np.ndarray) -> list[Emit]:
@@ -348,11 +365,13 @@ class AecCore(NodeCore):
         return self.timing(TimingKind.AEC_STATS, -1, w.t_ns, **fields)
 
 
-def build_core(config: AecConfig, reference_wired: bool) -> AecCore:
-    """The core with the canceller ``ECHO_GUARD`` asks for.
+def build_core(config: AecConfig, reference_wired: bool, asr_audio_wired: bool = True) -> AecCore:
+    """The core with the canceller ``ECHO_GUARD`` asks for, and the linear one for ``asr_audio`` when that output is
+    wired and ``AEC_ASR_AUDIO=linear``.
 
     Raises:
-        SystemExit: ``ECHO_GUARD=aec`` without pywebrtc-audio, or without the ``reference`` input wired.
+        SystemExit: ``ECHO_GUARD=aec`` without pywebrtc-audio, or without the ``reference`` input wired;
+            ``AEC_ASR_AUDIO=linear`` without pyaec.
     """
     guard = resolve_echo_guard(config.echo_guard, files=config.files,
                                aec_ready=reference_wired and aec_library_available())
@@ -368,8 +387,16 @@ def build_core(config: AecConfig, reference_wired: bool) -> AecCore:
                                    stream_delay_ms=config.stream_delay_ms)
     except ImportError as exc:
         raise SystemExit(f"dora-voice-aec: ECHO_GUARD=aec: {exc}") from None
-    logger.info("aec: WebRTC AEC3 on, noise suppression %s", "on" if config.noise_suppression else "off")
-    return AecCore(config, canceller)
+    linear = None
+    if config.asr_audio == "linear" and asr_audio_wired:
+        try:
+            linear = LinearEchoCanceller(RATE_HZ, filter_ms=config.linear_filter_ms)
+        except ImportError as exc:
+            raise SystemExit(f"dora-voice-aec: AEC_ASR_AUDIO=linear: {exc}") from None
+    logger.info("aec: WebRTC AEC3 on, noise suppression %s; the ASR hears %s", "on" if config.noise_suppression
+                else "off", f"a linear canceller's output ({config.linear_filter_ms} ms filter)" if linear is not None
+                else "AEC3's output")
+    return AecCore(config, canceller, linear=linear)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -377,12 +404,13 @@ def main(argv: list[str] | None = None) -> None:
     from dora import Node  # noqa: PLC0415 - only the node process needs dora
 
     from dora_voice.nodes import node_cli
-    from dora_voice.runtime import declared_inputs, run_node
+    from dora_voice.runtime import declared_inputs, declared_outputs, run_node
 
     config, _ = node_cli(CONTRACT, __doc__, argv)
     node = Node()
-    wired = declared_inputs(node)
-    run_node(node, build_core(config, reference_wired=wired is None or Output.REFERENCE in wired))
+    wired, outputs = declared_inputs(node), declared_outputs(node)
+    run_node(node, build_core(config, reference_wired=wired is None or Output.REFERENCE in wired,
+                              asr_audio_wired=outputs is None or Output.ASR_AUDIO in outputs))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """VAD node: Silero voice activity detection, end-of-turn detection, speech events.
 
-Input ``audio`` (mic/audio, 16 kHz float32 blocks). Outputs:
+Inputs: ``audio`` (mic/audio or aec/audio, 16 kHz float32 blocks), what the VAD and the end-of-turn model judge;
+optionally ``asr_audio`` (aec/asr_audio), the same samples with the echo removed linearly and nothing suppressed:
+when it covers an utterance, the utterance sent to the ASR is cut from it instead (the user's words survive double
+talk, :mod:`dora_voice.echo`). Outputs:
     * ``speech`` — one :class:`~dora_voice.schema.Utterance` per user turn, once the end of turn is decided
       (:mod:`dora_voice.turn`): by default a 200 ms pause proposes it and the Smart Turn model judges whether the
       utterance is complete (``TURN_DETECTOR=smart_turn``), or ``VAD_MIN_SILENCE_MS`` of silence ends it
@@ -45,6 +48,46 @@ logger = logging.getLogger(__name__)
 FRAME_SAMPLES = 512
 """Silero's window at 16 kHz: 512 samples = 32 ms (silero-vad v5 accepts only this size at 16 kHz)."""
 FRAME_MS = FRAME_SAMPLES * 1000 / PIPELINE_SAMPLE_RATE_HZ
+
+
+class SideStream:
+    """Blocks of a second audio stream on the same sample clock (``sample_offset``), kept so that a span of the
+    main stream can be read from it.
+
+    Attributes:
+        used / missed: spans read from it / not fully covered by it (the main stream's samples were used).
+    """
+
+    def __init__(self) -> None:
+        self._blocks: deque[tuple[int, np.ndarray]] = deque()
+        self.used = 0
+        self.missed = 0
+
+    @property
+    def end(self) -> int:
+        """Stream index just after the newest block (0 when empty)."""
+        return self._blocks[-1][0] + self._blocks[-1][1].shape[0] if self._blocks else 0
+
+    def add(self, start: int, samples: np.ndarray) -> None:
+        """Append a block starting at stream index ``start``; a block that does not follow the last one (a gap,
+        an overlap) starts the stream again."""
+        if self._blocks and start != self.end:
+            self._blocks.clear()
+        self._blocks.append((start, samples))
+
+    def trim(self, before: int) -> None:
+        """Drop blocks that end at or before stream index ``before``."""
+        while self._blocks and self._blocks[0][0] + self._blocks[0][1].shape[0] <= before:
+            self._blocks.popleft()
+
+    def read(self, lo: int, hi: int) -> np.ndarray | None:
+        """Samples ``[lo, hi)`` (float32), or ``None`` unless the kept blocks cover all of them."""
+        if not self._blocks or self._blocks[0][0] > lo or self.end < hi:
+            self.missed += bool(self._blocks)
+            return None
+        self.used += 1
+        first = self._blocks[0][0]
+        return np.concatenate([samples for _start, samples in self._blocks])[lo - first:hi - first]
 
 
 @dataclass(frozen=True)
@@ -146,6 +189,7 @@ class VadCore(NodeCore):
         self._silent_frames = 0
         self._speculated = False  # a speculative utterance was sent for the current pause
         self.speculations = 0
+        self.asr_audio = SideStream()  # aec/asr_audio, when wired: what utterances are cut from
 
     # -- time ------------------------------------------------------------------------------------------------
     def sample_time_ns(self, index: int) -> int:
@@ -156,11 +200,15 @@ class VadCore(NodeCore):
 
     # -- dora hooks ------------------------------------------------------------------------------------------
     def on_input(self, input_id: str, value: pa.Array, metadata: Mapping[str, Any]) -> Iterable[Emit]:
-        if input_id != "audio":
-            raise UnknownInputError(f"unknown input id {input_id!r} (expected 'audio')")
+        if input_id not in (Output.AUDIO, Output.ASR_AUDIO):
+            raise UnknownInputError(f"unknown input id {input_id!r} (expected 'audio' or 'asr_audio')")
         chunk = AudioChunk.decode(value, metadata)
         if chunk.sample_rate != self.rate:
-            raise SchemaError(f"audio must be {self.rate} Hz, got {chunk.sample_rate} Hz (the mic resamples)")
+            raise SchemaError(f"{input_id} must be {self.rate} Hz, got {chunk.sample_rate} Hz (the mic resamples)")
+        if input_id == Output.ASR_AUDIO:
+            self.asr_audio.add(chunk.sample_offset, chunk.samples)
+            self.asr_audio.trim(self._history_start)
+            return []
         self.session_id = chunk.session_id or self.session_id
         expected = self._pending_start + len(self._pending)
         if self._origin is not None and chunk.sample_offset != expected:
@@ -180,7 +228,7 @@ class VadCore(NodeCore):
         return out
 
     def on_input_closed(self, input_id: str) -> Iterable[Emit]:
-        return self._end_of_stream()
+        return self._end_of_stream() if input_id == Output.AUDIO else []
 
     def on_end(self) -> Iterable[Emit]:
         return self._end_of_stream()
@@ -267,7 +315,9 @@ class VadCore(NodeCore):
         history = np.concatenate(self._frames)
         lo = max(self._onset - self.pad_samples, self._history_start) - self._history_start
         hi = min(self._last_voiced_end + self.pad_samples - self._history_start, len(history))
-        return history[lo:hi], self.sample_time_ns(self._onset), self.sample_time_ns(self._last_voiced_end)
+        side = self.asr_audio.read(self._history_start + lo, self._history_start + hi)
+        samples = history[lo:hi] if side is None else side
+        return samples, self.sample_time_ns(self._onset), self.sample_time_ns(self._last_voiced_end)
 
     def _end_utterance(self, decision: TurnDecision) -> list[Emit]:
         now = self.clock_ns()
@@ -304,7 +354,8 @@ class VadCore(NodeCore):
 
 CONTRACT = NodeContract(
     path="dora-voice-vad",
-    inputs={"audio": "mic/audio: AudioChunk, 16 kHz float32"},
+    inputs={"audio": "mic/audio or aec/audio: AudioChunk, 16 kHz float32",
+            "asr_audio": "aec/asr_audio (optional): AudioChunk, the same samples for the ASR"},
     outputs=(Output.SPEECH, Output.EVENTS, Output.TIMING),
     config=VadConfig,
 )
