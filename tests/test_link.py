@@ -8,7 +8,7 @@ import random
 import pyarrow as pa
 import pytest
 
-from dora_voice.link import NACK_RETRY_S, RETRANSMIT_KEEP, Link, acking_sources, own_node_id
+from dora_voice.link import NACK_RETRY_S, PROBE_AFTER_S, RETRANSMIT_KEEP, Link, acking_sources, own_node_id
 from dora_voice.schema import Key
 
 
@@ -160,3 +160,21 @@ def test_own_node_id_reads_dora_s_node_config_whatever_tags_it_carries(monkeypat
     assert own_node_id() == "speaker"
     monkeypatch.delenv("DORA_NODE_CONFIG")
     assert own_node_id() is None
+
+
+def test_a_quiet_output_probes_once_with_its_count_and_a_lost_last_message_is_asked_for_at_once() -> None:
+    now = [0.0]
+    tx = Link({"ack_rx": "rx/ack"}, {"speech"}, "tok", clock=lambda: now[0])
+    rx = Link({"in": "tx/speech"}, {"ack"}, "rx", acked_by_sender={"tx"})
+    first = tx.stamp("speech", pa.array([0]), {})
+    tx.stamp("speech", pa.array([1]), {})  # the utterance that dora drops
+    rx.receive("in", pa.array([0]), first, now[0])
+    assert tx.probes(now[0] + PROBE_AFTER_S / 2) == [] and tx.probe_due_s(now[0]) == pytest.approx(PROBE_AFTER_S)
+    (probe,) = tx.probes(now[0] + PROBE_AFTER_S)
+    assert probe[2][Key.PROBE] and probe[2][Key.LINK_SEQ] == 2
+    assert tx.probes(now[0] + 1.0) == [] and tx.probe_due_s(now[0] + 1.0) is None  # once per quiet spell
+    deliver, reports = rx.receive("in", probe[1], probe[2], now[0] + PROBE_AFTER_S)
+    assert deliver == [] and [(m[Key.EVENT], v.to_pylist()) for _o, v, m in reports] == [("nack", [1])]
+    (again,) = tx.on_report("ack_rx", reports[0][1], reports[0][2])
+    deliver, _ = rx.receive("in", again[1], again[2], now[0] + 0.06)
+    assert [v.to_pylist() for _i, v, _m in deliver] == [[1]]  # before any end of stream

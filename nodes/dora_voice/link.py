@@ -12,7 +12,9 @@ their own books, as TCP does over IP (selective negative acknowledgements, RFC 4
   ``ack_<R>: R/ack``. Nothing else changes; a node without that wiring behaves as before.
 * **Sender** (a node with ``ack_*`` inputs): every message on every output carries ``link`` (a token naming this
   run of the node) and ``link_seq`` (0, 1, 2, ... per output). The last :data:`RETRANSMIT_KEEP` messages of each
-  output (at most :data:`RETRANSMIT_KEEP_BYTES`) are kept for retransmission. When the node is done, it sends an
+  output (at most :data:`RETRANSMIT_KEEP_BYTES`) are kept for retransmission. An output that falls quiet sends a
+  probe with its count :data:`PROBE_AFTER_S` after its latest message (TCP's tail loss probe, RFC 8985), so that a
+  lost last message is asked for within milliseconds, not when the next one comes. When the node is done, it sends an
   end-of-stream marker on each output (``end_of_stream``, with ``link_seq`` = messages sent) and waits, at most
   :data:`ACK_TIMEOUT_S`, until each receiver has reported ``done``; it re-sends the markers every
   :data:`MARKER_RETRY_S` meanwhile (a marker can be dropped too). Only then does it exit and let dora close its
@@ -32,9 +34,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import pyarrow as pa
 
@@ -50,6 +53,9 @@ NACK_RETRY_S = 0.3
 """A gap still open this long after it was reported is reported again, s."""
 MARKER_RETRY_S = 1.0
 """End-of-stream markers not yet acknowledged are sent again after this long, s."""
+PROBE_AFTER_S = 0.05
+"""An output that has sent nothing for this long after a message sends a probe with its count, s: a lost last
+message of a burst (an utterance, an answer's last fragment) is noticed then, not when the next one comes."""
 RETRANSMIT_KEEP = 512
 """Messages kept per output for retransmission (the oldest go first)."""
 RETRANSMIT_KEEP_BYTES = 64 * 1024 * 1024
@@ -99,9 +105,11 @@ class _Inbound:
     final: int | None = None
     asked: set[int] = field(default_factory=set)
     asked_at: float = 0.0
+    announced: int = 0  # messages the sender's latest probe said it had sent
 
     def missing(self) -> list[int]:
         upper = self.final if self.final is not None else (max(self.held) + 1 if self.held else self.expected)
+        upper = max(upper, self.announced)
         return [seq for seq in range(self.expected, upper) if seq not in self.held]
 
     def complete(self) -> bool:
@@ -126,7 +134,7 @@ class Link:
     """
 
     def __init__(self, inputs: Mapping[str, str] | None, outputs: set[str] | None, token: str, *,
-                 acked_by_sender: set[str] = frozenset()) -> None:
+                 acked_by_sender: set[str] = frozenset(), clock: Callable[[], float] = time.monotonic) -> None:
         inputs = dict(inputs or {})
         self.token = token
         self.ack_inputs = {i for i in inputs if i.startswith(ACK_PREFIX)}
@@ -134,7 +142,9 @@ class Link:
         self.waiting: set[str] = set()
         self._ending = False
         self._gone_receivers: set[str] = set()
+        self.clock = clock
         self._next_seq: dict[str, int] = {}
+        self._unprobed: dict[str, float] = {}  # output -> when its latest message went, if no probe has followed
         self._kept: dict[str, OrderedDict[int, Message]] = {}
         self._kept_bytes: dict[str, int] = {}
         self._inbound: dict[str, _Inbound] = {}
@@ -164,6 +174,7 @@ class Link:
             return meta
         seq = self._next_seq.get(output_id, 0)
         self._next_seq[output_id] = seq + 1
+        self._unprobed[output_id] = self.clock()
         meta = {**meta, Key.LINK: self.token, Key.LINK_SEQ: seq}
         kept = self._kept.setdefault(output_id, OrderedDict())
         kept[seq] = (output_id, value, meta)
@@ -173,6 +184,20 @@ class Link:
             size -= old.nbytes
         self._kept_bytes[output_id] = size
         return meta
+
+    def probes(self, now_s: float) -> list[Message]:
+        """A probe (``probe``, ``link_seq`` = messages sent) on each output quiet for :data:`PROBE_AFTER_S` since
+        its latest message."""
+        due = [o for o, sent_s in self._unprobed.items() if now_s - sent_s >= PROBE_AFTER_S]
+        for output in due:
+            del self._unprobed[output]
+        return [(o, _EMPTY, {Key.PROBE: True, Key.LINK: self.token, Key.LINK_SEQ: self._next_seq[o]}) for o in due]
+
+    def probe_due_s(self, now_s: float) -> float | None:
+        """Seconds until the next probe is due, or ``None`` when none is pending."""
+        if not self._unprobed:
+            return None
+        return max(0.0, min(self._unprobed.values()) + PROBE_AFTER_S - now_s)
 
     def markers(self) -> list[Message]:
         """End-of-stream markers, one per output (none unless this node is a sender); starts :attr:`waiting`."""
@@ -225,7 +250,7 @@ class Link:
         inbound = self._inbound.get(input_id)
         token = meta.get(Key.LINK)
         if inbound is None or token is None:
-            if meta.get(Key.END_OF_STREAM):
+            if meta.get(Key.END_OF_STREAM) or meta.get(Key.PROBE):
                 return [], []
             return [(input_id, value, _strip(meta))], []
         if inbound.token != token:
@@ -235,6 +260,9 @@ class Link:
         if meta.get(Key.END_OF_STREAM):
             inbound.final = int(meta[Key.LINK_SEQ])
             return [], self._report(input_id, inbound, now_s, repeat=True)
+        if meta.get(Key.PROBE):
+            inbound.announced = max(inbound.announced, int(meta[Key.LINK_SEQ]))
+            return [], self._report(input_id, inbound, now_s, repeat=False)
         seq = int(meta[Key.LINK_SEQ])
         if seq < inbound.expected or seq in inbound.held:
             return [], []  # a duplicate (a retransmission that crossed the original)

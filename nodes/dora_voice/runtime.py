@@ -208,7 +208,7 @@ def run_node(node: Any, core: NodeCore, *, sleep=time.sleep, monotonic=time.mono
     declared = _declared_outputs(node)
     sources = input_sources(node)
     link = Link(sources, declared, uuid.uuid4().hex[:12],
-                acked_by_sender=acking_sources(_descriptor(node), own_node_id()))
+                acked_by_sender=acking_sources(_descriptor(node), own_node_id()), clock=monotonic)
     send = _Sender(node, declared, monotonic, link)
     if link.sends or link.reports_to:
         logger.info("%s: reliable delivery between machines: receivers reporting %s; reporting to %s", core.node_id,
@@ -220,15 +220,18 @@ def run_node(node: Any, core: NodeCore, *, sleep=time.sleep, monotonic=time.mono
     while True:
         if core.finished() or (link.sends and sources and not open_data and not core.busy()):
             break
+        now = monotonic()
         if link.pending:
-            send(link.tick(monotonic()))
+            send(link.tick(now))
+        send(link.probes(now))
         if core.busy():
             event = node.try_recv()
             if event is None:
                 send(core.step())
                 continue
         else:
-            event = node.next(timeout=NACK_RETRY_S) if link.pending else node.next()
+            waits = [w for w in (NACK_RETRY_S if link.pending else None, link.probe_due_s(monotonic())) if w is not None]
+            event = node.next(timeout=max(min(waits), 0.001)) if waits else node.next()
             if event is None:
                 break
         kind = event.get("type")

@@ -88,6 +88,7 @@ class Key:
     LINK_SEQ = "link_seq"  # int: 0-based message number per output; on an end_of_stream marker, messages sent
     END_OF_STREAM = "end_of_stream"  # bool: the sender's end-of-stream marker on this output
     GONE = "gone"  # bool: a retransmission asked for is no longer kept (the message is lost)
+    PROBE = "probe"  # bool: a quiet output's message count (link_seq), so a lost last message is noticed
 
 
 class Output:
