@@ -110,7 +110,7 @@ def test_analyze_counts_barge_ins_self_interruptions_erle_and_wer() -> None:
 def test_echo_plan_is_packaged_and_checked() -> None:
     catalog = load_catalog(SCENARIOS_FILE)
     plan, catalog = resolve_plan(catalog, "echo", [], None, None)
-    assert plan.kind == "echo" and plan.repeat >= 11 and set(plan.variants) == {"aec", "half_duplex"}
+    assert plan.kind == "echo" and plan.repeat >= 11 and set(plan.variants) == {"aec", "aec_suppressed", "half_duplex"}
     items = plan_items(plan, catalog)
     assert items and all(item.clip is not None for item in items)
     with pytest.raises(BenchConfigError, match="voice scenarios"):
