@@ -317,3 +317,18 @@ def test_aec_sends_the_linear_path_just_before_each_block_on_the_same_clock() ->
         assert (linear.sample_offset, linear.t_ns, linear.samples.shape) == (block.sample_offset, block.t_ns,
                                                                              block.samples.shape)
     assert sum(c.samples.shape[0] for o, c in audio if o == Output.AUDIO) == mic.shape[0]
+
+
+def test_aec_marks_blocks_echo_active_while_the_assistant_or_its_tail_is_audible() -> None:
+    far = np.concatenate([np.zeros(RATE, np.float32), far_end(2.0), np.zeros(2 * RATE, np.float32)])
+    refs, mic = simulated_room(far, np.zeros_like(far), delay_ms=40)
+    core = AecCore(load_config(AecConfig, {"ECHO_GUARD": "aec", "AEC_ECHO_TAIL_MS": "300"}), load_canceller(RATE))
+    _out, chunks, _timing = run_core(core, interleave(refs, mic_chunks(mic)))
+    marked = [(c.sample_offset, c.sample_offset + c.samples.shape[0]) for c in chunks if c.echo_active]
+    assert marked
+    first, last = marked[0][0], marked[-1][1]
+    # From the assistant's first audible frame to its last plus the tail and the measured delay, and nowhere else.
+    assert RATE - 640 <= first <= RATE + 640
+    hold = int((0.3 + (core.delay_ms or 0) / 1000) * RATE)
+    assert 3 * RATE + hold - 1600 <= last <= 3 * RATE + hold + 1600
+    assert sum(b - a for a, b in marked) == last - first  # contiguous

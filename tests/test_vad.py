@@ -159,3 +159,27 @@ def test_side_stream_reads_only_spans_it_covers_and_restarts_after_a_gap() -> No
     assert side.read(150, 250) is None and side.read(200, 300) is not None
     side.add(400, np.arange(400, 500, dtype=np.float32))  # a gap: what was kept no longer lines up
     assert side.read(200, 300) is None and side.read(400, 500) is not None
+
+
+def test_a_pause_while_the_echo_may_hide_the_user_is_not_a_pause() -> None:
+    """Double talk: AEC3 suppresses the user while the assistant's echo is in the room, so the VAD hears gaps in
+    their speech that are not pauses. Frames of blocks marked echo_active do not count towards the end-of-turn
+    silence; the same gap without the mark ends the turn."""
+    config = load_config(VadConfig, {"VAD_MIN_SPEECH_MS": "96", "VAD_MIN_SILENCE_MS": "96"})
+    # 6 voiced, a 5-frame gap (longer than the 3-frame silence rule), 6 voiced, 4 silent.
+    probs = [0.9] * 6 + [0.0] * 5 + [0.9] * 6 + [0.0] * 4
+
+    def run(echo_frames: range) -> list:
+        core = VadCore(config, scripted(probs))
+        out = []
+        for k in range(len(probs)):
+            chunk = AudioChunk(np.full(FRAME_SAMPLES, 0.1, np.float32), RATE, k * FRAME_SAMPLES,
+                               T0 + k * FRAME_SAMPLES * 10**9 // RATE, "s1", echo_active=k in echo_frames)
+            out += core.handle("audio", *chunk.encode())
+        return outputs(out, Output.SPEECH)
+
+    assert len(run(range(0))) == 2  # a plain gap: two turns
+    (one,) = run(range(6, 11))  # the gap is echo: one turn, from the first voiced frame to the last
+    assert one.speech_start_ns == T0 and one.speech_end_ns == T0 + 17 * FRAME_SAMPLES * 10**9 // RATE
+    # Echo before the user speaks changes nothing: the mark only holds a pause inside speech.
+    assert len(run(range(0, 6))) == 2

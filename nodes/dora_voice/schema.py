@@ -83,6 +83,7 @@ class Key:
     ERLE_DB = "erle_db"  # float, dB: echo return loss enhancement over a window (mic power / AEC output power)
     DELAY_MS = "delay_ms"  # float, ms: estimated echo delay of the mic behind the time-aligned reference
     CPU_PERCENT = "cpu_percent"  # float, % of one core: processing time / audio time
+    ECHO_ACTIVE = "echo_active"  # bool: on aec/audio, the assistant (or its echo tail) was audible in the block
     # Reliable delivery between machines (dora_voice.link); the runtime adds and removes these, cores never see them.
     LINK = "link"  # str: names one run of the sending node
     LINK_SEQ = "link_seq"  # int: 0-based message number per output; on an end_of_stream marker, messages sent
@@ -262,6 +263,8 @@ class AudioChunk:
         sample_offset: index of ``samples[0]`` in the mic stream (samples since stream start).
         t_ns: wall clock of ``samples[0]``.
         session_id: conversation id.
+        echo_active: set by the aec node: the assistant's audio (or its echo tail) was audible in this block, so
+            the echo canceller's suppression may hide the user here (the VAD does not count it as a pause).
     """
 
     samples: np.ndarray
@@ -269,11 +272,13 @@ class AudioChunk:
     sample_offset: int
     t_ns: int
     session_id: str
+    echo_active: bool = False
 
     def encode(self) -> tuple[pa.Array, dict[str, Any]]:
         return _audio_array(self.samples), _clean({
             Key.SAMPLE_RATE: int(self.sample_rate), Key.SAMPLE_OFFSET: int(self.sample_offset),
             Key.T_NS: int(self.t_ns), Key.SESSION_ID: self.session_id,
+            Key.ECHO_ACTIVE: True if self.echo_active else None,
         })
 
     @classmethod
@@ -281,6 +286,7 @@ class AudioChunk:
         return cls(
             samples=audio_to_numpy(value), sample_rate=_positive_rate(meta), sample_offset=_get(meta, Key.SAMPLE_OFFSET, int),
             t_ns=_get(meta, Key.T_NS, int), session_id=_get(meta, Key.SESSION_ID, str, ""),
+            echo_active=_get(meta, Key.ECHO_ACTIVE, bool, False),
         )
 
 

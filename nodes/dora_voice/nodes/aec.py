@@ -8,6 +8,8 @@ Inputs:
 Outputs:
     ``audio``: :class:`~dora_voice.schema.AudioChunk` with the echo removed, contiguous ``sample_offset`` and the
         input's sample clock (``t_ns``), in blocks of whole 10 ms frames (the VAD frames them itself).
+    Both mark a block ``echo_active`` while the assistant's audio or its echo tail (``AEC_ECHO_TAIL_MS`` after the
+        measured delay) is in it: AEC3 may hide the user there, so the VAD does not count it as a pause.
     ``asr_audio`` (optional): the same blocks with the echo removed by a linear filter only, nothing suppressed
         (``AEC_ASR_AUDIO=linear``, :class:`~dora_voice.echo.LinearEchoCanceller`), sent just before each ``audio``
         block: the VAD decides on ``audio`` and cuts the utterance for the ASR from this one, so the user's words
@@ -94,6 +96,9 @@ class AecConfig:
                                "whole in double talk; needs pyaec) or suppressed (AEC3's output, as the VAD hears it)")
     linear_filter_ms: int = env_field("AEC_LINEAR_FILTER_MS", 128, parse_int(min_value=16, max_value=500),
                                       "echo path length the linear filter models, ms")
+    echo_tail_ms: int = env_field("AEC_ECHO_TAIL_MS", 300, parse_int(min_value=0, max_value=2000),
+                                  "how long the assistant's echo may still be heard after its audio stops, ms "
+                                  "(the measured echo delay is added); blocks until then are marked echo_active")
 
     @property
     def files(self) -> bool:
@@ -148,6 +153,7 @@ class AecCore(NodeCore):
         self.config = config
         self.canceller = canceller
         self.linear = linear
+        self._last_active_end: int | None = None  # mic sample index just after the last audible reference frame
         self.cpu_clock = cpu_clock
         self.reference = ReferenceBuffer(RATE_HZ, keep_ms=4000)
         self._held: deque[AudioChunk] = deque()
@@ -304,13 +310,28 @@ class AecCore(NodeCore):
         out = self._measure(start, mic, ref, cleaned)
         keep = n if keep is None else keep
         np.clip(cleaned, -1.0, 1.0, out=cleaned)
+        echo_active = self._echo_active(start, ref)
         blocks = [emit(Output.AUDIO, AudioChunk(samples=cleaned[:keep], sample_rate=RATE_HZ, sample_offset=start,
-                                                t_ns=self._t_ns(start), session_id=self.session_id))]
+                                                t_ns=self._t_ns(start), session_id=self.session_id,
+                                                echo_active=echo_active))]
         if linear is not None:  # first, so the VAD holds it before it decides on the block
             blocks.insert(0, emit(Output.ASR_AUDIO, AudioChunk(samples=linear[:keep], sample_rate=RATE_HZ,
                                                                sample_offset=start, t_ns=self._t_ns(start),
-                                                               session_id=self.session_id)))
+                                                               session_id=self.session_id, echo_active=echo_active)))
         return blocks + out
+
+    def _echo_active(self, start: int, ref: np.ndarray) -> bool:
+        """True when the assistant's audio, or its echo (the measured delay plus ``AEC_ECHO_TAIL_MS``), reaches into
+        the block of mic samples from ``start``: AEC3 may then suppress the user there."""
+        frames = ref.shape[0] // FRAME
+        power = np.mean(ref[: frames * FRAME].astype(np.float64).reshape(frames, FRAME) ** 2, axis=1)
+        audible = np.flatnonzero(power > 10 ** (REFERENCE_ACTIVE_DBFS / 10))
+        if audible.size:
+            self._last_active_end = start + int(audible[-1] + 1) * FRAME
+        if self._last_active_end is None:
+            return False
+        hold = int((self.config.echo_tail_ms + (self.delay_ms or 0.0)) * RATE_HZ / 1000)
+        return start < self._last_active_end + hold
 
     # -- measurements ---------------------------------------------------------------------------------------------
     def _measure(self, start: int, mic: np.ndarray, ref: np.ndarray, cleaned: np.ndarray) -> list[Emit]:

@@ -3,7 +3,9 @@
 Inputs: ``audio`` (mic/audio or aec/audio, 16 kHz float32 blocks), what the VAD and the end-of-turn model judge;
 optionally ``asr_audio`` (aec/asr_audio), the same samples with the echo removed linearly and nothing suppressed:
 when it covers an utterance, the utterance sent to the ASR is cut from it instead (the user's words survive double
-talk, :mod:`dora_voice.echo`). Outputs:
+talk, :mod:`dora_voice.echo`). A block marked ``echo_active`` (the assistant's audio or its echo tail is in it, and
+the echo canceller's suppression may hide the user) never counts as a pause of the user's: the end-of-turn silence
+is counted only where the user could have been heard. Outputs:
     * ``speech`` — one :class:`~dora_voice.schema.Utterance` per user turn, once the end of turn is decided
       (:mod:`dora_voice.turn`): by default a 200 ms pause proposes it and the Smart Turn model judges whether the
       utterance is complete (``TURN_DETECTOR=smart_turn``), or ``VAD_MIN_SILENCE_MS`` of silence ends it
@@ -190,6 +192,8 @@ class VadCore(NodeCore):
         self._speculated = False  # a speculative utterance was sent for the current pause
         self.speculations = 0
         self.asr_audio = SideStream()  # aec/asr_audio, when wired: what utterances are cut from
+        self._echo_until = 0  # stream index up to which the aec marked the audio echo_active
+        self.echo_held_frames = 0  # unvoiced frames not counted as a pause because the echo may hide the user
 
     # -- time ------------------------------------------------------------------------------------------------
     def sample_time_ns(self, index: int) -> int:
@@ -218,6 +222,8 @@ class VadCore(NodeCore):
         elif self._origin is None:
             self._pending_start = self._history_start = chunk.sample_offset
         self._origin = (chunk.sample_offset, chunk.t_ns)
+        if chunk.echo_active:
+            self._echo_until = chunk.sample_offset + chunk.samples.shape[0]
         self._pending = np.concatenate([self._pending, chunk.samples])
         out: list[Emit] = []
         while len(self._pending) >= FRAME_SAMPLES:
@@ -264,6 +270,11 @@ class VadCore(NodeCore):
             self._voiced_frames += 1
             self._silent_frames = 0
             self._last_voiced_end = end
+        elif self.state is VadState.SPEECH and start < self._echo_until:
+            self.echo_held_frames += 1  # the user may be speaking under the suppressed echo: not a pause
+            if end - self._onset >= self.max_samples:
+                return out + self._end_utterance(self.end_of_turn.forced(TurnRule.MAX_SPEECH))
+            return out
         else:
             self._silent_frames += 1
         if self.state is VadState.ONSET:
