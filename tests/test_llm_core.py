@@ -411,3 +411,28 @@ def test_a_reply_cut_by_the_word_cap_is_kept_as_generated_up_to_the_cut() -> Non
     (assistant,) = [m["content"] for m in backend.prompts[1] if m["role"] == "assistant"]
     # What was sent, with the generated line breaks (the cache holds those tokens), not re-joined by spaces.
     assert assistant == "Step one:\nmix it." and " ".join(assistant.split()) == sent
+
+
+CODE_ANSWER = ["Here", " is", " a", " function", " that", " checks", " it", ":", "\n\n", "```", "python", "\n", "def",
+               " is_prime", "(n", "):", "\n", "    return", " n", " >", " 1", "\n", "```", "\n\n", "It", " checks",
+               " n", "."]
+
+
+@pytest.mark.parametrize("streaming", ["true", "false"])
+def test_a_reply_ends_where_a_code_block_opens(streaming: str) -> None:
+    """The code would not be spoken; generating it would leave the listener in silence."""
+    core, backend = make({"LLM_ENABLE_STREAMING": streaming}, tokens=CODE_ANSWER)
+    out = ask(core, "Write a function that tells if a number is prime.", 0) + run_all(core)
+    text = reply_text(out)
+    assert text.startswith("Here is a function that checks it:") and "```" in text  # the TTS says it was omitted
+    assert "def" not in text and "It checks" not in text
+    assert backend.closed == 1  # generation stopped at the fence
+    done = [t for t in timings(out) if t.kind is TimingKind.LLM_DONE][0]
+    assert done.fields["detail"] == "code_block" and done.fields["tokens"] == CODE_ANSWER.index("```") + 1
+    assert core.history.exchanges[-1].assistant == "".join(CODE_ANSWER[:CODE_ANSWER.index("```") + 1]).strip()
+
+
+def test_code_blocks_are_written_when_asked() -> None:
+    core, backend = make({"LLM_CODE_BLOCKS": "generate"}, tokens=CODE_ANSWER)
+    out = ask(core, "Write a function that tells if a number is prime.", 0) + run_all(core)
+    assert "It checks n." in reply_text(out) and "def is_prime" in reply_text(out)

@@ -296,6 +296,12 @@ def test_barge_in_cancels_pending_segments_and_closes_the_turn(clock: FakeClock)
     done = out.events(TimingKind.TTS_DONE)[0]
     assert done.fields[Key.CANCELLED] == 2 and done.fields[Key.INTERRUPTED] is True
     assert core.cancelled_segments == 2
+    # Every segment started has its end in the report, the one cut short marked interrupted (the monitor builds
+    # the turn complete from these).
+    (cut,) = out.events(TimingKind.TTS_SEGMENT_DONE)
+    assert cut.fields[Key.SEGMENT_INDEX] == 0 and cut.fields[Key.INTERRUPTED] is True
+    assert cut.fields[Key.AUDIO_MS] == pytest.approx(500)  # the first of its two scripted 0.5 s engine chunks
+    assert len(out.events(TimingKind.TTS_SEGMENT_START)) == done.fields[Key.SEGMENTS_TOTAL] == 1
     # What the LLM still sends for the cancelled turn is dropped quietly; the new turn is served normally.
     late = send(core, ("text", chunk("Late text.", 2)), ("text", chunk("", 3, final=True)))
     assert not late.audio and not late.timing and core.input_errors == 0

@@ -142,7 +142,8 @@ class TimingKind(str, enum.Enum):
     LLM_DONE = "llm_done"  # llm: generation finished; detail = why the reply ended
     TTS_SEGMENT_START = "tts_segment_start"  # tts: t_ns = the segment's chunk received
     TTS_FIRST_FRAGMENT = "tts_first_fragment"  # tts: a segment's first audio fragment emitted
-    TTS_SEGMENT_DONE = "tts_segment_done"  # tts: a segment synthesized; duration_ms = synthesis time
+    TTS_SEGMENT_DONE = "tts_segment_done"  # tts: a segment synthesized (interrupted: cut by a barge-in);
+    #   duration_ms = synthesis time
     TTS_DONE = "tts_done"  # tts: the turn's last segment emitted (or the turn cancelled)
     PLAYBACK_STARTED = "playback_started"  # speaker: first sample of the turn left
     SEGMENT_PLAYED = "segment_played"  # speaker: a segment finished playing
@@ -708,7 +709,8 @@ TIMING_FIELDS: Mapping[TimingKind, TimingFields] = {
                                                optional=(Key.TEXT_SEGMENT_INDEX, Key.TEXT)),
     TimingKind.TTS_FIRST_FRAGMENT: TimingFields(required=(Key.SEGMENT_INDEX,), optional=(Key.TEXT_SEGMENT_INDEX,)),
     TimingKind.TTS_SEGMENT_DONE: TimingFields(required=(Key.SEGMENT_INDEX,),
-                                              optional=(Key.TEXT_SEGMENT_INDEX, Key.AUDIO_MS, Key.DURATION_MS)),
+                                              optional=(Key.TEXT_SEGMENT_INDEX, Key.AUDIO_MS, Key.DURATION_MS,
+                                                        Key.INTERRUPTED)),
     TimingKind.TTS_DONE: TimingFields(optional=(Key.SEGMENTS_TOTAL, Key.AUDIO_MS, Key.CANCELLED, Key.INTERRUPTED)),
     TimingKind.PLAYBACK_STARTED: TimingFields(optional=(Key.SEGMENT_INDEX,)),
     TimingKind.SEGMENT_PLAYED: TimingFields(required=(Key.SEGMENT_INDEX,),

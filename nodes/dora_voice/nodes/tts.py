@@ -446,8 +446,9 @@ class TtsCore(NodeCore):
     def _barge_in(self, below_turn_id: int, reason: str) -> list[Emit]:
         """Cancel every open turn with an id below ``below_turn_id``, and any that arrives later.
 
-        Pending segments are dropped and counted; a segment being synthesized is cut where it is; each cancelled
-        turn still gets its closing empty fragment (``is_final``, ``segments_total`` = segments with audio sent).
+        Pending segments are dropped and counted; a segment being synthesized is cut where it is (its
+        ``tts_segment_done`` says ``interrupted``); each cancelled turn still gets its closing empty fragment
+        (``is_final``, ``segments_total`` = segments with audio sent).
         """
         self.cancel_below = max(self.cancel_below, below_turn_id)
         out: list[Emit] = []
@@ -466,6 +467,11 @@ class TtsCore(NodeCore):
                 segment_index, fragment_index = synth.segment_index, synth.fragments
                 text_index = synth.chunk.text_segment_index
                 self.active = None
+                now = self.clock_ns()  # the segment it started ends here, cut: the report expects its end
+                out.append(self.timing(TimingKind.TTS_SEGMENT_DONE, turn.turn_id, now, **{
+                    Key.SEGMENT_INDEX: synth.segment_index, Key.TEXT_SEGMENT_INDEX: text_index,
+                    Key.AUDIO_MS: synth.samples * 1000 / self.sample_rate,
+                    Key.DURATION_MS: (now - synth.started_ns) / 1e6, Key.INTERRUPTED: True}))
             turn.cancelled += dropped
             self.cancelled_segments += dropped
             logger.info("turn %d: barge-in (%s): %d pending segments dropped", turn.turn_id, reason, dropped)

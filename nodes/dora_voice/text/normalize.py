@@ -40,7 +40,8 @@ if TYPE_CHECKING:
 CODE_BLOCK_PLACEHOLDER = "Code block omitted."
 """Spoken in place of a fenced code block (once per block)."""
 
-_FENCE = re.compile(r"```|~~~")
+CODE_FENCE = re.compile(r"```|~~~")
+"""A markdown code fence (opening or closing a code block)."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -485,7 +486,7 @@ class SpeechNormalizer:
         """
         pieces: list[str] = []
         pos = 0
-        for fence in _FENCE.finditer(text):
+        for fence in CODE_FENCE.finditer(text):
             if not self.in_code_block:
                 pieces.append(text[pos:fence.start()])
                 pieces.append(f"\n{CODE_BLOCK_PLACEHOLDER}\n")
