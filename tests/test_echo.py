@@ -147,13 +147,19 @@ def simulated_room(far: np.ndarray, user: np.ndarray, delay_ms: float, *, ref_t0
     return refs, mixed
 
 
-def test_aec_removes_the_echo_and_keeps_the_users_speech() -> None:
+def double_talk() -> tuple[list[tuple], np.ndarray, np.ndarray, np.ndarray, int]:
+    """8 s of the assistant in the room, the user speaking over it from 5 s: ``(refs, mic, user, speech, u0)``."""
     far = far_end(8.0)
     user = np.zeros_like(far)
     speech = load_clip("goforward.wav") * 0.5
     u0 = 5 * RATE
     user[u0: u0 + speech.shape[0]] = speech
     refs, mic = simulated_room(far, user, delay_ms=80)
+    return refs, mic, user, speech, u0
+
+
+def test_aec_removes_the_echo_and_keeps_the_users_speech() -> None:
+    refs, mic, user, speech, u0 = double_talk()
     core = AecCore(load_config(AecConfig, {"ECHO_GUARD": "aec"}), load_canceller(RATE))
     out, chunks, timing = run_core(core, interleave(refs, mic_chunks(mic)))
 
@@ -277,12 +283,7 @@ def test_linear_canceller_reduces_the_echo_and_keeps_double_talk_whole() -> None
     """The ASR's path: the linear filter takes out some echo (less than AEC3) and does not suppress the user when
     both talk. "Whole" is measured against what the same canceller makes of the user's speech alone (it high-passes
     its input by a fixed filter), and compared with AEC3 measured the same way."""
-    far = far_end(8.0)
-    user = np.zeros_like(far)
-    speech = load_clip("goforward.wav") * 0.5
-    u0 = 5 * RATE
-    user[u0: u0 + speech.shape[0]] = speech
-    refs, mic = simulated_room(far, user, delay_ms=80)
+    refs, mic, user, speech, u0 = double_talk()
     ref = np.concatenate([ReferenceFrame.decode(v, m).samples for v, m in refs])
     n = mic.shape[0] // 160 * 160
     mic, ref, user = mic[:n], np.pad(ref, (0, max(0, n - ref.shape[0])))[:n], user[:n]

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from dora_voice.link import ACK_PREFIX
+from dora_voice.schema import Output
 from dora_voice_tools import resources
 
 logger = logging.getLogger(__name__)
@@ -191,16 +193,16 @@ def deploy_overlay(yaml_text: str, machines: Mapping[str, str]) -> str:
         node["deploy"] = {"machine": machines.get(node["id"], machines.get("*"))}
     for receiver in nodes.values():
         for input_id, spec in list((receiver.get("inputs") or {}).items()):
-            if input_id.startswith("ack_"):
-                continue  # an acknowledgement edge added here: not acknowledged itself
+            if input_id.startswith(ACK_PREFIX):
+                continue  # a report edge added here: not reported on itself
             source = (spec.get("source") if isinstance(spec, dict) else spec).split("/", 1)[0]
             sender = nodes.get(source)
             if sender is None or sender["deploy"] == receiver["deploy"]:
                 continue
-            if "ack" not in receiver.setdefault("outputs", []):
-                receiver["outputs"].append("ack")
-            sender.setdefault("inputs", {})[f"ack_{receiver['id']}"] = {
-                "source": f"{receiver['id']}/ack", "queue_size": 10, "queue_policy": "backpressure"}
+            if Output.ACK not in receiver.setdefault("outputs", []):
+                receiver["outputs"].append(Output.ACK)
+            sender.setdefault("inputs", {})[f"{ACK_PREFIX}{receiver['id']}"] = {
+                "source": f"{receiver['id']}/{Output.ACK}", "queue_size": 10, "queue_policy": "backpressure"}
     return yaml.safe_dump(flow, sort_keys=False)
 
 

@@ -125,6 +125,7 @@ class Link:
         token: names this run of the node on its outputs (receivers tell a restarted sender by it).
         acked_by_sender: the sender nodes that listen to this node's ``ack`` output (:func:`acking_sources`); only
             inputs from them are reordered and reported, others pass through untouched.
+        clock: monotonic seconds, when each output last sent (for its probe); injectable in tests.
 
     Attributes:
         ack_inputs: the ``ack_*`` inputs (this node is a sender when there are any).

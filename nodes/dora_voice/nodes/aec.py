@@ -307,10 +307,13 @@ class AecCore(NodeCore):
         linear = None if self.linear is None else np.asarray(self.linear.process(mic, ref), dtype=np.float32)
         self.process_s += self.cpu_clock() - before
         self.frames += n // FRAME
-        out = self._measure(start, mic, ref, cleaned)
+        frames = mic.shape[0] // FRAME
+        active = np.mean(ref[: frames * FRAME].astype(np.float64).reshape(frames, FRAME) ** 2, axis=1) \
+            > 10 ** (REFERENCE_ACTIVE_DBFS / 10)  # per 10 ms frame: the assistant audible
+        out = self._measure(start, mic, ref, cleaned, active)
         keep = n if keep is None else keep
         np.clip(cleaned, -1.0, 1.0, out=cleaned)
-        echo_active = self._echo_active(start, ref)
+        echo_active = self._echo_active(start, active)
         blocks = [emit(Output.AUDIO, AudioChunk(samples=cleaned[:keep], sample_rate=RATE_HZ, sample_offset=start,
                                                 t_ns=self._t_ns(start), session_id=self.session_id,
                                                 echo_active=echo_active))]
@@ -320,12 +323,11 @@ class AecCore(NodeCore):
                                                                session_id=self.session_id, echo_active=echo_active)))
         return blocks + out
 
-    def _echo_active(self, start: int, ref: np.ndarray) -> bool:
+    def _echo_active(self, start: int, active: np.ndarray) -> bool:
         """True when the assistant's audio, or its echo (the measured delay plus ``AEC_ECHO_TAIL_MS``), reaches into
-        the block of mic samples from ``start``: AEC3 may then suppress the user there."""
-        frames = ref.shape[0] // FRAME
-        power = np.mean(ref[: frames * FRAME].astype(np.float64).reshape(frames, FRAME) ** 2, axis=1)
-        audible = np.flatnonzero(power > 10 ** (REFERENCE_ACTIVE_DBFS / 10))
+        the block of mic samples from ``start`` (``active``: per 10 ms frame, the reference audible): AEC3 may then
+        suppress the user there."""
+        audible = np.flatnonzero(active)
         if audible.size:
             self._last_active_end = start + int(audible[-1] + 1) * FRAME
         if self._last_active_end is None:
@@ -334,12 +336,11 @@ class AecCore(NodeCore):
         return start < self._last_active_end + hold
 
     # -- measurements ---------------------------------------------------------------------------------------------
-    def _measure(self, start: int, mic: np.ndarray, ref: np.ndarray, cleaned: np.ndarray) -> list[Emit]:
+    def _measure(self, start: int, mic: np.ndarray, ref: np.ndarray, cleaned: np.ndarray,
+                 active: np.ndarray) -> list[Emit]:
         frames = mic.shape[0] // FRAME
         m = mic[: frames * FRAME].astype(np.float64).reshape(frames, FRAME)
-        r = ref[: frames * FRAME].astype(np.float64).reshape(frames, FRAME)
         c = cleaned[: frames * FRAME].astype(np.float64).reshape(frames, FRAME)
-        active = np.mean(r * r, axis=1) > 10 ** (REFERENCE_ACTIVE_DBFS / 10)
         if self._window is None:
             self._window = _Window(self._t_ns(start), self.cpu_clock(), self.clock_ns())
         w = self._window
