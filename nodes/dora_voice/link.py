@@ -328,7 +328,9 @@ class Link:
         return []
 
 
-def _strip(meta: Mapping[str, Any]) -> dict[str, Any]:
+def _strip(meta: Mapping[str, Any]) -> Mapping[str, Any]:
+    if Key.LINK not in meta:
+        return meta  # the common case (no link on this edge): no copy per message
     return {k: v for k, v in meta.items() if k not in (Key.LINK, Key.LINK_SEQ)}
 
 

@@ -193,7 +193,6 @@ class VadCore(NodeCore):
         self.speculations = 0
         self.asr_audio = SideStream()  # aec/asr_audio, when wired: what utterances are cut from
         self._echo_until = 0  # stream index up to which the aec marked the audio echo_active
-        self.echo_held_frames = 0  # unvoiced frames not counted as a pause because the echo may hide the user
 
     # -- time ------------------------------------------------------------------------------------------------
     def sample_time_ns(self, index: int) -> int:
@@ -271,7 +270,7 @@ class VadCore(NodeCore):
             self._silent_frames = 0
             self._last_voiced_end = end
         elif self.state is VadState.SPEECH and start < self._echo_until:
-            self.echo_held_frames += 1  # the user may be speaking under the suppressed echo: not a pause
+            # the user may be speaking under the suppressed echo: not a pause
             if end - self._onset >= self.max_samples:
                 return out + self._end_utterance(self.end_of_turn.forced(TurnRule.MAX_SPEECH))
             return out
