@@ -10,7 +10,7 @@ from dora_voice.config import ConfigError, load_config
 from dora_voice.nodes.asr import (
     FULL_WINDOW_S, AsrConfig, AsrCore, WindowedWhisper, decode_bound, load_whisper, looks_like_loop, window_frames,
 )
-from dora_voice.schema import Key, Output, TimingEvent, TimingKind, Transcript, Utterance
+from dora_voice.schema import Key, Output, SchemaError, TimingEvent, TimingKind, Transcript, Utterance
 
 RATE = 16_000
 
@@ -80,7 +80,7 @@ def test_an_utterance_that_fills_the_window_goes_to_the_full_transcriber() -> No
 
 
 def test_window_setting_is_strict() -> None:
-    assert load_config(AsrConfig, {}).window == "full"
+    assert load_config(AsrConfig, {}).window == "short"
     with pytest.raises(ConfigError, match="ASR_WINDOW"):
         load_config(AsrConfig, {"ASR_WINDOW": "tiny"})
 
@@ -97,7 +97,7 @@ def test_real_short_window_transcripts(short_whisper, name: str) -> None:
     text = short_whisper(np.concatenate([np.zeros(2560, np.float32), clip, np.zeros(2560, np.float32)]))
     words = text.lower()
     expected = {"cards-001.wav": ["clubs"], "cards-005.wav": ["spades", "hearts"], "goforward.wav": ["forward"],
-                "librivox-0880.wav": ["young man"], "librivox-0870.wav": ["dashwood", "prudently"]}[name]
+                "librivox-0880.wav": ["young man"], "librivox-0870.wav": ["dashwood", "prudently", "for them"]}[name]
     assert all(w in words for w in expected), text
     assert not looks_like_loop(text, len(clip) / RATE), text
 
@@ -160,3 +160,70 @@ def test_speculation_dropped_when_the_user_resumes_is_counted_and_the_confirmed_
     # A turn without speculation says so.
     _texts, timing = decoded(core.handle("speech", *speech(first, 1, speculative=False)))
     assert timing[0].fields[Key.SPECULATION] == "none"
+
+
+def test_with_speculative_text_the_transcript_goes_out_at_once_and_is_withdrawn_when_the_user_resumes(clock) -> None:
+    model = CountingTranscriber()
+    core = AsrCore(model, clock_ns=clock, speculative_text=True)
+    first, confirmed = np.full(RATE, 0.1, dtype=np.float32), np.full(2 * RATE, 0.1, dtype=np.float32)
+    texts, timing = decoded(core.handle("speech", *speech(first, 0, speculative=True)))
+    assert [(t.text, t.turn_id, t.speculative, t.withdrawn) for t in texts] == [(f"words {RATE}", 0, True, False)]
+    assert timing == []
+    # The user went on speaking: the speculative transcript is withdrawn before the confirmed one is sent.
+    out = core.handle("speech", *speech(confirmed, 0, speculative=False))
+    texts, timing = decoded(out)
+    assert [(t.text, t.speculative, t.withdrawn) for t in texts] == [
+        (f"words {RATE}", True, True), (f"words {2 * RATE}", False, False)]
+    assert [oid for oid, _v, _m in out].index(Output.TEXT) == 0  # the withdrawal comes first
+    assert [e.kind for e in timing] == [TimingKind.SPECULATION_CANCELLED, TimingKind.ASR_DONE]
+    # Confirmed with the same audio: the speculative transcript, then the confirmed one with the same text.
+    texts, _ = decoded(core.handle("speech", *speech(first, 1, speculative=True)))
+    texts2, timing = decoded(core.handle("speech", *speech(first.copy(), 1, speculative=False)))
+    assert [t.speculative for t in texts + texts2] == [True, False] and texts[0].text == texts2[0].text
+    assert timing[0].fields[Key.SPECULATION] == "hit"
+    # A speculative pass that heard no words sends nothing to withdraw.
+    silent = AsrCore(lambda samples: " ", clock_ns=clock, speculative_text=True)
+    assert silent.handle("speech", *speech(first, 0, speculative=True)) == []
+    texts, timing = decoded(silent.handle("speech", *speech(confirmed, 0, speculative=False)))
+    assert texts == [] and [e.kind for e in timing] == [TimingKind.SPECULATION_CANCELLED]
+
+
+def test_a_withdrawn_transcript_must_be_speculative() -> None:
+    with pytest.raises(SchemaError, match="withdrawn"):
+        Transcript("x", "s", 0, 0, 0, withdrawn=True)
+    text = Transcript("seven of clubs", "s", 4, 10, 20, speculative=True, withdrawn=True)
+    assert Transcript.decode(*text.encode()) == text
+    plain = Transcript("seven of clubs", "s", 4, 10, 20)
+    assert Key.SPECULATIVE not in plain.encode()[1] and Transcript.decode(*plain.encode()) == plain
+
+
+def test_real_short_window_keeps_the_last_words_of_a_long_sentence(short_whisper) -> None:
+    """A VAD cut that begins and ends close to the speech (0.1 s): the 7 s sentence's last words must survive.
+    CTranslate2 caps a Whisper decode at half its ``max_length``; before the decode passed twice its bound, it ended
+    this sentence at "... to do for" on such cuts, below the bound, so the loop guard never saw it."""
+    clip = load_clip("librivox-0870.wav")
+    envelope = np.convolve(np.abs(clip), np.ones(160) / 160, "same")
+    voiced = np.flatnonzero(envelope > 0.02 * envelope.max())
+    cut = np.concatenate([np.zeros(RATE // 10, np.float32), clip[voiced[0]:voiced[-1]],
+                          np.zeros(RATE // 10, np.float32)])
+    assert short_whisper(cut).lower().rstrip(".").endswith("to do for them")
+
+
+def test_real_bounded_decode_generates_up_to_its_bound_and_no_further() -> None:
+    """The bound is exact, so a decode that needs more tokens reaches it and the loop guard redoes it."""
+    from faster_whisper import WhisperModel
+
+    from dora_voice.models import resolve_asr
+    from dora_voice.nodes.asr import _bounded_decode
+
+    config = load_config(AsrConfig, {"ASR_THREADS": "1"})
+    model = WhisperModel(str(resolve_asr(None, config.model)), device="cpu", compute_type="int8", cpu_threads=1,
+                         local_files_only=True)
+    decode = _bounded_decode(model, config)
+    clip = load_clip("librivox-0870.wav")  # about 25 tokens of text
+    frames = window_frames(len(clip) / RATE, 8.0, 1.0)
+    for bound in (6, 13):
+        text, generated = decode(clip, frames, bound)
+        assert generated == bound and text, (bound, text)
+    text, generated = decode(clip, frames, decode_bound(len(clip) / RATE))
+    assert generated < decode_bound(len(clip) / RATE) and text.lower().rstrip(".").endswith("for them")

@@ -31,6 +31,8 @@ def test_one_question_streamed_answer(tmp_path: Path) -> None:
     assert wer(TRANSCRIPTS[clip], turn["transcript"]) <= 0.20, turn["transcript"]
     # No pause inside the request: the transcript made at the proposed end of turn is the one used.
     assert turn["speculation"] == "hit" and turn["speculation_cancelled"] == 0, result.log[-4000:]
+    # The reply began from the speculative transcript and was sent at the confirmation (TURN_SPECULATION=answer).
+    assert turn["llm_speculation"] == "hit" and turn["llm_speculation_cancelled"] == 0, result.log[-4000:]
 
     answer, rate = sf.read(out_wav, dtype="float32")
     loud_s, first_loud_s = active_seconds(answer, rate)
@@ -84,10 +86,13 @@ def test_a_700_ms_pause_mid_sentence_is_not_the_end_of_the_turn(tmp_path: Path) 
     check_turn(turn)
     assert wer(TRANSCRIPTS["librivox-0870.wav"], turn["transcript"]) <= 0.20, turn["transcript"]
     assert turn["eot_rule"] in ("model", "max_wait") and turn["eot_probability"] is not None
-    # The user resumed during speculation: the pause's speculative transcript was dropped and counted, the LLM
-    # answered once, to the whole sentence (its history holds one user turn).
+    # The user resumed during speculation: the pause's speculative transcript was dropped and counted (and so was
+    # the reply begun from it, if the ASR had finished before the user went on), and the LLM answered once, to the
+    # whole sentence (its history holds one user turn).
     assert turn["speculation_cancelled"] >= 1, result.log[-4000:]
-    assert result.log.count("generating a reply to") == 1, result.log[-4000:]
+    answered = result.log.count("generating a reply to") + result.log.count("confirmed with the speculative")
+    assert answered == 1, result.log[-4000:]
+    assert result.log.count("reply begun during the pause dropped") == turn["llm_speculation_cancelled"]
     answer, rate = sf.read(out_wav, dtype="float32")
     _loud_s, first_loud_s = active_seconds(answer, rate)
     second_part_end_s = spans[1][1]

@@ -436,3 +436,101 @@ def test_code_blocks_are_written_when_asked() -> None:
     core, backend = make({"LLM_CODE_BLOCKS": "generate"}, tokens=CODE_ANSWER)
     out = ask(core, "Write a function that tells if a number is prime.", 0) + run_all(core)
     assert "It checks n." in reply_text(out) and "def is_prime" in reply_text(out)
+
+
+# -- speculation (TURN_SPECULATION=answer) ---------------------------------------------------------------------
+
+
+def speculate(core: LlmCore, text: str, turn_id: int, *, withdrawn: bool = False) -> list:
+    return core.handle("text", *Transcript(text, "s", turn_id, 0, 1, "voice", speculative=True,
+                                           withdrawn=withdrawn).encode())
+
+
+def confirm(core: LlmCore, text: str, turn_id: int) -> list:
+    return core.handle("text", *Transcript(text, "s", turn_id, 0, 1, "voice").encode())
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1_000_000_000
+
+    def __call__(self) -> int:
+        self.t += 1_000_000  # 1 ms per reading
+        return self.t
+
+
+def test_a_reply_begun_during_the_pause_sends_nothing_until_the_turn_is_confirmed() -> None:
+    clock = Clock()
+    core, backend = make({"LLM_CHUNK_MIN_CHARS": "10"}, clock=clock)
+    held = speculate(core, "What is pi?", 0) + run_all(core)
+    assert held == []  # not a chunk, not a timing event: nothing of it leaves the node
+    assert len(backend.prompts) == 1 and backend.prompts[0][-1]["content"] == "What is pi?"
+    assert not core.busy() and core.current is not None and core.current.chunks == ["Sure,"]  # paused at chunk 1
+    assert core.history.exchanges == []
+    confirmed_at = clock.t
+    out = confirm(core, "What is pi?", 0)
+    assert len(backend.prompts) == 1  # not generated again
+    kinds = [t.kind for t in timings(out)]
+    assert kinds[:3] == [TimingKind.LLM_START, TimingKind.LLM_FIRST_TOKEN, TimingKind.LLM_CHUNK]
+    start = timings(out)[0]
+    assert start.fields["speculation"] == "hit" and start.fields["duration_ms"] > 0
+    # Stamped no earlier than the confirmation: the parts of voice-to-voice still add up.
+    assert all(t.t_ns >= confirmed_at for t in timings(out))
+    assert [s.text for s in segments(out)] == ["Sure,"] and segments(out)[0].llm_start_ns >= confirmed_at
+    out += run_all(core)
+    segs = segments(out)
+    assert " ".join(s.text for s in segs).split() == "".join(REPLY).split() and segs[-1].is_final
+    assert [e.turn_id for e in core.history.exchanges] == [0] and core.speculation_hits == 1
+
+
+def test_a_withdrawn_speculation_is_dropped_counted_and_leaves_the_history_alone() -> None:
+    core, backend = make()
+    ask(core, "hello", 0)
+    run_all(core)
+    history = [(e.user, e.assistant) for e in core.history.exchanges]
+    assert speculate(core, "What is", 1) + run_all(core) == []
+    out = speculate(core, "What is", 1, withdrawn=True)  # the user went on speaking
+    assert [t.kind for t in timings(out)] == [TimingKind.SPECULATION_CANCELLED] and segments(out) == []
+    assert core.current is None and not core.busy() and backend.closed == 2
+    assert [(e.user, e.assistant) for e in core.history.exchanges] == history
+    out = confirm(core, "What is pi?", 1) + run_all(core)  # the whole sentence, answered from scratch
+    assert backend.prompts[-1][-1]["content"] == "What is pi?"
+    start = timings(out)[0]
+    assert start.kind is TimingKind.LLM_START and start.fields["speculation"] == "miss"
+    assert [e.user for e in core.history.exchanges] == ["hello", "What is pi?"]
+    assert core.speculation_cancelled == 1 and core.speculation_hits == 0
+
+
+def test_a_confirmed_transcript_with_other_words_replaces_the_speculation() -> None:
+    core, backend = make()
+    speculate(core, "seven of", 0)
+    run_all(core)
+    out = confirm(core, "seven of clubs", 0) + run_all(core)
+    kinds = [t.kind for t in timings(out)]
+    assert kinds[0] is TimingKind.SPECULATION_CANCELLED and kinds[1] is TimingKind.LLM_START
+    assert [p[-1]["content"] for p in backend.prompts] == ["seven of", "seven of clubs"]
+    assert [e.user for e in core.history.exchanges] == ["seven of clubs"]
+    assert segments(out)[0].segment_index == 0 and segments(out)[-1].is_final
+
+
+def test_a_speculative_reply_that_ends_before_the_confirmation_is_finished_on_it() -> None:
+    core, _ = make(tokens=["Hi", "."])
+    assert speculate(core, "hello", 0) + run_all(core) == []
+    assert core.current is not None and core.current.ahead_done and core.history.exchanges == []
+    out = confirm(core, "hello", 0)
+    assert [s.text for s in segments(out)] == ["Hi."] and segments(out)[-1].is_final
+    assert timings(out)[-1].kind is TimingKind.LLM_DONE and core.current is None
+    assert [e.assistant for e in core.history.exchanges] == ["Hi."]
+
+
+def test_no_speculation_while_an_earlier_turn_is_generating_and_none_left_at_the_end() -> None:
+    core, backend = make()
+    ask(core, "first", 0)
+    assert speculate(core, "second", 1) == [] and core.current.transcript.text == "first"  # busy: nothing begun
+    run_all(core)
+    speculate(core, "third", 2)
+    run_all(core)
+    out = list(core.on_end())  # the stream ended before the turn was confirmed
+    assert [t.kind for t in timings(out)] == [TimingKind.SPECULATION_CANCELLED] and segments(out) == []
+    assert core.current is None and not core.busy()
+    assert [e.user for e in core.history.exchanges] == ["first"]

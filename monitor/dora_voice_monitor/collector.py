@@ -32,7 +32,12 @@ Definitions (all durations in ms unless the name says ``_s``; ``None`` when an e
     * ``speculation``: ``hit`` when the transcript was made during the pause, from the speculative utterance, and
       reused; ``miss`` when a speculative one was dropped first; ``none`` (``asr_done``'s field).
       ``speculation_cancelled``: speculative transcripts of the turn dropped because the user went on speaking
-      (``speculation_cancelled`` events): deliberate, never heard, never lost segments.
+      (the ASR's ``speculation_cancelled`` events): deliberate, never heard, never lost segments.
+    * ``llm_speculation``: ``hit`` when the reply began during the pause, from the speculative transcript, and was
+      sent at the confirmation; ``miss`` when a reply begun that way was dropped first (``llm_start``'s field).
+      ``llm_speculation_cancelled``: such replies dropped (the LLM's ``speculation_cancelled`` events). On a hit the
+      LLM stamps its held events no earlier than the confirmation, so ``v2v_llm_ttft_ms`` and
+      ``v2v_first_chunk_ms`` are then ~0 and ``llm_start``'s ``duration_ms`` says how long it had been generating.
     * Voice-to-voice, split into consecutive parts that add up to ``first_audio_ms`` exactly (:data:`V2V_PARTS`):
       ``v2v_eot_ms`` speech_end -> end of turn decided; ``v2v_asr_ms`` -> transcript emitted; ``v2v_llm_ttft_ms``
       -> first LLM token (the hop to the LLM and the prompt included); ``v2v_first_chunk_ms`` -> first chunk
@@ -271,6 +276,8 @@ class TurnRecord:
     eot_probability: float | None = None
     speculation: str | None = None  # asr_done's: hit (transcribed during the pause), miss, none
     speculation_cancelled: int = 0  # speculative transcripts of this turn dropped (the user went on speaking)
+    llm_speculation: str | None = None  # llm_start's: hit (the reply began during the pause), miss, None
+    llm_speculation_cancelled: int = 0  # replies begun during the pause and dropped (never sent, never heard)
     v2v_eot_ms: float | None = None
     v2v_asr_ms: float | None = None
     v2v_llm_ttft_ms: float | None = None
@@ -534,6 +541,7 @@ def build_turn(turn_id: int, events: Iterable[TimingEvent], *, complete: bool,
     input_errors = sum(1 for e in errors if e.turn_id == turn_id or (
         e.turn_id < 0 and start_ns is not None and start_ns <= e.t_ns <= end_ns))
     wall_ms = _ms(llm_start_ns, _t(turn_played))
+    cancelled_speculations = ev.by_kind.get(TimingKind.SPECULATION_CANCELLED, ())
 
     return TurnRecord(
         turn_id=turn_id,
@@ -565,7 +573,9 @@ def build_turn(turn_id: int, events: Iterable[TimingEvent], *, complete: bool,
         turn_played_ns=_t(turn_played),
         eot_rule=_field(speech_ended, Key.EOT_RULE), eot_probability=_field(speech_ended, Key.EOT_PROBABILITY),
         speculation=_field(asr_done, Key.SPECULATION),
-        speculation_cancelled=len(ev.by_kind.get(TimingKind.SPECULATION_CANCELLED, ())),
+        speculation_cancelled=sum(e.node != "llm" for e in cancelled_speculations),
+        llm_speculation=_field(llm_start, Key.SPECULATION),
+        llm_speculation_cancelled=sum(e.node == "llm" for e in cancelled_speculations),
         **_v2v_parts(speech_end_ns, _field(speech_ended, Key.DETECTED_NS), _t(asr_done), _t(first_token),
                      _t(ev.llm_chunks[min(ev.llm_chunks)]) if ev.llm_chunks else None,
                      _min(_t(e) for e in ev.first_fragments.values()), _t(playback_started)),

@@ -86,6 +86,10 @@ def _notes(turn: TurnRecord) -> list[str]:
         notes.append(f"speculation={turn.speculation}")
     if turn.speculation_cancelled:
         notes.append(f"speculation_cancelled={turn.speculation_cancelled}")
+    if turn.llm_speculation in ("hit", "miss"):
+        notes.append(f"llm_speculation={turn.llm_speculation}")
+    if turn.llm_speculation_cancelled:
+        notes.append(f"llm_speculation_cancelled={turn.llm_speculation_cancelled}")
     return notes
 
 

@@ -62,9 +62,12 @@ class Key:
     EOT_RULE = "eot_rule"  # str: the rule that ended the turn (dora_voice.turn.TurnRule value)
     EOT_PROBABILITY = "eot_probability"  # float, 0.0-1.0: the end-of-turn model's latest P(complete)
     EOT_MODEL_MS = "eot_model_ms"  # float, ms: time spent in the end-of-turn model for this turn
-    SPECULATIVE = "speculative"  # bool: an utterance sent at a proposed end of turn, before it is confirmed
+    SPECULATIVE = "speculative"  # bool: an utterance (or its transcript) sent at a proposed end of turn, before the
+    #   turn is confirmed
+    WITHDRAWN = "withdrawn"  # bool: on a speculative transcript, the one sent before for that turn is void
     SPECULATION = "speculation"  # str: on asr_done, "hit" (transcript of the speculative pass reused), "miss"
-    #   (a speculative pass was dropped: the audio changed) or "none"
+    #   (a speculative pass was dropped: the audio changed) or "none"; on llm_start, "hit" (the reply began during
+    #   the pause, from the speculative transcript), "miss" (a reply begun ahead was dropped) or "none"
     LLM_START_NS = "llm_start_ns"  # int, ns: prompt submitted to the LLM
     TOKENS = "tokens"  # int: LLM tokens in a chunk (or in the reply, on llm_done)
     SOURCE = "source"  # str: "device" or "file" (mic), "voice" or "text" (transcripts)
@@ -134,7 +137,8 @@ class TimingKind(str, enum.Enum):
     # eot_probability (absent when no model was asked), eot_model_ms, count (model evaluations)
     ASR_DONE = "asr_done"  # asr: transcript emitted; speculation = hit | miss | none
     SPECULATION_CANCELLED = "speculation_cancelled"  # asr: a speculative transcription dropped (the user went on
-    #   speaking); duration_ms = the compute it had cost. Never heard, never a lost segment.
+    #   speaking); llm: a reply begun ahead from a speculative transcript dropped (withdrawn, or the confirmed
+    #   transcript differs); duration_ms = the compute it had cost. Never heard, never a lost segment.
     TEXT_INPUT = "text_input"  # text-input: a typed query emitted
     LLM_START = "llm_start"  # llm: prompt submitted
     LLM_FIRST_TOKEN = "llm_first_token"  # llm: first token generated
@@ -457,11 +461,22 @@ class VadEvent:
 class Transcript:
     """asr/text or text-input/text: what the user said (or typed), one per turn.
 
+    A turn may first get *speculative* transcripts (``TURN_SPECULATION=answer``: the ASR transcribed the utterance
+    at a proposed end of turn, before the turn was confirmed). The LLM may begin the reply to one, but nothing of it
+    leaves the LLM, and the history does not change, until the confirmed transcript of the same turn arrives with the
+    same text. A speculative transcript with ``withdrawn=True`` voids the one sent before for its turn (the user
+    went on speaking). Every turn that is answered gets exactly one confirmed transcript.
+
     Attributes:
         text: the transcript, non-empty.
         speech_end_ns: last voiced sample of the utterance (0 for typed text).
         t_ns: when the transcript was emitted.
         source: "voice" or "text".
+        speculative: made before the turn was confirmed; never answered by itself.
+        withdrawn: (speculative only) the speculative transcript of this turn is void.
+
+    Raises:
+        SchemaError: (on construction) ``withdrawn`` without ``speculative``.
     """
 
     text: str
@@ -470,18 +485,30 @@ class Transcript:
     speech_end_ns: int
     t_ns: int
     source: str = "voice"
+    speculative: bool = False
+    withdrawn: bool = False
+
+    def __post_init__(self) -> None:
+        if self.withdrawn and not self.speculative:
+            raise SchemaError("a withdrawn transcript must be speculative (a confirmed transcript is never withdrawn)")
 
     def encode(self) -> tuple[pa.Array, dict[str, Any]]:
-        return _label(self.text), {
+        meta: dict[str, Any] = {
             Key.SESSION_ID: self.session_id, Key.TURN_ID: int(self.turn_id), Key.SPEECH_END_NS: int(self.speech_end_ns),
             Key.T_NS: int(self.t_ns), Key.SOURCE: self.source,
         }
+        if self.speculative:
+            meta[Key.SPECULATIVE] = True
+            meta[Key.WITHDRAWN] = bool(self.withdrawn)
+        return _label(self.text), meta
 
     @classmethod
     def decode(cls, value: pa.Array, meta: Mapping[str, Any]) -> "Transcript":
         return cls(text=text_from_array(value), session_id=_get(meta, Key.SESSION_ID, str, ""),
                    turn_id=_get(meta, Key.TURN_ID, int), speech_end_ns=_get(meta, Key.SPEECH_END_NS, int, 0),
-                   t_ns=_get(meta, Key.T_NS, int, 0), source=_get(meta, Key.SOURCE, str, "voice"))
+                   t_ns=_get(meta, Key.T_NS, int, 0), source=_get(meta, Key.SOURCE, str, "voice"),
+                   speculative=_get(meta, Key.SPECULATIVE, bool, False),
+                   withdrawn=_get(meta, Key.WITHDRAWN, bool, False))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -697,9 +724,9 @@ TIMING_FIELDS: Mapping[TimingKind, TimingFields] = {
                                                     Key.EOT_PROBABILITY, Key.EOT_MODEL_MS, Key.COUNT)),
     TimingKind.ASR_DONE: TimingFields(optional=(Key.TEXT, Key.DURATION_MS, Key.AUDIO_MS, Key.SPEECH_END_NS,
                                                 Key.SPECULATION)),
-    TimingKind.SPECULATION_CANCELLED: TimingFields(optional=(Key.DURATION_MS, Key.AUDIO_MS)),
+    TimingKind.SPECULATION_CANCELLED: TimingFields(optional=(Key.DURATION_MS, Key.AUDIO_MS, Key.TOKENS)),
     TimingKind.TEXT_INPUT: TimingFields(optional=(Key.TEXT,)),
-    TimingKind.LLM_START: TimingFields(optional=(Key.TEXT,)),
+    TimingKind.LLM_START: TimingFields(optional=(Key.TEXT, Key.SPECULATION, Key.DURATION_MS)),
     TimingKind.LLM_FIRST_TOKEN: TimingFields(),
     TimingKind.LLM_CHUNK: TimingFields(required=(Key.SEGMENT_INDEX,),
                                        optional=(Key.TOKENS, Key.TEXT, Key.DURATION_MS, Key.IS_FINAL)),

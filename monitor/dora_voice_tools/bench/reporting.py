@@ -248,6 +248,11 @@ def render_v2v_parts_table(variant: str, rows: Sequence[tuple[str, Sequence[Turn
     misses = sum(t.speculation == "miss" for t in turns)
     cancelled = sum(t.speculation_cancelled or 0 for t in turns)
     lines.append(f"speculation: {hits} hit(s), {misses} miss(es), {cancelled} speculative transcript(s) cancelled")
+    llm_hits = sum(t.llm_speculation == "hit" for t in turns)
+    llm_misses = sum(t.llm_speculation == "miss" for t in turns)
+    llm_cancelled = sum(t.llm_speculation_cancelled or 0 for t in turns)
+    lines.append(f"reply begun during the pause: {llm_hits} hit(s), {llm_misses} miss(es), {llm_cancelled} "
+                 "cancelled")
     return "\n".join(lines)
 
 

@@ -7,15 +7,15 @@ breath) produces no transcript and is logged.
 
 faster-whisper's ``transcribe`` always encodes a 30 s window, whatever the utterance length (~430 ms per clip
 with tiny.en here). CTranslate2's ``Whisper.generate`` also accepts shorter feature windows, so with
-``ASR_WINDOW=short`` the utterance is padded with silence to ``max(ASR_MIN_WINDOW_S, clip + ASR_WINDOW_PAD_S)``
-only, and the decode is bounded (:func:`decode_bound`: ``max_length`` 10 + 5 tokens per second of audio,
+``ASR_WINDOW=short`` (the default) the utterance is padded with silence to ``max(ASR_MIN_WINDOW_S, clip +
+ASR_WINDOW_PAD_S)`` only, and the decode is bounded (:func:`decode_bound`: 10 + 5 tokens per second of audio,
 ``no_repeat_ngram_size``, ``repetition_penalty``), because an unbounded decode on a short window hallucinates
 repetition loops (measured here on 11 real clips). A decode that still runs into the bound,
 or whose text repeats itself (:func:`looks_like_loop`), is transcribed again on the full 30 s window
-(:class:`WindowedWhisper`): the loop guard.
-``ASR_WINDOW=full`` (the default) keeps faster-whisper's 30 s window: through the whole dataflow the short window
-cost corpus WER 0.145 against 0.109 on the eight shared recordings (one read sentence lost its last two words,
-"for them"), more than the 0.02 the issue allows, while it saved ~400 ms per turn (README, *Performance*).
+(:class:`WindowedWhisper`): the loop guard. ``ASR_WINDOW=full`` keeps faster-whisper's 30 s window.
+Measured here on 72 cuts of the eight shared recordings (each with 0.1-0.3 s of silence before and 0.1-0.4 s
+after): corpus WER 0.073 short against 0.099 full, 194 against 730 ms per utterance (p50), 3 of 72 redone on the
+full window (README, *Performance*).
 
 Bounded work: an utterance longer than ``ASR_MAX_UTTERANCE_S`` is cut to its last ``ASR_MAX_UTTERANCE_S`` seconds
 (the newest words carry the request; a warning says how much was dropped), so ten minutes of speech cannot block
@@ -57,7 +57,7 @@ class AsrConfig:
     beam_size: int = env_field("ASR_BEAM_SIZE", 1, parse_int(min_value=1, max_value=10),
                                "beam width (1 = greedy, fastest)")
     threads: int = env_field("ASR_THREADS", 2, parse_int(min_value=1, max_value=64), "CPU threads for CTranslate2")
-    window: str = env_field("ASR_WINDOW", "full", parse_choice("short", "full"),
+    window: str = env_field("ASR_WINDOW", "short", parse_choice("short", "full"),
                             "short: encode max(ASR_MIN_WINDOW_S, clip + ASR_WINDOW_PAD_S) with a bounded decode; "
                             "full: faster-whisper's 30 s window")
     min_window_s: float = env_field("ASR_MIN_WINDOW_S", 8.0, parse_float(min_value=1.0, max_value=30.0),
@@ -76,6 +76,11 @@ class AsrConfig:
     min_logprob: float = env_field(
         "ASR_MIN_LOGPROB", -1.0, parse_float(min_value=-20.0, max_value=0.0),
         "drop a segment decoded with a lower average token log-probability (Whisper's log_prob_threshold)")
+    speculation: str = env_field(
+        "TURN_SPECULATION", "answer", parse_choice("answer", "asr", "off"),
+        "answer: also send the transcript of a speculative utterance to the LLM, marked speculative, so the reply "
+        "can begin during the pause (withdrawn if the turn is not confirmed with it); asr: keep it until the turn "
+        "is confirmed; off: the VAD sends no speculative utterances")
 
 
 COMPRESSION_RATIO_MAX = 2.4
@@ -237,20 +242,27 @@ class _Speculation:
     samples: np.ndarray
     text: str
     elapsed_ms: float
+    speech_end_ns: int = 0
+    sent: bool = False  # its transcript went to the LLM, marked speculative (TURN_SPECULATION=answer)
 
 
 class AsrCore(NodeCore):
     """Transcribes utterances.
 
     Speculation: an utterance marked ``speculative`` (the VAD's proposed end of turn) is transcribed at once and its
-    transcript kept, not sent. When the confirmed utterance of that turn arrives with the same samples, the kept
+    transcript kept. When the confirmed utterance of that turn arrives with the same samples, the kept
     transcript is sent without transcribing again (``asr_done`` with ``speculation=hit``); when its audio differs
     (the user went on speaking), or another speculative utterance replaces it, the kept one is dropped and counted
     (``speculation_cancelled``; the confirmed utterance is transcribed as usual, ``speculation=miss``).
+    With ``speculative_text`` (``TURN_SPECULATION=answer``) the kept transcript is also sent at once, marked
+    ``speculative``, so the LLM can begin the reply during the pause; dropping it then also sends it again marked
+    ``withdrawn``, before anything else of that turn.
 
     Args:
         transcribe: the model (injected; tests pass a fake).
         clock_ns: wall clock.
+        max_utterance_s: longest utterance transcribed, s.
+        speculative_text: send speculative transcripts (and their withdrawals) on ``text``.
 
     Attributes:
         speculation_hits / speculation_cancelled: speculative transcripts reused / dropped so far.
@@ -259,9 +271,10 @@ class AsrCore(NodeCore):
     node_id = "asr"
 
     def __init__(self, transcribe: Transcriber, clock_ns=time.time_ns, *,
-                 max_utterance_s: float = AsrConfig.max_utterance_s) -> None:
+                 max_utterance_s: float = AsrConfig.max_utterance_s, speculative_text: bool = False) -> None:
         super().__init__(clock_ns)
         self.transcribe = transcribe
+        self.speculative_text = speculative_text
         self.max_samples = int(max_utterance_s * PIPELINE_SAMPLE_RATE_HZ)
         self.speculation: _Speculation | None = None
         self.speculation_hits = 0
@@ -287,7 +300,7 @@ class AsrCore(NodeCore):
         kept = self.speculation
         if kept is not None and (utterance.speculative or kept.turn_id != utterance.turn_id
                                  or not np.array_equal(kept.samples, utterance.samples)):
-            out.append(self._cancel(kept))  # replaced, or the turn ended with other audio: it was for nothing
+            out += self._cancel(kept)  # replaced, or the turn ended with other audio: it was for nothing
             kept = None
         if kept is not None:  # the confirmed utterance is the one transcribed ahead
             self.speculation = None
@@ -299,9 +312,15 @@ class AsrCore(NodeCore):
             elapsed_ms = (time.perf_counter() - started) * 1000
             speculation = "miss" if out else "none"
         if utterance.speculative:
-            self.speculation = _Speculation(utterance.turn_id, utterance.samples, text, elapsed_ms)
+            kept = _Speculation(utterance.turn_id, utterance.samples, text, elapsed_ms, utterance.speech_end_ns)
+            self.speculation = kept
             logger.debug("turn %d: speculative transcript %r (%.0f ms); kept until the turn is confirmed",
                          utterance.turn_id, text, elapsed_ms)
+            if self.speculative_text and not _NON_SPEECH.match(text):
+                kept.sent = True
+                out.append(emit(Output.TEXT, Transcript(text, utterance.session_id, utterance.turn_id,
+                                                        utterance.speech_end_ns, self.clock_ns(), "voice",
+                                                        speculative=True)))
             return out
         if _NON_SPEECH.match(text):
             logger.info("turn %d: no words in %.2f s of audio (%r); no transcript", utterance.turn_id, audio_s, text)
@@ -319,15 +338,21 @@ class AsrCore(NodeCore):
 
     def on_end(self) -> Iterable[Emit]:
         # A speculative transcript whose turn was never confirmed (the stream ended first) was for nothing.
-        return [self._cancel(self.speculation)] if self.speculation is not None else []
+        return self._cancel(self.speculation) if self.speculation is not None else []
 
-    def _cancel(self, kept: _Speculation) -> Emit:
+    def _cancel(self, kept: _Speculation) -> list[Emit]:
+        """Drop the kept speculation: withdraw its transcript if it was sent, and count it."""
         self.speculation = None
         self.speculation_cancelled += 1
         logger.info("turn %d: speculative transcript %r dropped (its turn was not confirmed with that audio); "
                     "%d dropped so far", kept.turn_id, kept.text[:80], self.speculation_cancelled)
-        return self.timing(TimingKind.SPECULATION_CANCELLED, kept.turn_id, **{
-            Key.DURATION_MS: kept.elapsed_ms, Key.AUDIO_MS: len(kept.samples) * 1000 / PIPELINE_SAMPLE_RATE_HZ})
+        out: list[Emit] = []
+        if kept.sent:
+            out.append(emit(Output.TEXT, Transcript(kept.text, self.session_id, kept.turn_id, kept.speech_end_ns,
+                                                    self.clock_ns(), "voice", speculative=True, withdrawn=True)))
+        out.append(self.timing(TimingKind.SPECULATION_CANCELLED, kept.turn_id, **{
+            Key.DURATION_MS: kept.elapsed_ms, Key.AUDIO_MS: len(kept.samples) * 1000 / PIPELINE_SAMPLE_RATE_HZ}))
+        return out
 
 
 CONTRACT = NodeContract(
@@ -409,8 +434,12 @@ def _bounded_decode(model: Any, config: AsrConfig) -> BoundedDecode:
         if features.shape[1] < frames:
             features = np.pad(features, ((0, 0), (0, frames - features.shape[1])))
         storage = ctranslate2.StorageView.from_array(np.ascontiguousarray(features[np.newaxis], dtype=np.float32))
+        # CTranslate2's Whisper caps the decode at min(max_length / 2, max_length - prompt length) tokens
+        # (whisper.cc; OpenNMT/CTranslate2 issue #1856): twice the bound lets it generate exactly the bound, so a decode
+        # that needs more reaches it and the loop guard sees it. Passing prompt + bound silently ended long
+        # utterances at half the bound, mid-sentence ("... to do for" for "... to do for them").
         result = model.model.generate(
-            storage, [prompt], beam_size=config.beam_size, max_length=len(prompt) + max_new_tokens,
+            storage, [prompt], beam_size=config.beam_size, max_length=2 * max(max_new_tokens, len(prompt)),
             no_repeat_ngram_size=config.no_repeat_ngram_size, repetition_penalty=config.repetition_penalty,
             suppress_blank=True, suppress_tokens=[-1], return_scores=True, return_no_speech_prob=True,
         )[0]
@@ -441,7 +470,8 @@ def main(argv: list[str] | None = None) -> None:
         transcribe = load_whisper(config)
     except ModelError as exc:
         fatal(CONTRACT.path, str(exc))
-    run_node(Node(), AsrCore(transcribe, max_utterance_s=config.max_utterance_s))
+    run_node(Node(), AsrCore(transcribe, max_utterance_s=config.max_utterance_s,
+                             speculative_text=config.speculation == "answer"))
 
 if __name__ == "__main__":
     main()

@@ -174,6 +174,14 @@ class _Turn:
     waiting_since_ns: int = 0
     chunk_tokens: list[int] = field(default_factory=list)  # tokens of each chunk sent (adaptive pacing)
     audio_end_ns: int | None = None  # adaptive pacing: when the audio synthesized so far will have been played
+    speculative: bool = False  # begun from a speculative transcript: nothing leaves the node until confirmed
+    held: list[Emit] = field(default_factory=list)  # what a speculative turn produced, sent on confirmation
+    ahead_done: bool = False  # a speculative turn's generation ended (its _finish waits for the confirmation)
+
+    @property
+    def paused(self) -> bool:
+        """A speculative turn goes no further than its first chunk (or its end) before it is confirmed."""
+        return self.speculative and (bool(self.chunks) or self.ahead_done)
 
 
 def _generated_prefix(generated: str, sent: str) -> str:
@@ -292,6 +300,9 @@ class LlmCore(NodeCore):
         self.failed_turns = 0
         self.dead_peer: str | None = None  # the consumer input that closed early (tts or speaker died)
         self.dropped_turns = 0
+        self.speculation_hits = 0  # replies begun during the pause and confirmed
+        self.speculation_cancelled = 0  # replies begun during the pause and dropped (never sent)
+        self._missed_turn = -1  # the turn whose reply begun ahead was dropped (llm_start says "miss")
         self.prompt_budget = config.context_tokens - config.max_tokens
         # A system prompt that leaves no room is a bad setting: fail at start-up, naming the variables.
         try:
@@ -304,6 +315,14 @@ class LlmCore(NodeCore):
         if input_id == "text":
             transcript = Transcript.decode(value, metadata)
             self.turn_ids.check(transcript.turn_id, "text")
+            if transcript.speculative:
+                return self._on_speculative(transcript)
+            out: list[Emit] = []
+            turn = self.current
+            if turn is not None and turn.speculative:
+                if turn.transcript.turn_id == transcript.turn_id and turn.transcript.text == transcript.text:
+                    return self._confirm(turn)
+                out += self._cancel_speculation(turn, "the confirmed transcript differs")
             if transcript.turn_id <= self.last_text_turn:
                 raise SchemaError(f"text: turn_id {transcript.turn_id} is not newer than the last turn "
                                   f"{self.last_text_turn} (one transcript per turn, in order)")
@@ -312,9 +331,9 @@ class LlmCore(NodeCore):
             if self.dead_peer is not None:
                 self.dropped_turns += 1
                 logger.error("turn %d dropped: the %s is gone", transcript.turn_id, self.dead_peer)
-                return []
+                return out
             self.queue.append(transcript)
-            return self._start_next() if self.current is None else []
+            return out + (self._start_next() if self.current is None else [])
         if input_id == "segment_done":
             done = SegmentDone.decode(value, metadata)
             self.turn_ids.check_known(done.turn_id, "segment_done")
@@ -335,6 +354,9 @@ class LlmCore(NodeCore):
     def on_input_closed(self, input_id: str) -> Iterable[Emit]:
         if input_id == "text":
             self.text_closed = True
+            turn = self.current
+            if turn is not None and turn.speculative:
+                return self._cancel_speculation(turn, "the transcripts ended before the turn was confirmed")
             return ()
         if input_id in ("segment_done", "playback") and not self.text_closed:
             # The TTS and the speaker finish only after the LLM's text ends: closing earlier means they died.
@@ -348,7 +370,9 @@ class LlmCore(NodeCore):
         self.dead_peer = peer
         out: list[Emit] = []
         turn = self.current
-        if turn is not None:
+        if turn is not None and turn.speculative:
+            out += self._cancel_speculation(turn, f"the {peer} is gone")
+        elif turn is not None:
             self._close_tokens(turn)
             out += self._finish(turn, cancelled=True, start_next=False)
         self.dropped_turns += len(self.queue)
@@ -360,7 +384,10 @@ class LlmCore(NodeCore):
         return out
 
     def busy(self) -> bool:
-        return self.current is not None or self.prefill_pending
+        # A speculative turn paused at its first chunk has nothing to do until its confirmation (an input) comes.
+        if self.current is not None:
+            return not self.current.paused
+        return self.prefill_pending
 
     def finished(self) -> bool:
         # Feedback inputs (segment_done, playback) stay open as long as tts/speaker run; they in turn wait for us.
@@ -374,6 +401,15 @@ class LlmCore(NodeCore):
             if self.prefill_pending:
                 self._prefill()
             return []
+        if turn.paused:
+            return []
+        if turn.speculative:
+            turn.held += self._generate(turn)
+            return []
+        return self._generate(turn)
+
+    def _generate(self, turn: _Turn) -> list[Emit]:
+        """One token of ``turn`` (or one pacing wait), and what it produced."""
         if turn.waiting_for is not None:
             if self.clock_ns() - turn.waiting_since_ns < self.config.pacing_timeout_s * 1e9:
                 self.sleep(PACING_POLL_S)
@@ -387,8 +423,15 @@ class LlmCore(NodeCore):
         except StopIteration:
             if turn.tokens_total >= self.config.max_tokens or getattr(self.backend, "finish_reason", "") == "length":
                 turn.stop_reason = "max_tokens"
+            if turn.speculative:
+                turn.ahead_done = True
+                return []
             return self._finish(turn)
         except Exception as exc:  # noqa: BLE001 - a runtime failing on one prompt must not end the session
+            if turn.speculative:  # nothing was sent: drop it; the confirmed transcript will try again
+                logger.warning("turn %d: the LLM runtime failed on the speculative transcript (%s: %s)",
+                               turn.transcript.turn_id, type(exc).__name__, str(exc)[:300])
+                return self._cancel_speculation(turn, "runtime error")
             return self._fail(turn, exc)
         now = self.clock_ns()
         out: list[Emit] = []
@@ -422,11 +465,16 @@ class LlmCore(NodeCore):
             turn.stop_reason = "word_cap"
         if turn.stop_reason:
             self._close(turn)
+            if turn.speculative:
+                turn.ahead_done = True
+                return out
             return out + self._finish(turn)
         return out
 
     def on_end(self) -> Iterable[Emit]:
         out: list[Emit] = []
+        if self.current is not None and self.current.speculative:
+            out += self._cancel_speculation(self.current, "the stream ended before the turn was confirmed")
         while self.current is not None or self.queue:
             if self.current is None:
                 out += self._start_next()
@@ -508,34 +556,128 @@ class LlmCore(NodeCore):
     def _start_next(self) -> list[Emit]:
         if not self.queue:
             return []
-        transcript = self.queue.popleft()
+        return self._start(self.queue.popleft())
+
+    def _start(self, transcript: Transcript, *, speculative: bool = False) -> list[Emit]:
+        """Submit the prompt of ``transcript``'s turn. A ``speculative`` turn leaves the history as it was (its
+        prompt's fit is undone) and sends nothing until :meth:`_confirm`."""
         if self._prefill_steps is not None:
             logger.info("turn %d: a new turn interrupts the history re-evaluation; its prompt reuses what was "
                         "evaluated", transcript.turn_id)
         self.prefill_pending = False  # this prompt evaluates the new prefix anyway
         self._prefill_steps = None
+        exchanges = list(self.history.exchanges)
         messages, dropped, shortened = self.history.fit(transcript.text, self.prompt_budget)
-        if dropped:
+        if speculative:
+            self.history.exchanges = exchanges  # applied again if the turn is confirmed with the same text
+        elif dropped:
             logger.info("turn %d: %d oldest exchange(s) dropped to fit the %d-token context window",
                         transcript.turn_id, dropped, self.config.context_tokens)
-        if shortened:
+        if shortened and not speculative:
             logger.warning("turn %d: the user's %d-character message does not fit the %d-token context window "
                            "(LLM_CONTEXT_TOKENS) beside the reply (LLM_MAX_TOKENS): only its last %d characters are "
                            "used", transcript.turn_id, len(transcript.text), self.config.context_tokens,
                            len(messages[-1]["content"]) - 4)
         self.segmenter.reset()
         start = self.clock_ns()
-        self.current = _Turn(transcript, iter(()), start, last_chunk_ns=start)
+        self.current = _Turn(transcript, iter(()), start, last_chunk_ns=start, speculative=speculative)
         if not self.config.enable_streaming:
             self.current.sentences = TextSegmenter(SegmentationPolicy.sentences(self.config.context_tokens * 8))
-        self.texts[transcript.turn_id] = self.current.chunks
-        logger.info("turn %d: generating a reply to %r", transcript.turn_id, transcript.text[:200])
-        out = [self.timing(TimingKind.LLM_START, transcript.turn_id, start, **{Key.TEXT: transcript.text[:2000]})]
+        out: list[Emit] = []
+        if speculative:
+            logger.info("turn %d: beginning a reply during the pause to the speculative transcript %r (held until "
+                        "the turn is confirmed)", transcript.turn_id, transcript.text[:200])
+        else:
+            self.texts[transcript.turn_id] = self.current.chunks
+            logger.info("turn %d: generating a reply to %r", transcript.turn_id, transcript.text[:200])
+            fields: dict[str, Any] = {Key.TEXT: transcript.text[:2000]}
+            if transcript.turn_id == self._missed_turn:
+                fields[Key.SPECULATION] = "miss"
+            out.append(self.timing(TimingKind.LLM_START, transcript.turn_id, start, **fields))
         try:
             self.current.tokens = iter(self.backend.stream(messages, self.config.max_tokens))
         except Exception as exc:  # noqa: BLE001 - see step()
+            if speculative:
+                logger.warning("turn %d: the LLM runtime failed on the speculative transcript (%s: %s)",
+                               transcript.turn_id, type(exc).__name__, str(exc)[:300])
+                return self._cancel_speculation(self.current, "runtime error")
             return out + self._fail(self.current, exc)
         return out
+
+    # -- speculation (TURN_SPECULATION=answer) -----------------------------------------------------------------
+    def _on_speculative(self, transcript: Transcript) -> list[Emit]:
+        """A speculative transcript: begin its reply if the LLM is idle; a withdrawal drops the reply begun."""
+        out: list[Emit] = []
+        turn = self.current
+        if turn is not None and turn.speculative:
+            if transcript.withdrawn and turn.transcript.turn_id != transcript.turn_id:
+                return []
+            if not transcript.withdrawn and turn.transcript.turn_id == transcript.turn_id \
+                    and turn.transcript.text == transcript.text:
+                return []  # the same words again: the reply begun stays good
+            out += self._cancel_speculation(
+                turn, "withdrawn: the user went on speaking" if transcript.withdrawn else "replaced")
+        if transcript.withdrawn:
+            return out
+        if transcript.turn_id <= self.last_text_turn:
+            raise SchemaError(f"text: speculative turn_id {transcript.turn_id} is not newer than the last turn "
+                              f"{self.last_text_turn}")
+        if self.current is not None or self.queue or self.dead_peer is not None or self.text_closed:
+            logger.debug("turn %d: busy with an earlier turn: no reply begun during the pause", transcript.turn_id)
+            return out
+        self.session_id = transcript.session_id or self.session_id
+        return out + self._start(transcript, speculative=True)
+
+    def _confirm(self, turn: _Turn) -> list[Emit]:
+        """The turn is confirmed with the transcript its reply began from: send what was held, at once.
+
+        Held events are stamped no earlier than now (what the listener waits for starts at the confirmation), so
+        the monitor's parts of voice-to-voice still add up; ``llm_start`` says ``speculation=hit`` and how long the
+        reply had been generating (``duration_ms``).
+        """
+        now = self.clock_ns()
+        transcript = turn.transcript
+        self.last_text_turn = transcript.turn_id
+        self.speculation_hits += 1
+        _, dropped, _ = self.history.fit(transcript.text, self.prompt_budget)  # what the speculative prompt assumed
+        if dropped:
+            logger.info("turn %d: %d oldest exchange(s) dropped to fit the %d-token context window",
+                        transcript.turn_id, dropped, self.config.context_tokens)
+        ahead_ms = (now - turn.start_ns) / 1e6
+        logger.info("turn %d: confirmed with the speculative transcript: %d chunk(s), %d token(s) generated %.0f ms "
+                    "ahead are sent now", transcript.turn_id, len(turn.chunks), turn.tokens_total, ahead_ms)
+        turn.speculative = False
+        self.texts[transcript.turn_id] = turn.chunks
+        out = [self.timing(TimingKind.LLM_START, transcript.turn_id, now, **{
+            Key.TEXT: transcript.text[:2000], Key.SPECULATION: "hit", Key.DURATION_MS: ahead_ms})]
+        for output_id, value, meta in turn.held:
+            for key in (Key.T_NS, Key.LLM_START_NS):
+                if key in meta and meta[key] < now:
+                    meta[key] = now
+            out.append((output_id, value, meta))
+        turn.held = []
+        turn.start_ns = max(turn.start_ns, now)
+        turn.last_chunk_ns = max(turn.last_chunk_ns, now)
+        if turn.first_token_ns is not None:
+            turn.first_token_ns = max(turn.first_token_ns, now)
+        if turn.waiting_for is not None:
+            turn.waiting_since_ns = now  # the TTS gets the chunk only now
+        if turn.ahead_done:
+            out += self._finish(turn)
+        return out
+
+    def _cancel_speculation(self, turn: _Turn, why: str) -> list[Emit]:
+        """Drop a speculative turn: nothing of it was sent, the history never held it; counted, never lost."""
+        self._close_tokens(turn)
+        self.segmenter.reset()
+        self.current = None
+        self.speculation_cancelled += 1
+        self._missed_turn = turn.transcript.turn_id
+        spent_ms = (self.clock_ns() - turn.start_ns) / 1e6
+        logger.info("turn %d: reply begun during the pause dropped (%s): %d token(s), %.0f ms; %d dropped so far",
+                    turn.transcript.turn_id, why, turn.tokens_total, spent_ms, self.speculation_cancelled)
+        return [self.timing(TimingKind.SPECULATION_CANCELLED, turn.transcript.turn_id, **{
+            Key.DURATION_MS: spent_ms, Key.TOKENS: turn.tokens_total})]
 
     def _chunk(self, turn: _Turn, text: str, *, is_final: bool) -> list[Emit]:
         now = self.clock_ns()

@@ -9,10 +9,11 @@ is counted only where the user could have been heard. Outputs:
     * ``speech`` — one :class:`~dora_voice.schema.Utterance` per user turn, once the end of turn is decided
       (:mod:`dora_voice.turn`): by default a 200 ms pause proposes it and the Smart Turn model judges whether the
       utterance is complete (``TURN_DETECTOR=smart_turn``), or ``VAD_MIN_SILENCE_MS`` of silence ends it
-      (``TURN_DETECTOR=silence``). With ``TURN_SPECULATION=asr`` (default) and Smart Turn, the proposal itself
-      also sends the utterance so far, marked ``speculative``, before the model is asked: the ASR transcribes it
-      while the model decides and the pause goes on, and reuses that transcript when the confirmed utterance of
-      the turn (same ``turn_id``) has the same audio. A speculative utterance is never answered.
+      (``TURN_DETECTOR=silence``). With ``TURN_SPECULATION=answer`` (default) or ``asr`` and Smart Turn, the
+      proposal itself also sends the utterance so far, marked ``speculative``, before the model is asked: the ASR
+      transcribes it while the model decides and the pause goes on, and reuses that transcript when the confirmed
+      utterance of the turn (same ``turn_id``) has the same audio. A speculative utterance is never answered by
+      itself (with ``answer`` the LLM may begin the reply, but holds it until the turn is confirmed).
     * ``events`` — ``speech_started`` (once ``VAD_MIN_SPEECH_MS`` of speech is confirmed; ``t_ns`` is the onset
       sample's time) and ``speech_ended`` (``t_ns`` is the last voiced sample's time), for barge-in.
     * ``timing`` — the same two moments for the monitor; ``speech_ended`` also says which rule ended the turn
@@ -123,10 +124,11 @@ class VadConfig:
                                      "Smart Turn .onnx file; overrides the registry model smart-turn-v3.2")
     turn_threads: int = env_field("TURN_THREADS", 1, parse_int(min_value=1, max_value=64),
                                   "CPU threads for the end-of-turn model")
-    speculation: str = env_field("TURN_SPECULATION", "asr", parse_choice("asr", "off"),
-                                 "asr: at a proposed end of turn (smart_turn), send the utterance so far to the ASR "
+    speculation: str = env_field("TURN_SPECULATION", "answer", parse_choice("answer", "asr", "off"),
+                                 "at a proposed end of turn (smart_turn), send the utterance so far to the ASR "
                                  "marked speculative, so it is transcribed while the model decides and the pause "
-                                 "goes on; off: only confirmed utterances")
+                                 "goes on (answer: the LLM also begins the reply, held until the turn is confirmed; "
+                                 "asr: only the transcript is made ahead); off: only confirmed utterances")
 
     def __post_init__(self) -> None:
         if self.max_wait_ms < self.propose_silence_ms:
@@ -290,7 +292,7 @@ class VadCore(NodeCore):
             self._speculated = False
             return out
         silence_ms = self._silent_frames * FRAME_MS
-        if (self.config.speculation == "asr" and not self._speculated and self.end_of_turn.detector == "smart_turn"
+        if (self.config.speculation != "off" and not self._speculated and self.end_of_turn.detector == "smart_turn"
                 and silence_ms >= self.end_of_turn.proposes_at_ms):
             # Before the model is asked: the ASR starts on the same audio while the model decides.
             self._speculated = True
