@@ -395,3 +395,20 @@ def test_timeline_ends_with_voice_to_voice_as_the_sum_of_its_parts(turns):
                                      " + TTS 305 + playback 45")
     assert "model P(complete)=0.93" in text and "[eot=model p=0.93]" in live_row(turns[0])
     assert "first audio" not in timeline(turns[1]).splitlines()[-1]  # typed turn: no voice-to-voice
+
+
+def test_speculation_counts_are_split_between_transcripts_and_replies():
+    """Turn 0 with a pause the user spoke through (the ASR's and the LLM's speculation dropped), then a reply begun
+    during the final pause and sent at the confirmation (llm_start says hit)."""
+    events = [e for e in sc.turn0() if e.kind is not TimingKind.LLM_START]
+    events += [
+        sc._ev(TimingKind.SPECULATION_CANCELLED, "asr", 0, 900, **{Key.DURATION_MS: 180.0}),
+        sc._ev(TimingKind.SPECULATION_CANCELLED, "llm", 0, 905, **{Key.DURATION_MS: 120.0, Key.TOKENS: 4}),
+        sc._ev(TimingKind.LLM_START, "llm", 0, 2310, **{Key.SPECULATION: "hit", Key.DURATION_MS: 90.0}),
+    ]
+    turn = collect(events)[0]
+    assert (turn.speculation_cancelled, turn.llm_speculation, turn.llm_speculation_cancelled) == (1, "hit", 1)
+    assert turn.complete and turn.segments_lost == 0
+    assert {"llm_speculation=hit", "llm_speculation_cancelled=1", "speculation_cancelled=1"} <= set(report._notes(turn))
+    plain = collect(sc.turn0())[0]
+    assert (plain.speculation_cancelled, plain.llm_speculation, plain.llm_speculation_cancelled) == (0, None, 0)
