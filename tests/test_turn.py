@@ -8,7 +8,7 @@ import pytest
 from recordings import load_clip
 from dora_voice.config import ConfigError, load_config
 from dora_voice.nodes.vad import FRAME_MS, FRAME_SAMPLES, VadConfig, VadCore, load_silero
-from dora_voice.schema import Key, Output, TimingEvent, TimingKind, Utterance
+from dora_voice.schema import AudioChunk, Key, Output, TimingEvent, TimingKind, Utterance
 from dora_voice.turn import EndOfTurnPolicy, TurnRule, load_smart_turn
 
 RATE = 16_000
@@ -124,6 +124,8 @@ def feed(core: VadCore, samples: np.ndarray, block: int = FRAME_SAMPLES) -> list
         chunk = AudioChunk(samples[offset:offset + block], RATE, offset, T0 + offset * 10**9 // RATE, "s1")
         core.clock_ns.now_ns = T0 + (offset + block) * 10**9 // RATE
         out += core.handle("audio", *chunk.encode())
+        while core.busy():  # as the runtime does when no input is waiting
+            out += core.step()
     return out
 
 
@@ -256,3 +258,32 @@ def test_real_700_ms_mid_sentence_pause_gives_one_turn_with_the_whole_sentence(s
     # The turn ends after the second half of the sentence, not at the pause.
     assert utterances[0].speech_end_ns > T0 + int((0.3 + PAUSE_AT_S + 0.7 + 1.0) * 1e9)
     assert len(utterances[0].samples) / RATE > len(clip) / RATE
+
+
+def test_the_speculative_utterance_leaves_before_the_model_is_asked() -> None:
+    """The runtime sends what handle() returns, then calls step(): the ASR gets the utterance while the model
+    decides. Asked inside handle(), the model would hold the utterance back until its decision."""
+    pattern = "." * 4 + "#" * 10 + "." * 30
+    model = ScriptedModel(0.97)
+    config = load_config(VadConfig, {"VAD_MIN_SPEECH_MS": "64"})
+    core = VadCore(config, scripted_vad(pattern), StreamClock(), end_of_turn=config.policy(model))
+    samples = np.full(len(pattern) * FRAME_SAMPLES, 0.1, dtype=np.float32)
+    out: list = []
+    frame = 0
+    while not any(oid == Output.SPEECH for oid, _v, _m in out):
+        chunk = AudioChunk(samples[frame * FRAME_SAMPLES:(frame + 1) * FRAME_SAMPLES], RATE, frame * FRAME_SAMPLES,
+                           T0 + frame * FRAME_SAMPLES * 10**9 // RATE, "s1")
+        out = core.handle("audio", *chunk.encode())
+        frame += 1
+    (speculative,) = [Utterance.decode(v, m) for oid, v, m in out if oid == Output.SPEECH]
+    assert speculative.speculative and model.heard == [] and core.busy()
+    decided = list(core.step())
+    assert len(model.heard) == 1 and not core.busy()
+    (confirmed,) = [Utterance.decode(v, m) for oid, v, m in decided if oid == Output.SPEECH]
+    assert not confirmed.speculative and np.array_equal(confirmed.samples, speculative.samples)
+    # A block that arrives before step() runs gets the decision first, and its own frames after it.
+    core2 = VadCore(config, scripted_vad(pattern), StreamClock(), end_of_turn=config.policy(ScriptedModel(0.97)))
+    handled = [core2.handle("audio", *AudioChunk(samples[k * FRAME_SAMPLES:(k + 1) * FRAME_SAMPLES], RATE,
+                                                    k * FRAME_SAMPLES, T0, "s1").encode()) for k in range(frame + 1)]
+    kinds = [Utterance.decode(v, m).speculative for out_k in handled for oid, v, m in out_k if oid == Output.SPEECH]
+    assert kinds == [True, False]

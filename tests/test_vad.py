@@ -22,6 +22,8 @@ def feed(core: VadCore, samples: np.ndarray, block: int = 512, clock=None) -> li
         if clock is not None:
             clock.t_ns = T0 + (offset + block) * 10**9 // RATE
         out += core.handle("audio", *chunk.encode())
+        while core.busy():  # as the runtime does when no input is waiting
+            out += core.step()
     return out
 
 

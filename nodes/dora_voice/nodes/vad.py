@@ -192,6 +192,7 @@ class VadCore(NodeCore):
         self._voiced_frames = 0
         self._silent_frames = 0
         self._speculated = False  # a speculative utterance was sent for the current pause
+        self._decision_due: float | None = None  # silence (ms) whose end-of-turn decision waits for step()
         self.speculations = 0
         self.asr_audio = SideStream()  # aec/asr_audio, when wired: what utterances are cut from
         self._echo_until = 0  # stream index up to which the aec marked the audio echo_active
@@ -226,19 +227,42 @@ class VadCore(NodeCore):
         if chunk.echo_active:
             self._echo_until = chunk.sample_offset + chunk.samples.shape[0]
         self._pending = np.concatenate([self._pending, chunk.samples])
+        return self._decide() + self._drain()
+
+    def busy(self) -> bool:
+        # A speculative utterance was just sent: the runtime sends it before step() asks the end-of-turn model.
+        return self._decision_due is not None
+
+    def step(self) -> Iterable[Emit]:
+        return self._decide() + self._drain()
+
+    def on_input_closed(self, input_id: str) -> Iterable[Emit]:
+        if input_id != Output.AUDIO:
+            return []
+        out = self._decide() + self._drain()
+        return out + self._end_of_stream()
+
+    def on_end(self) -> Iterable[Emit]:
+        out = self._decide() + self._drain()
+        return out + self._end_of_stream()
+
+    def _drain(self) -> list[Emit]:
+        """Frame and judge the buffered samples, stopping at a decision that waits for :meth:`step`."""
         out: list[Emit] = []
-        while len(self._pending) >= FRAME_SAMPLES:
+        while self._decision_due is None and len(self._pending) >= FRAME_SAMPLES:
             frame, self._pending = self._pending[:FRAME_SAMPLES], self._pending[FRAME_SAMPLES:]
             start = self._pending_start
             self._pending_start += FRAME_SAMPLES
             out += self._on_frame(frame, start)
         return out
 
-    def on_input_closed(self, input_id: str) -> Iterable[Emit]:
-        return self._end_of_stream() if input_id == Output.AUDIO else []
-
-    def on_end(self) -> Iterable[Emit]:
-        return self._end_of_stream()
+    def _decide(self) -> list[Emit]:
+        """The end-of-turn decision deferred at a proposal (see :meth:`_on_frame`), if one is due."""
+        if self._decision_due is None:
+            return []
+        silence_ms, self._decision_due = self._decision_due, None
+        decision = self.end_of_turn.on_silence(silence_ms, self._utterance_audio)
+        return self._end_utterance(decision) if decision is not None else []
 
     # -- state machine ---------------------------------------------------------------------------------------
     def _remember(self, frame: np.ndarray, start: int) -> None:
@@ -300,6 +324,10 @@ class VadCore(NodeCore):
             samples, start_ns, end_ns = self._utterance_span()
             out.append(emit(Output.SPEECH, Utterance(samples, self.rate, self.session_id, self.turn_id, start_ns,
                                                      end_ns, self.clock_ns(), speculative=True)))
+            # The model is asked in step(), after the runtime has sent this: the ASR then works while it decides.
+            # (Asked here, the utterance would leave only with the decision, and nothing would overlap.)
+            self._decision_due = silence_ms
+            return out
         decision = self.end_of_turn.on_silence(silence_ms, self._utterance_audio)
         if decision is not None:
             out += self._end_utterance(decision)
