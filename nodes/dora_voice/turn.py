@@ -38,6 +38,11 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
+SPECULATION_MODES = ("answer", "asr", "off")
+"""``TURN_SPECULATION`` values, read by the VAD (whether to send speculative utterances) and the ASR (whether to pass
+their transcripts on to the LLM): ``answer`` (transcript and the beginning of the reply made during the pause),
+``asr`` (only the transcript), ``off``."""
+
 SMART_TURN_SAMPLE_RATE_HZ = 16_000
 SMART_TURN_WINDOW_S = 8
 """Smart Turn v3 hears the last 8 s of the utterance (pipecat's ``local_smart_turn_v3.py``)."""

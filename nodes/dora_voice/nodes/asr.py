@@ -41,6 +41,7 @@ from dora_voice.config import env_field, parse_choice, parse_float, parse_int, p
 from dora_voice.contracts import NodeContract
 from dora_voice.runtime import Emit, NodeCore, UnknownInputError, emit
 from dora_voice.schema import PIPELINE_SAMPLE_RATE_HZ, Key, Output, SchemaError, TimingKind, Transcript, Utterance
+from dora_voice.turn import SPECULATION_MODES
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class AsrConfig:
         "ASR_MIN_LOGPROB", -1.0, parse_float(min_value=-20.0, max_value=0.0),
         "drop a segment decoded with a lower average token log-probability (Whisper's log_prob_threshold)")
     speculation: str = env_field(
-        "TURN_SPECULATION", "answer", parse_choice("answer", "asr", "off"),
+        "TURN_SPECULATION", "answer", parse_choice(*SPECULATION_MODES),
         "answer: also send the transcript of a speculative utterance to the LLM, marked speculative, so the reply "
         "can begin during the pause (withdrawn if the turn is not confirmed with it); asr: keep it until the turn "
         "is confirmed; off: the VAD sends no speculative utterances")

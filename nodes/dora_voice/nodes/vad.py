@@ -44,7 +44,7 @@ from dora_voice.runtime import Emit, NodeCore, UnknownInputError, emit
 from dora_voice.schema import (
     PIPELINE_SAMPLE_RATE_HZ, AudioChunk, Key, Output, SchemaError, TimingKind, Utterance, VadEvent, VadEventKind,
 )
-from dora_voice.turn import EndOfTurnPolicy, TurnDecision, TurnModel, TurnRule
+from dora_voice.turn import SPECULATION_MODES, EndOfTurnPolicy, TurnDecision, TurnModel, TurnRule
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class VadConfig:
                                      "Smart Turn .onnx file; overrides the registry model smart-turn-v3.2")
     turn_threads: int = env_field("TURN_THREADS", 1, parse_int(min_value=1, max_value=64),
                                   "CPU threads for the end-of-turn model")
-    speculation: str = env_field("TURN_SPECULATION", "answer", parse_choice("answer", "asr", "off"),
+    speculation: str = env_field("TURN_SPECULATION", "answer", parse_choice(*SPECULATION_MODES),
                                  "at a proposed end of turn (smart_turn), send the utterance so far to the ASR "
                                  "marked speculative, so it is transcribed while the model decides and the pause "
                                  "goes on (answer: the LLM also begins the reply, held until the turn is confirmed; "
