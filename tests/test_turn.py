@@ -287,3 +287,18 @@ def test_the_speculative_utterance_leaves_before_the_model_is_asked() -> None:
                                                     k * FRAME_SAMPLES, T0, "s1").encode()) for k in range(frame + 1)]
     kinds = [Utterance.decode(v, m).speculative for out_k in handled for oid, v, m in out_k if oid == Output.SPEECH]
     assert kinds == [True, False]
+
+
+def test_the_stream_ending_with_a_decision_due_takes_it_before_closing_the_turn() -> None:
+    """Two proposals left in the buffered frames when the input closes: both decisions are taken in order, then
+    the end of the stream; one confirmed utterance per turn, none twice."""
+    pattern = "." * 2 + "#" * 8 + "." * 8 + "#" * 8 + "." * 8
+    config = load_config(VadConfig, {"VAD_MIN_SPEECH_MS": "64"})
+    core = VadCore(config, scripted_vad(pattern), StreamClock(),
+                   end_of_turn=config.policy(ScriptedModel(0.97, 0.97)))
+    samples = np.full(len(pattern) * FRAME_SAMPLES, 0.1, dtype=np.float32)
+    out = list(core.handle("audio", *AudioChunk(samples, RATE, 0, T0, "s1").encode()))  # one block: stops at a proposal
+    assert core.busy()
+    out += core.on_input_closed("audio")
+    confirmed = [u for u in (Utterance.decode(v, m) for oid, v, m in out if oid == Output.SPEECH) if not u.speculative]
+    assert [u.turn_id for u in confirmed] == [0, 1] and not core.busy()

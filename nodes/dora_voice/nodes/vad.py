@@ -237,13 +237,16 @@ class VadCore(NodeCore):
         return self._decide() + self._drain()
 
     def on_input_closed(self, input_id: str) -> Iterable[Emit]:
-        if input_id != Output.AUDIO:
-            return []
-        out = self._decide() + self._drain()
-        return out + self._end_of_stream()
+        return self._finish_stream() if input_id == Output.AUDIO else []
 
     def on_end(self) -> Iterable[Emit]:
+        return self._finish_stream()
+
+    def _finish_stream(self) -> list[Emit]:
+        """Every buffered frame judged and every decision taken, then the end of the stream."""
         out = self._decide() + self._drain()
+        while self._decision_due is not None:
+            out += self._decide() + self._drain()
         return out + self._end_of_stream()
 
     def _drain(self) -> list[Emit]:
