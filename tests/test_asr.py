@@ -8,7 +8,8 @@ import pytest
 from recordings import TRANSCRIPTS, load_clip
 from dora_voice.config import ConfigError, load_config
 from dora_voice.nodes.asr import (
-    FULL_WINDOW_S, AsrConfig, AsrCore, WindowedWhisper, decode_bound, load_whisper, looks_like_loop, window_frames,
+    FULL_WINDOW_S, AsrConfig, AsrCore, WhisperSegment, WindowedWhisper, average_logprob, decode_bound, keep_segment,
+    load_whisper, looks_like_loop, window_frames,
 )
 from dora_voice.schema import Key, Output, SchemaError, TimingEvent, TimingKind, Transcript, Utterance
 
@@ -227,3 +228,12 @@ def test_real_bounded_decode_generates_up_to_its_bound_and_no_further() -> None:
         assert generated == bound and text, (bound, text)
     text, generated = decode(clip, frames, decode_bound(len(clip) / RATE))
     assert generated < decode_bound(len(clip) / RATE) and text.lower().rstrip(".").endswith("for them")
+
+
+def test_the_short_window_judges_confidence_on_faster_whispers_scale() -> None:
+    # CTranslate2's score is the mean over the tokens; faster-whisper divides the sum by tokens + 1.
+    assert average_logprob(-1.01, 6) == pytest.approx(-1.01 * 6 / 7)
+    config = load_config(AsrConfig, {})
+    kept = WhisperSegment("old sposed young men", 0.19, average_logprob(-1.01, 6))
+    assert keep_segment(kept, config)  # -0.87: kept, as the full window would
+    assert not keep_segment(WhisperSegment("x", 0.19, average_logprob(-1.5, 6)), config)

@@ -98,6 +98,23 @@ class WhisperSegment:
     compression_ratio: float = 1.0
 
 
+def average_logprob(score: float, tokens: int) -> float:
+    """Whisper's ``avg_logprob`` of a decode, as faster-whisper computes it for ``log_prob_threshold``.
+
+    Args:
+        score: CTranslate2's score of the hypothesis: the cumulative log-probability divided by ``tokens`` (length
+            penalty 1).
+        tokens: tokens generated (CTranslate2's ``sequences_ids``).
+
+    Returns:
+        ``score * tokens / (tokens + 1)``: the cumulative log-probability over ``tokens + 1`` (faster-whisper 1.2,
+        ``transcribe.py``, ``generate_with_fallback``). Taking the score itself, as the short window once did, judged
+        its decodes harsher than the full window's: a 6-token "Old Sposed Young Men." scored -1.01 and was dropped
+        by ``ASR_MIN_LOGPROB=-1.0``, where faster-whisper's -0.87 keeps it.
+    """
+    return score * tokens / (tokens + 1)
+
+
 def keep_segment(segment: WhisperSegment, config: AsrConfig) -> bool:
     """False for a segment Whisper itself marks as no speech (``no_speech_prob``), low confidence
     (``avg_logprob``) or a repetition loop (``compression_ratio``).
@@ -446,9 +463,10 @@ def _bounded_decode(model: Any, config: AsrConfig) -> BoundedDecode:
         )[0]
         tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
         text = tokenizer.decode(tokens).strip()
-        # The same doubts as the full window's (keep_segment): CTranslate2's score is the length-normalized
-        # log-probability (length_penalty 1), i.e. faster-whisper's avg_logprob.
-        found = WhisperSegment(text, float(result.no_speech_prob), float(result.scores[0]) if result.scores else 0.0)
+        # The same doubts as the full window's (keep_segment), on the same scale.
+        found = WhisperSegment(text, float(result.no_speech_prob),
+                               average_logprob(float(result.scores[0]), len(result.sequences_ids[0]))
+                               if result.scores else 0.0)
         if text and not keep_segment(found, config):
             logger.info("dropped %r: Whisper marks it no speech / low confidence (no_speech_prob %.2f, avg_logprob "
                         "%.2f)", text[:80], found.no_speech_prob, found.avg_logprob)
