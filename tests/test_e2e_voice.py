@@ -75,16 +75,8 @@ def test_a_700_ms_pause_mid_sentence_is_not_the_end_of_the_turn(tmp_path: Path) 
     and no answer audio before the sentence ends. The end of turn is decided by the model, with its probability."""
     clip = load_clip("librivox-0870.wav")
     cut = int(PAUSE_AT_S * 16_000)
-    spans = compose(tmp_path / "in.wav", [silence(0.5), clip[:cut], silence(0.7), clip[cut:], silence(0.3)])
-    out_wav = tmp_path / "answer.wav"
-    result = run_dataflow(VOICE_DATAFLOW, tmp_path,
-                          {**E2E_SETTINGS, "AUDIO_INPUT": str(tmp_path / "in.wav"), "AUDIO_OUTPUT": str(out_wav)},
-                          timeout_s=240)
-    assert result.returncode == 0, result.log[-4000:]
-    assert len(result.turns) == 1, result.log[-4000:]
-    turn = result.turns[0]
-    check_turn(turn)
-    assert wer(TRANSCRIPTS["librivox-0870.wav"], turn["transcript"]) <= 0.20, turn["transcript"]
+    result, turn, first_loud_s, spans = answer_one_sentence(
+        tmp_path, [silence(0.5), clip[:cut], silence(0.7), clip[cut:], silence(0.3)])
     assert turn["eot_rule"] in ("model", "max_wait") and turn["eot_probability"] is not None
     # The user resumed during speculation: the pause's speculative transcript was dropped and counted (and so was
     # the reply begun from it, if the ASR had finished before the user went on), and the LLM answered once, to the
@@ -93,8 +85,6 @@ def test_a_700_ms_pause_mid_sentence_is_not_the_end_of_the_turn(tmp_path: Path) 
     answered = result.log.count("generating a reply to") + result.log.count("confirmed with the speculative")
     assert answered == 1, result.log[-4000:]
     assert result.log.count("reply begun during the pause dropped") == turn["llm_speculation_cancelled"]
-    answer, rate = sf.read(out_wav, dtype="float32")
-    _loud_s, first_loud_s = active_seconds(answer, rate)
     second_part_end_s = spans[1][1]
     assert first_loud_s is not None and first_loud_s > second_part_end_s - 0.3
 
@@ -102,7 +92,17 @@ def test_a_700_ms_pause_mid_sentence_is_not_the_end_of_the_turn(tmp_path: Path) 
 def test_the_same_sentence_without_the_pause_is_answered_from_the_speculation(tmp_path: Path) -> None:
     """The recording of the test above without its inserted pause: one turn, whose transcript and the beginning of
     whose reply were both made during the final pause and used at the confirmation."""
-    spans = compose(tmp_path / "in.wav", [silence(0.5), load_clip("librivox-0870.wav"), silence(0.3)])
+    result, turn, first_loud_s, spans = answer_one_sentence(
+        tmp_path, [silence(0.5), load_clip("librivox-0870.wav"), silence(0.3)])
+    assert turn["speculation"] == "hit" and turn["speculation_cancelled"] == 0, result.log[-4000:]
+    assert turn["llm_speculation"] == "hit" and turn["llm_speculation_cancelled"] == 0, result.log[-4000:]
+    assert first_loud_s is not None and first_loud_s > spans[0][1] - 0.3
+
+
+def answer_one_sentence(tmp_path: Path, parts: list) -> tuple:
+    """librivox-0870 composed from ``parts`` through the voice dataflow: exactly one complete turn whose transcript
+    is the sentence. Returns the run, the turn, when the answer became audible (s) and the parts' spans."""
+    spans = compose(tmp_path / "in.wav", parts)
     out_wav = tmp_path / "answer.wav"
     result = run_dataflow(VOICE_DATAFLOW, tmp_path,
                           {**E2E_SETTINGS, "AUDIO_INPUT": str(tmp_path / "in.wav"), "AUDIO_OUTPUT": str(out_wav)},
@@ -112,8 +112,6 @@ def test_the_same_sentence_without_the_pause_is_answered_from_the_speculation(tm
     turn = result.turns[0]
     check_turn(turn)
     assert wer(TRANSCRIPTS["librivox-0870.wav"], turn["transcript"]) <= 0.20, turn["transcript"]
-    assert turn["speculation"] == "hit" and turn["speculation_cancelled"] == 0, result.log[-4000:]
-    assert turn["llm_speculation"] == "hit" and turn["llm_speculation_cancelled"] == 0, result.log[-4000:]
     answer, rate = sf.read(out_wav, dtype="float32")
     _loud_s, first_loud_s = active_seconds(answer, rate)
-    assert first_loud_s is not None and first_loud_s > spans[0][1] - 0.3
+    return result, turn, first_loud_s, spans
