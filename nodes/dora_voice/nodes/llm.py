@@ -57,7 +57,7 @@ from dora_voice.config import (
 )
 from dora_voice.contracts import NodeContract
 from dora_voice.history import ConversationHistory, HistoryStrategy
-from dora_voice.llm_backends import LlmBackend, default_backend_name
+from dora_voice.llm_backends import LlmBackend, Message, default_backend_name
 from dora_voice.runtime import Emit, NodeCore, UnknownInputError, emit
 from dora_voice.schema import (
     Key, Output, PlaybackEvent, PlaybackKind, SchemaError, SegmentDone, TextSegment, TimingKind, Transcript,
@@ -566,18 +566,12 @@ class LlmCore(NodeCore):
                         "evaluated", transcript.turn_id)
         self.prefill_pending = False  # this prompt evaluates the new prefix anyway
         self._prefill_steps = None
-        exchanges = list(self.history.exchanges)
-        messages, dropped, shortened = self.history.fit(transcript.text, self.prompt_budget)
         if speculative:
-            self.history.exchanges = exchanges  # applied again if the turn is confirmed with the same text
-        elif dropped:
-            logger.info("turn %d: %d oldest exchange(s) dropped to fit the %d-token context window",
-                        transcript.turn_id, dropped, self.config.context_tokens)
-        if shortened and not speculative:
-            logger.warning("turn %d: the user's %d-character message does not fit the %d-token context window "
-                           "(LLM_CONTEXT_TOKENS) beside the reply (LLM_MAX_TOKENS): only its last %d characters are "
-                           "used", transcript.turn_id, len(transcript.text), self.config.context_tokens,
-                           len(messages[-1]["content"]) - 4)
+            exchanges = list(self.history.exchanges)
+            messages = self.history.fit(transcript.text, self.prompt_budget)[0]
+            self.history.exchanges = exchanges  # fitted again (_fit) if the turn is confirmed with the same text
+        else:
+            messages = self._fit(transcript)
         self.segmenter.reset()
         start = self.clock_ns()
         self.current = _Turn(transcript, iter(()), start, last_chunk_ns=start, speculative=speculative)
@@ -603,6 +597,20 @@ class LlmCore(NodeCore):
                 return self._cancel_speculation(self.current, "runtime error")
             return out + self._fail(self.current, exc)
         return out
+
+    def _fit(self, transcript: Transcript) -> list[Message]:
+        """The prompt for ``transcript``, fitted to the context window (oldest exchanges dropped for good); logs
+        what was dropped or shortened."""
+        messages, dropped, shortened = self.history.fit(transcript.text, self.prompt_budget)
+        if dropped:
+            logger.info("turn %d: %d oldest exchange(s) dropped to fit the %d-token context window",
+                        transcript.turn_id, dropped, self.config.context_tokens)
+        if shortened:
+            logger.warning("turn %d: the user's %d-character message does not fit the %d-token context window "
+                           "(LLM_CONTEXT_TOKENS) beside the reply (LLM_MAX_TOKENS): only its last %d characters are "
+                           "used", transcript.turn_id, len(transcript.text), self.config.context_tokens,
+                           len(messages[-1]["content"]) - 4)
+        return messages
 
     # -- speculation (TURN_SPECULATION=answer) -----------------------------------------------------------------
     def _on_speculative(self, transcript: Transcript) -> list[Emit]:
@@ -639,10 +647,7 @@ class LlmCore(NodeCore):
         transcript = turn.transcript
         self.last_text_turn = transcript.turn_id
         self.speculation_hits += 1
-        _, dropped, _ = self.history.fit(transcript.text, self.prompt_budget)  # what the speculative prompt assumed
-        if dropped:
-            logger.info("turn %d: %d oldest exchange(s) dropped to fit the %d-token context window",
-                        transcript.turn_id, dropped, self.config.context_tokens)
+        self._fit(transcript)  # what the speculative prompt assumed, now for good
         ahead_ms = (now - turn.start_ns) / 1e6
         logger.info("turn %d: confirmed with the speculative transcript: %d chunk(s), %d token(s) generated %.0f ms "
                     "ahead are sent now", transcript.turn_id, len(turn.chunks), turn.tokens_total, ahead_ms)
