@@ -237,3 +237,108 @@ def test_the_short_window_judges_confidence_on_faster_whispers_scale() -> None:
     kept = WhisperSegment("old sposed young men", 0.19, average_logprob(-1.01, 6))
     assert keep_segment(kept, config)  # -0.87: kept, as the full window would
     assert not keep_segment(WhisperSegment("x", 0.19, average_logprob(-1.5, 6)), config)
+
+
+# -- partial transcripts (TURN_PARTIAL_MS) ---------------------------------------------------------------------
+
+
+def test_a_partial_decode_never_falls_back_to_the_full_window() -> None:
+    full_calls: list[int] = []
+    whisper = WindowedWhisper(FakeDecode("la la la"), lambda s: full_calls.append(len(s)) or "FULL",
+                              min_window_s=8.0, pad_s=1.0)
+    assert whisper.partial(np.zeros(RATE, dtype=np.float32)) == ""  # reached its bound: no text, no 30 s pass
+    assert whisper.partial(np.zeros(29 * RATE, dtype=np.float32)) == ""  # too long for a short window
+    main, side = FakeDecode("unused", tokens=1), FakeDecode("what is the", tokens=4)
+    ok = WindowedWhisper(main, lambda s: "FULL", partial_decode=side)  # ASR_PARTIAL_THREADS: its own instance
+    assert ok.partial(np.zeros(RATE, dtype=np.float32)) == "what is the"
+    assert main.calls == [] and side.calls == [(RATE, 800, 15)]
+    assert full_calls == [] and whisper.fallbacks == 0
+
+
+def drain(core: AsrCore, out: list) -> list:
+    """As the runtime does while the core is busy (a partial decoding on its thread): step until it is done."""
+    while core.busy():
+        out += core.step()
+    return out
+
+
+class PartialTranscriber(CountingTranscriber):
+    """A fake Whisper with a separate partial decode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.partial_calls: list[int] = []
+
+    def partial(self, samples: np.ndarray) -> str:
+        self.partial_calls.append(len(samples))
+        return f"so far {len(samples)}"
+
+
+def test_a_partial_utterance_gets_a_partial_transcript_and_no_turn_timing(clock) -> None:
+    model = PartialTranscriber()
+    core = AsrCore(model, clock_ns=clock, speculative_text=True)
+    so_far = np.full(RATE, 0.1, dtype=np.float32)
+    texts, timing = decoded(drain(core, core.handle("speech", *Utterance(so_far, RATE, "s", 0, 1, 2, 3,
+                                                                         partial=True).encode())))
+    assert [(t.text, t.turn_id, t.partial, t.speculative) for t in texts] == [(f"so far {RATE}", 0, True, False)]
+    assert timing == [] and model.partial_calls == [RATE] and model.calls == [] and core.partials == 1
+    # A partial with no words sends nothing.
+    quiet = PartialTranscriber()
+    quiet.partial = lambda samples: " "
+    quiet_core = AsrCore(quiet, clock_ns=clock)
+    assert drain(quiet_core, quiet_core.handle("speech", *Utterance(so_far, RATE, "s", 0, 1, 2, 3,
+                                                                   partial=True).encode())) == []
+    # A transcriber without a partial decode (ASR_WINDOW=full: a 30 s pass each) ignores partials.
+    full = CountingTranscriber()
+    assert AsrCore(full, clock_ns=clock).handle("speech", *Utterance(so_far, RATE, "s", 0, 1, 2, 3,
+                                                                     partial=True).encode()) == []
+    assert full.calls == []
+
+
+def test_a_partial_after_a_pause_withdraws_the_speculative_transcript_of_its_turn(clock) -> None:
+    model = PartialTranscriber()
+    core = AsrCore(model, clock_ns=clock, speculative_text=True)
+    first, more = np.full(RATE, 0.1, dtype=np.float32), np.full(2 * RATE, 0.1, dtype=np.float32)
+    core.handle("speech", *speech(first, 0, speculative=True))
+    out = drain(core, core.handle("speech", *Utterance(more, RATE, "s", 0, 1, 2, 3, partial=True).encode()))
+    texts, timing = decoded(out)
+    # The user went on speaking after the pause: the speculative transcript is void, withdrawn first.
+    assert [(t.speculative, t.withdrawn, t.partial) for t in texts] == [(True, True, False), (False, False, True)]
+    assert [e.kind for e in timing] == [TimingKind.SPECULATION_CANCELLED] and core.speculation is None
+
+
+def test_partial_is_part_of_the_schema_and_excludes_speculative() -> None:
+    text = Transcript("what is", "s", 4, 10, 20, partial=True)
+    assert Transcript.decode(*text.encode()) == text and text.encode()[1][Key.PARTIAL] is True
+    assert Key.PARTIAL not in Transcript("x", "s", 0, 0, 0).encode()[1]
+    with pytest.raises(SchemaError, match="partial"):
+        Transcript("x", "s", 0, 0, 0, speculative=True, partial=True)
+    utterance = Utterance(np.zeros(RATE, dtype=np.float32), RATE, "s", 2, 1, 2, 3, partial=True)
+    assert Utterance.decode(*utterance.encode()).partial is True
+    with pytest.raises(SchemaError, match="partial"):
+        Utterance(np.zeros(RATE, dtype=np.float32), RATE, "s", 2, 1, 2, 3, speculative=True, partial=True)
+
+
+def test_an_utterance_that_ends_the_turn_does_not_wait_for_a_partial_decode(clock) -> None:
+    import threading
+
+    release = threading.Event()
+
+    class SlowPartial(PartialTranscriber):
+        def partial(self, samples):
+            release.wait(5)  # still decoding when the turn ends
+            return super().partial(samples)
+
+    model = SlowPartial()
+    core = AsrCore(model, clock_ns=clock)
+    so_far, whole = np.full(RATE, 0.1, dtype=np.float32), np.full(2 * RATE, 0.1, dtype=np.float32)
+    assert core.handle("speech", *Utterance(so_far, RATE, "s", 0, 1, 2, 3, partial=True).encode()) == []
+    assert core.busy() and core.step() == []  # not done: the step returns after a short wait
+    queued = core.handle("speech", *Utterance(so_far, RATE, "s", 0, 1, 2, 3, partial=True).encode())
+    texts, timing = decoded(queued + core.handle("speech", *speech(whole, 0, speculative=False)))
+    # The confirmed utterance was transcribed at once, while the partial was still decoding.
+    assert [t.text for t in texts] == [f"words {2 * RATE}"] and [e.kind for e in timing] == [TimingKind.ASR_DONE]
+    release.set()
+    texts, _ = decoded(drain(core, []))
+    # The partial finished after its turn was confirmed: dropped; the one waiting behind it never ran.
+    assert texts == [] and model.partial_calls == [RATE] and core.partials_dropped == 1

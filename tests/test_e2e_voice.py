@@ -91,11 +91,13 @@ def test_a_700_ms_pause_mid_sentence_is_not_the_end_of_the_turn(tmp_path: Path) 
 
 def test_the_same_sentence_without_the_pause_is_answered_from_the_speculation(tmp_path: Path) -> None:
     """The recording of the test above without its inserted pause: one turn, whose transcript and the beginning of
-    whose reply were both made during the final pause and used at the confirmation."""
+    whose reply were both made during the final pause and used at the confirmation, and whose prompt was in part
+    evaluated while the sentence was still being spoken (partial transcripts)."""
     result, turn, first_loud_s, spans = answer_one_sentence(
         tmp_path, [silence(0.5), load_clip("librivox-0870.wav"), silence(0.3)])
     assert turn["speculation"] == "hit" and turn["speculation_cancelled"] == 0, result.log[-4000:]
     assert turn["llm_speculation"] == "hit" and turn["llm_speculation_cancelled"] == 0, result.log[-4000:]
+    assert turn["prefilled_words"] > 0, result.log[-4000:]
     assert first_loud_s is not None and first_loud_s > spans[0][1] - 0.3
 
 

@@ -157,3 +157,26 @@ def test_mlx_conversion_refuses_a_file_it_cannot_convert_and_leaves_nothing(tmp_
     with pytest.raises(ModelError, match="MLX cannot read bad.gguf|only llama GGUF models convert"):
         build_mlx_model(bad, tmp_path / "out")
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+@pytest.mark.real_model
+def test_llama_cpp_a_partial_prompt_evaluated_ahead_on_one_thread_is_reused_by_the_full_one() -> None:
+    backend = LlamaCppBackend(resolve_llm(None, TEST_LLM), threads=2, context_tokens=512, temperature=0.0, seed=1,
+                              prefill_threads=1)
+    system = {"role": "system", "content": "You are a helpful assistant. Answer in one short sentence."}
+    words = "Tell me the name of the river that runs through the middle of Paris".split()
+    assert list(backend.prefill([system, {"role": "user", "content": " ".join(words[:9])}], open_end=True))
+    _reused, evaluated_ahead = backend.last_prefill
+    # Open at the end: the template's end of message is not in the cache (the text goes on).
+    assert backend.llm.input_ids[backend.llm.n_tokens - 1] != backend.llm.token_eos()
+    assert evaluated_ahead > 0 and backend._template_tail([system]) >= 3
+    # The whole question shares the prefix evaluated ahead: only its last words and the template's end are
+    # evaluated now.
+    list(backend.prefill([system, {"role": "user", "content": " ".join(words)}]))
+    _reused, evaluated_now = backend.last_prefill
+    tail_words = backend.count_tokens(" " + " ".join(words[9:]))
+    assert evaluated_now <= tail_words + backend._template_tail([system]) + 1
+    ahead = "".join(backend.stream([system, {"role": "user", "content": " ".join(words)}], max_tokens=8))
+    backend.llm.reset()  # the same prompt on an empty cache, all threads
+    fresh = "".join(backend.stream([system, {"role": "user", "content": " ".join(words)}], max_tokens=8))
+    assert ahead.split()[:3] == fresh.split()[:3], (ahead, fresh)  # greedy: the same answer

@@ -534,3 +534,91 @@ def test_no_speculation_while_an_earlier_turn_is_generating_and_none_left_at_the
     assert [t.kind for t in timings(out)] == [TimingKind.SPECULATION_CANCELLED] and segments(out) == []
     assert core.current is None and not core.busy()
     assert [e.user for e in core.history.exchanges] == ["first"]
+
+
+# -- partial transcripts (TURN_PARTIAL_MS) ---------------------------------------------------------------------
+
+
+class PrefillingBackend(ScriptedBackend):
+    """A scripted backend that evaluates prompts ahead in pieces (like llama.cpp's), recording what it evaluated."""
+
+    def __init__(self, tokens: list[str], pieces: int = 3) -> None:
+        super().__init__(tokens)
+        self.pieces = pieces
+        self.prefilled: list[list[dict]] = []
+        self.pieces_done = 0
+
+    def prefill(self, messages, open_end: bool = False):
+        assert open_end  # a partial transcript's prompt stops at the end of its text
+        self.prefilled.append(messages)
+        for piece in range(self.pieces):
+            self.pieces_done += 1
+            yield piece + 1
+
+
+def partial(core: LlmCore, text: str, turn_id: int) -> list:
+    return core.handle("text", *Transcript(text, "s", turn_id, 0, 1, "voice", partial=True).encode())
+
+
+def make_prefilling(**kwargs) -> tuple[LlmCore, PrefillingBackend]:
+    backend = PrefillingBackend(["Ok", "."], **kwargs)
+    return LlmCore(load_config(LlmConfig, {"LLM_PACING": "off"}), backend), backend
+
+
+def test_a_partial_transcript_evaluates_the_prompt_ahead_and_the_turn_reports_it() -> None:
+    core, backend = make_prefilling()
+    ask(core, "hello", 0)
+    run_all(core)
+    history = [(e.user, e.assistant) for e in core.history.exchanges]
+    assert partial(core, "what is the capital", 1) == []  # nothing leaves the node
+    assert core.busy()
+    assert run_all(core) == [] and backend.pieces_done == 3
+    (messages,) = backend.prefilled
+    # The prompt the turn would get now: the history, then the words so far as the user's message.
+    assert messages[:-1] == backend.prompts[0] + [{"role": "assistant", "content": "Ok."}]
+    assert messages[-1] == {"role": "user", "content": "what is the"}  # its last word may still change
+    assert [(e.user, e.assistant) for e in core.history.exchanges] == history  # unchanged
+    out = confirm(core, "what is the capital of France?", 1) + run_all(core)
+    start = timings(out)[0]
+    assert start.kind is TimingKind.LLM_START and start.fields["prefilled_words"] == 3
+    assert backend.prompts[-1][-1]["content"] == "what is the capital of France?"
+    assert [e.user for e in core.history.exchanges] == ["hello", "what is the capital of France?"]
+
+
+def test_the_turn_that_ends_first_stops_the_prefill_between_pieces() -> None:
+    core, backend = make_prefilling(pieces=5)
+    partial(core, "tell me a", 0)
+    core.step()  # one piece evaluated
+    out = confirm(core, "tell me a joke", 0)  # the turn ended: its prompt starts at once
+    assert timings(out)[0].fields["prefilled_words"] == 2
+    out += run_all(core)
+    assert backend.pieces_done == 1  # the rest of the prefill was dropped
+    assert [m[-1]["content"] for m in backend.prompts] == ["tell me a joke"] and segments(out)[-1].is_final
+
+
+def test_a_newer_partial_restarts_the_prefill_with_more_words() -> None:
+    core, backend = make_prefilling()
+    assert partial(core, "tell", 0) == [] and not core.busy()  # one word, left out: nothing to evaluate
+    partial(core, "tell me a", 0)
+    core.step()
+    partial(core, "tell me a story about dra", 0)
+    run_all(core)
+    assert [m[-1]["content"] for m in backend.prefilled] == ["tell me", "tell me a story about"]
+    out = confirm(core, "tell me a story about dragons", 0)
+    assert timings(out)[0].fields["prefilled_words"] == 5
+
+
+def test_a_partial_is_ignored_while_a_reply_is_generated_or_without_a_prefilling_backend() -> None:
+    core, backend = make_prefilling()
+    ask(core, "hello", 0)
+    core.step()  # replying to turn 0
+    assert partial(core, "wait a mo", 1) == []
+    run_all(core)
+    assert backend.prefilled == []
+    out = confirm(core, "wait a moment", 1) + run_all(core)
+    assert timings(out)[0].fields["prefilled_words"] == 0
+    plain, scripted = make()  # ScriptedBackend has no prefill: nothing is evaluated ahead, nothing breaks
+    assert partial(plain, "what is pi", 0) == [] and not plain.busy()
+    assert scripted.warmups == [] and scripted.prompts == []
+    out = confirm(plain, "what is pi?", 0) + run_all(plain)
+    assert segments(out)[-1].is_final and timings(out)[0].fields["prefilled_words"] == 0

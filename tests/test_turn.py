@@ -148,7 +148,7 @@ def test_vad_pause_shorter_than_the_wait_keeps_one_turn_and_reports_the_rule() -
     core = VadCore(config, scripted_vad(pattern), StreamClock(), end_of_turn=config.policy(model))
     out = feed(core, np.full(len(pattern) * FRAME_SAMPLES, 0.1, dtype=np.float32))
     utterances = [u for u in (Utterance.decode(v, m) for (oid, v, m) in out if oid == Output.SPEECH)
-                  if not u.speculative]
+                  if not u.speculative and not u.partial]
     assert len(utterances) == 1
     assert utterances[0].speech_end_ns == T0 + 72 * FRAME_SAMPLES * 10**9 // RATE  # after the second part
     (ended,) = speech_ended(out)
@@ -178,7 +178,7 @@ def test_vad_speculates_at_each_proposal_before_the_model_is_asked_and_confirms_
     speculative = [u for u in (Utterance.decode(v, m) for (oid, v, m) in out if oid == Output.SPEECH) if u.speculative]
     # At each proposal the speculative utterance left before the model was asked (stamped before its 50 ms).
     assert [u.detected_ns for u in speculative] == asked_at
-    speech = [Utterance.decode(v, m) for (oid, v, m) in out if oid == Output.SPEECH]
+    speech = [u for u in (Utterance.decode(v, m) for (oid, v, m) in out if oid == Output.SPEECH) if not u.partial]
     assert [u.turn_id for u in speech] == [0, 0, 0]
     first, second, confirmed = speech
     assert len(first.samples) < len(second.samples)  # the user went on speaking after the first proposal
@@ -249,7 +249,7 @@ def test_real_700_ms_mid_sentence_pause_gives_one_turn_with_the_whole_sentence(s
     config = load_config(VadConfig, {})
     core = VadCore(config, load_silero(), StreamClock(), end_of_turn=config.policy(smart_turn))
     out = feed(core, paused, block=320)
-    speech = [Utterance.decode(v, m) for (oid, v, m) in out if oid == Output.SPEECH]
+    speech = [u for u in (Utterance.decode(v, m) for (oid, v, m) in out if oid == Output.SPEECH) if not u.partial]
     utterances = [u for u in speech if not u.speculative]
     assert len(utterances) == 1
     # The pause was speculated on (and the speculation superseded), the end too: the turn confirmed after both.
@@ -302,3 +302,42 @@ def test_the_stream_ending_with_a_decision_due_takes_it_before_closing_the_turn(
     out += core.on_input_closed("audio")
     confirmed = [u for u in (Utterance.decode(v, m) for oid, v, m in out if oid == Output.SPEECH) if not u.speculative]
     assert [u.turn_id for u in confirmed] == [0, 1] and not core.busy()
+
+
+# -- partial utterances (TURN_PARTIAL_MS) ----------------------------------------------------------------------
+
+
+def test_vad_sends_the_utterance_so_far_every_partial_interval_of_voiced_speech() -> None:
+    # 10 silent frames, 50 voiced, a 15-frame (480 ms) pause the model calls incomplete, 25 voiced, 40 silent.
+    pattern = "." * 10 + "#" * 50 + "." * 15 + "#" * 25 + "." * 40
+    config = load_config(VadConfig, {"VAD_MIN_SPEECH_MS": "64", "TURN_PARTIAL_MS": "960"})  # 30 frames
+    core = VadCore(config, scripted_vad(pattern), StreamClock(), end_of_turn=config.policy(ScriptedModel(0.1, 0.97)))
+    out = feed(core, np.arange(len(pattern) * FRAME_SAMPLES, dtype=np.float32) / 1e6)
+    speech = [Utterance.decode(v, m) for (oid, v, m) in out if oid == Output.SPEECH]
+    partials = [u for u in speech if u.partial]
+    (confirmed,) = [u for u in speech if not u.partial and not u.speculative]
+    # Due 30 frames after the onset (frame 10): at the end of frame 39; then 30 frames later, in the pause: at the
+    # first voiced frame after it (75, ending at 76); the next (frame 106) is after the end of speech (100).
+    ends = [round((u.speech_end_ns - T0) * RATE / 1e9 / FRAME_SAMPLES) for u in partials]
+    assert ends == [40, 76] and all(u.turn_id == confirmed.turn_id == 0 for u in partials)
+    # In order: a partial, the speculative utterance of the pause, the partial that follows the user resuming.
+    assert [(u.partial, u.speculative) for u in speech] == [(True, False), (False, True), (True, False),
+                                                            (False, True), (False, False)]
+    assert all(u.detected_ns <= confirmed.detected_ns for u in partials)
+    for u in partials:  # each is the start of the confirmed utterance: what the ASR hears grows, never changes
+        assert np.array_equal(u.samples, confirmed.samples[: len(u.samples)])
+        assert len(u.samples) < len(confirmed.samples)
+    assert core.partials == 2
+    off = load_config(VadConfig, {"VAD_MIN_SPEECH_MS": "64", "TURN_PARTIAL_MS": "0"})
+    core = VadCore(off, scripted_vad(pattern), StreamClock(), end_of_turn=off.policy(ScriptedModel(0.1, 0.97)))
+    out = feed(core, np.zeros(len(pattern) * FRAME_SAMPLES, dtype=np.float32))
+    assert not any(Utterance.decode(v, m).partial for (oid, v, m) in out if oid == Output.SPEECH)
+
+
+def test_a_short_utterance_gets_no_partial() -> None:
+    pattern = "." * 5 + "#" * 25 + "." * 40  # 800 ms of speech, under the 1000 ms default
+    config = load_config(VadConfig, {"VAD_MIN_SPEECH_MS": "64"})
+    core = VadCore(config, scripted_vad(pattern), StreamClock(), end_of_turn=config.policy(ScriptedModel(0.97)))
+    out = feed(core, np.zeros(len(pattern) * FRAME_SAMPLES, dtype=np.float32))
+    speech = [Utterance.decode(v, m) for (oid, v, m) in out if oid == Output.SPEECH]
+    assert [u.partial for u in speech if not u.speculative] == [False]

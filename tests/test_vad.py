@@ -32,6 +32,11 @@ def outputs(out: list, output_id: str) -> list:
     return [decoders[output_id].decode(v, m) for (oid, v, m) in out if oid == output_id]
 
 
+def confirmed(out: list) -> list[Utterance]:
+    """The utterances that end a turn (not the partial ones sent while the user speaks)."""
+    return [u for u in outputs(out, Output.SPEECH) if not u.partial]
+
+
 def silence(seconds: float) -> np.ndarray:
     return np.zeros(int(seconds * RATE), dtype=np.float32)
 
@@ -41,7 +46,7 @@ def test_real_speech_gives_one_utterance_with_sample_times(clock) -> None:
     clip = load_clip("goforward.wav")
     core = VadCore(load_config(VadConfig, {}), load_silero(), clock_ns=clock)
     out = feed(core, np.concatenate([silence(0.5), clip, silence(1.0)]), block=320, clock=clock)
-    utterances = outputs(out, Output.SPEECH)
+    utterances = confirmed(out)
     assert len(utterances) == 1
     u = utterances[0]
     # Speech lies inside the clip, and the decision came after the end of speech plus the silence wait.
@@ -54,12 +59,24 @@ def test_real_speech_gives_one_utterance_with_sample_times(clock) -> None:
     assert timing == [TimingKind.SPEECH_STARTED, TimingKind.SPEECH_ENDED]
 
 
+def test_real_long_sentence_sends_growing_partials_that_start_the_confirmed_utterance() -> None:
+    clip = load_clip("librivox-0870.wav")  # 7 s, one sentence
+    core = VadCore(load_config(VadConfig, {}), load_silero())
+    out = feed(core, np.concatenate([silence(0.3), clip, silence(1.0)]))
+    speech = outputs(out, Output.SPEECH)
+    partials, (final,) = [u for u in speech if u.partial], confirmed(out)
+    assert len(partials) >= 4 and not speech[-1].partial  # about one per second of speech, all before the end
+    assert [len(u.samples) for u in partials] == sorted(len(u.samples) for u in partials)
+    for u in partials:
+        assert u.turn_id == final.turn_id and np.array_equal(u.samples, final.samples[: len(u.samples)])
+
+
 @pytest.mark.real_model
 def test_two_utterances_two_turns() -> None:
     a, b = load_clip("goforward.wav"), load_clip("librivox-0880.wav")
     core = VadCore(load_config(VadConfig, {}), load_silero())
     out = feed(core, np.concatenate([silence(0.3), a, silence(2.0), b, silence(1.0)]))
-    assert [u.turn_id for u in outputs(out, Output.SPEECH)] == [0, 1]
+    assert [u.turn_id for u in confirmed(out)] == [0, 1]
 
 
 def scripted(probs: list[float]):

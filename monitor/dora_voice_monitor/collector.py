@@ -38,6 +38,8 @@ Definitions (all durations in ms unless the name says ``_s``; ``None`` when an e
       ``llm_speculation_cancelled``: such replies dropped (the LLM's ``speculation_cancelled`` events). On a hit the
       LLM stamps its held events no earlier than the confirmation, so ``v2v_llm_ttft_ms`` and
       ``v2v_first_chunk_ms`` are then ~0 and ``llm_start``'s ``duration_ms`` says how long it had been generating.
+    * ``prefilled_words``: words of the user's message whose prompt the LLM evaluated while they were still
+      speaking, from a partial transcript (``llm_start``'s field; 0 = none, ``TURN_PARTIAL_MS``).
     * Voice-to-voice, split into consecutive parts that add up to ``first_audio_ms`` exactly (:data:`V2V_PARTS`):
       ``v2v_eot_ms`` speech_end -> end of turn decided; ``v2v_asr_ms`` -> transcript emitted; ``v2v_llm_ttft_ms``
       -> first LLM token (the hop to the LLM and the prompt included); ``v2v_first_chunk_ms`` -> first chunk
@@ -278,6 +280,7 @@ class TurnRecord:
     speculation_cancelled: int = 0  # speculative transcripts of this turn dropped (the user went on speaking)
     llm_speculation: str | None = None  # llm_start's: hit (the reply began during the pause), miss, None
     llm_speculation_cancelled: int = 0  # replies begun during the pause and dropped (never sent, never heard)
+    prefilled_words: int | None = None  # llm_start's: words whose prompt was evaluated while the user spoke
     v2v_eot_ms: float | None = None
     v2v_asr_ms: float | None = None
     v2v_llm_ttft_ms: float | None = None
@@ -576,6 +579,7 @@ def build_turn(turn_id: int, events: Iterable[TimingEvent], *, complete: bool,
         speculation_cancelled=sum(e.node != "llm" for e in cancelled_speculations),
         llm_speculation=_field(llm_start, Key.SPECULATION),
         llm_speculation_cancelled=sum(e.node == "llm" for e in cancelled_speculations),
+        prefilled_words=_field(llm_start, Key.PREFILLED_WORDS),
         **_v2v_parts(speech_end_ns, _field(speech_ended, Key.DETECTED_NS), _t(asr_done), _t(first_token),
                      _t(ev.llm_chunks[min(ev.llm_chunks)]) if ev.llm_chunks else None,
                      _min(_t(e) for e in ev.first_fragments.values()), _t(playback_started)),
@@ -822,6 +826,7 @@ class EchoSummary:
             include any the user spoke in, which lowers them (the bench excludes those).
         delay_ms: the last echo delay estimate, ms (None before one).
         cpu_percent: mean CPU of the aec node, % of one core.
+        canceller_cpu_percent: the echo cancellers' own part of it, % of one core (None from an older aec node).
         reference_active_s: audio with the assistant audible, s.
     """
 
@@ -832,6 +837,7 @@ class EchoSummary:
     delay_ms: float | None
     cpu_percent: float | None
     reference_active_s: float
+    canceller_cpu_percent: float | None = None
 
 
 def summarize_echo(events: Sequence[TimingEvent]) -> EchoSummary | None:
@@ -841,9 +847,11 @@ def summarize_echo(events: Sequence[TimingEvent]) -> EchoSummary | None:
     erle = [float(e.fields[Key.ERLE_DB]) for e in events if Key.ERLE_DB in e.fields]
     delays = [float(e.fields[Key.DELAY_MS]) for e in events if float(e.fields.get(Key.DELAY_MS, -1.0)) >= 0]
     cpu = [float(e.fields[Key.CPU_PERCENT]) for e in events if Key.CPU_PERCENT in e.fields]
+    canceller = [float(e.fields[Key.CANCELLER_CPU_PERCENT]) for e in events if Key.CANCELLER_CPU_PERCENT in e.fields]
     return EchoSummary(
         windows=len(events), measured=len(erle),
         erle_db_p50=percentile(erle, 50) if erle else None, erle_db_p10=percentile(erle, 10) if erle else None,
         delay_ms=delays[-1] if delays else None, cpu_percent=statistics.fmean(cpu) if cpu else None,
         reference_active_s=sum(float(e.fields.get(Key.AUDIO_MS, 0.0)) for e in events) / 1000.0,
+        canceller_cpu_percent=statistics.fmean(canceller) if canceller else None,
     )

@@ -90,6 +90,8 @@ def _notes(turn: TurnRecord) -> list[str]:
         notes.append(f"llm_speculation={turn.llm_speculation}")
     if turn.llm_speculation_cancelled:
         notes.append(f"llm_speculation_cancelled={turn.llm_speculation_cancelled}")
+    if turn.prefilled_words:
+        notes.append(f"prefilled_words={turn.prefilled_words}")
     return notes
 
 
@@ -274,4 +276,5 @@ def echo_summary(echo: EchoSummary | None) -> str:
         return ""
     return (f"echo cancellation: ERLE p50 {fmt_num(echo.erle_db_p50)} dB, p10 {fmt_num(echo.erle_db_p10)} dB over "
             f"{echo.measured}/{echo.windows} windows ({echo.reference_active_s:.1f} s with the assistant audible), "
-            f"echo delay {fmt_num(echo.delay_ms)} ms, aec CPU {fmt_num(echo.cpu_percent)}% of a core")
+            f"echo delay {fmt_num(echo.delay_ms)} ms, aec CPU {fmt_num(echo.cpu_percent)}% of a core (the "
+            f"cancellers {fmt_num(echo.canceller_cpu_percent)}%)")

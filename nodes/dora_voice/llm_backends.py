@@ -53,6 +53,8 @@ class LlamaCppBackend:
     Args:
         model_path: GGUF file.
         threads: CPU threads for generation and prompt evaluation.
+        prefill_threads: CPU threads for the prompts :meth:`prefill` evaluates ahead, off the user's path (None: the
+            same as ``threads``). Fewer leave the other cores to the nodes on the user's path meanwhile.
         context_tokens: context window (``n_ctx``).
         temperature: sampling temperature (0 = greedy).
         seed: RNG seed, for repeatable benchmarks.
@@ -65,9 +67,12 @@ class LlamaCppBackend:
     name = "llama_cpp"
 
     def __init__(self, model_path: Path, *, threads: int, context_tokens: int, temperature: float, seed: int,
-                 repeat_penalty: float = 1.0, ignore_eos: bool = False) -> None:
+                 repeat_penalty: float = 1.0, ignore_eos: bool = False, prefill_threads: int | None = None) -> None:
         from llama_cpp import Llama
 
+        self.threads = threads
+        self.prefill_threads = prefill_threads or threads
+        self._tail_tokens: int | None = None
         self.temperature = temperature
         self.repeat_penalty = repeat_penalty
         self.finish_reason = ""
@@ -103,10 +108,15 @@ class LlamaCppBackend:
         for _ in self.stream(messages, max_tokens=1):
             pass
 
-    def prefill(self, messages: list[Message], batch_tokens: int = PREFILL_BATCH_TOKENS) -> Iterator[int]:
+    def prefill(self, messages: list[Message], batch_tokens: int = PREFILL_BATCH_TOKENS, *,
+                open_end: bool = False) -> Iterator[int]:
         """Evaluate the prompt of ``messages`` into the KV cache in pieces of ``batch_tokens``, yielding the tokens
         evaluated so far after each piece, so the caller can stop between pieces (a new turn arrived: its prompt
         then reuses what was evaluated; llama.cpp matches the longest cached prefix).
+
+        ``open_end``: stop at the end of the last message's text, leaving out the chat template's tokens after it
+        (end of message, assistant header): for a user message that is still growing (a partial transcript), whose
+        next version continues the text, so those tokens would be evaluated again each time.
 
         The prompt tokens are the ones ``create_chat_completion`` would evaluate (same chat template, same prefix
         match): they are captured from its first ``eval`` call, which is stopped before it computes anything.
@@ -130,13 +140,59 @@ class LlamaCppBackend:
         finally:
             del self.llm.eval
         self.llm.n_tokens = n_past[0]
+        if open_end:
+            captured = captured[: max(0, len(captured) - self._template_tail(messages))]
         reused = self._shift_cache(cached, n_past[0], captured)
         self.last_prefill = (reused, len(captured) - reused)
         if reused:
             yield reused
         for start in range(reused, len(captured), batch_tokens):
-            self.llm.eval(captured[start: start + batch_tokens])
+            self._eval_with_threads(captured[start: start + batch_tokens], self.prefill_threads)
             yield start + len(captured[start: start + batch_tokens])
+
+    def _template_tail(self, messages: list[Message]) -> int:
+        """Tokens the chat template puts after the last message's text (the common end of two prompts whose last
+        messages differ), measured once."""
+        if self._tail_tokens is None:
+            try:
+                self._tail_tokens = self._measure_tail(messages)
+            except Exception as exc:  # noqa: BLE001 - an unusual template: evaluate the whole prompt, as before
+                logger.warning("could not measure the chat template's tail (%s: %s); partial prompts are evaluated "
+                               "whole", type(exc).__name__, str(exc)[:200])
+                self._tail_tokens = 0
+        return self._tail_tokens
+
+    def _measure_tail(self, messages: list[Message]) -> int:
+        role = messages[-1]["role"]
+        ends = [self.llm.tokenize(self._prompt_text([*messages[:-1], {"role": role, "content": content}])
+                                  .encode("utf-8"), add_bos=False, special=True)
+                for content in ("alpha", "beta gamma")]
+        tail = 0
+        while tail < min(map(len, ends)) and ends[0][-1 - tail] == ends[1][-1 - tail]:
+            tail += 1
+        return tail
+
+    def _prompt_text(self, messages: list[Message]) -> str:
+        """The prompt ``create_chat_completion`` would give ``messages``, as text (the GGUF's chat template)."""
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter  # noqa: PLC0415
+
+        template = self.llm.metadata.get("tokenizer.chat_template", "")
+        eos = self.llm._model.token_get_text(self.llm.token_eos())
+        bos = self.llm._model.token_get_text(self.llm.token_bos())
+        return Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)(messages=messages).prompt
+
+    def _eval_with_threads(self, tokens: list[int], threads: int) -> None:
+        """``Llama.eval`` with ``threads`` for the batch (``llama_set_n_threads``), then the usual count again."""
+        import llama_cpp  # noqa: PLC0415 - the backend's own module, imported with it
+
+        if threads == self.threads:
+            self.llm.eval(tokens)
+            return
+        llama_cpp.llama_set_n_threads(self.llm._ctx.ctx, self.threads, threads)
+        try:
+            self.llm.eval(tokens)
+        finally:
+            llama_cpp.llama_set_n_threads(self.llm._ctx.ctx, self.threads, self.threads)
 
     def _shift_cache(self, cached: list[int], keep: int, new: list[int]) -> int:
         """Reuse cached tokens that moved: when the history dropped its oldest exchanges, the exchanges it kept are

@@ -65,6 +65,10 @@ class Key:
     SPECULATIVE = "speculative"  # bool: an utterance (or its transcript) sent at a proposed end of turn, before the
     #   turn is confirmed
     WITHDRAWN = "withdrawn"  # bool: on a speculative transcript, the one sent before for that turn is void
+    PARTIAL = "partial"  # bool: an utterance (or its transcript) sent while the user is still speaking, so the LLM
+    #   can evaluate its prompt ahead (TURN_PARTIAL_MS); never answered
+    PREFILLED_WORDS = "prefilled_words"  # int: on llm_start, words of the user's message whose prompt was evaluated
+    #   while they spoke (from a partial transcript; 0 = none)
     SPECULATION = "speculation"  # str: on asr_done, "hit" (transcript of the speculative pass reused), "miss"
     #   (a speculative pass was dropped: the audio changed) or "none"; on llm_start, "hit" (the reply began during
     #   the pause, from the speculative transcript), "miss" (a reply begun ahead was dropped) or "none"
@@ -86,6 +90,8 @@ class Key:
     ERLE_DB = "erle_db"  # float, dB: echo return loss enhancement over a window (mic power / AEC output power)
     DELAY_MS = "delay_ms"  # float, ms: estimated echo delay of the mic behind the time-aligned reference
     CPU_PERCENT = "cpu_percent"  # float, % of one core: processing time / audio time
+    CANCELLER_CPU_PERCENT = "canceller_cpu_percent"  # float, % of one core: the echo cancellers' own time (aec_stats;
+    #   the rest of cpu_percent is the node around them: dora messaging, alignment, measurements)
     ECHO_ACTIVE = "echo_active"  # bool: on aec/audio, the assistant (or its echo tail) was audible in the block
     # Reliable delivery between machines (dora_voice.link); the runtime adds and removes these, cores never see them.
     LINK = "link"  # str: names one run of the sending node
@@ -391,6 +397,12 @@ class Utterance:
         speculative: ``True`` for an utterance sent when a pause *proposed* the end of the turn, before it was
             confirmed (the ASR may transcribe it ahead, but nothing downstream acts on it); the confirmed utterance
             of the same ``turn_id`` follows, with ``False``, and may hold more speech.
+        partial: ``True`` for the utterance so far, sent while the user is still speaking (``TURN_PARTIAL_MS``), so
+            the ASR can make a partial transcript and the LLM evaluate its prompt ahead; nothing answers it. The
+            utterances of its turn that follow (partial, speculative or confirmed) hold at least its speech.
+
+    Raises:
+        SchemaError: (on construction) both ``speculative`` and ``partial``.
     """
 
     samples: np.ndarray
@@ -401,12 +413,19 @@ class Utterance:
     speech_end_ns: int
     detected_ns: int
     speculative: bool = False
+    partial: bool = False
+
+    def __post_init__(self) -> None:
+        if self.speculative and self.partial:
+            raise SchemaError("an utterance is either speculative (a pause proposed the end of the turn) or partial "
+                              "(the user is still speaking), not both")
 
     def encode(self) -> tuple[pa.Array, dict[str, Any]]:
         return _audio_array(self.samples), {
             Key.SAMPLE_RATE: int(self.sample_rate), Key.SESSION_ID: self.session_id, Key.TURN_ID: int(self.turn_id),
             Key.SPEECH_START_NS: int(self.speech_start_ns), Key.SPEECH_END_NS: int(self.speech_end_ns),
             Key.DETECTED_NS: int(self.detected_ns), Key.SPECULATIVE: bool(self.speculative),
+            Key.PARTIAL: bool(self.partial),
         }
 
     @classmethod
@@ -415,7 +434,7 @@ class Utterance:
             samples=audio_to_numpy(value), sample_rate=_positive_rate(meta), session_id=_get(meta, Key.SESSION_ID, str, ""),
             turn_id=_get(meta, Key.TURN_ID, int), speech_start_ns=_get(meta, Key.SPEECH_START_NS, int),
             speech_end_ns=_get(meta, Key.SPEECH_END_NS, int), detected_ns=_get(meta, Key.DETECTED_NS, int),
-            speculative=_get(meta, Key.SPECULATIVE, bool, False),
+            speculative=_get(meta, Key.SPECULATIVE, bool, False), partial=_get(meta, Key.PARTIAL, bool, False),
         )
 
 
@@ -474,9 +493,13 @@ class Transcript:
         source: "voice" or "text".
         speculative: made before the turn was confirmed; never answered by itself.
         withdrawn: (speculative only) the speculative transcript of this turn is void.
+        partial: the transcript of the utterance so far, made while the user is still speaking (``TURN_PARTIAL_MS``):
+            the LLM may evaluate the prompt it would make (nothing is generated, the history does not change);
+            never answered. Any number of them may precede a turn's other transcripts.
 
     Raises:
-        SchemaError: (on construction) ``withdrawn`` without ``speculative``.
+        SchemaError: (on construction) ``withdrawn`` without ``speculative``, or both ``speculative`` and
+            ``partial``.
     """
 
     text: str
@@ -487,10 +510,13 @@ class Transcript:
     source: str = "voice"
     speculative: bool = False
     withdrawn: bool = False
+    partial: bool = False
 
     def __post_init__(self) -> None:
         if self.withdrawn and not self.speculative:
             raise SchemaError("a withdrawn transcript must be speculative (a confirmed transcript is never withdrawn)")
+        if self.speculative and self.partial:
+            raise SchemaError("a transcript is either speculative or partial, not both")
 
     def encode(self) -> tuple[pa.Array, dict[str, Any]]:
         meta: dict[str, Any] = {
@@ -500,6 +526,8 @@ class Transcript:
         if self.speculative:
             meta[Key.SPECULATIVE] = True
             meta[Key.WITHDRAWN] = bool(self.withdrawn)
+        if self.partial:
+            meta[Key.PARTIAL] = True
         return _label(self.text), meta
 
     @classmethod
@@ -508,7 +536,7 @@ class Transcript:
                    turn_id=_get(meta, Key.TURN_ID, int), speech_end_ns=_get(meta, Key.SPEECH_END_NS, int, 0),
                    t_ns=_get(meta, Key.T_NS, int, 0), source=_get(meta, Key.SOURCE, str, "voice"),
                    speculative=_get(meta, Key.SPECULATIVE, bool, False),
-                   withdrawn=_get(meta, Key.WITHDRAWN, bool, False))
+                   withdrawn=_get(meta, Key.WITHDRAWN, bool, False), partial=_get(meta, Key.PARTIAL, bool, False))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -698,7 +726,8 @@ TIMING_FIELD_TYPES: Mapping[str, type] = {
     Key.UNDERRUNS: int, Key.CANCELLED: int, Key.DETECTED_NS: int, Key.SPEECH_START_NS: int, Key.SPEECH_END_NS: int,
     Key.TEXT: str, Key.DETAIL: str, Key.DURATION_MS: float, Key.AUDIO_MS: float, Key.UNDERRUN_MS: float,
     Key.INTERRUPTED: bool, Key.IS_FINAL: bool, Key.EOT_RULE: str, Key.EOT_PROBABILITY: float, Key.EOT_MODEL_MS: float,
-    Key.ERLE_DB: float, Key.DELAY_MS: float, Key.CPU_PERCENT: float, Key.SPECULATION: str,
+    Key.ERLE_DB: float, Key.DELAY_MS: float, Key.CPU_PERCENT: float, Key.CANCELLER_CPU_PERCENT: float,
+    Key.SPECULATION: str, Key.PREFILLED_WORDS: int,
 }
 """Type of every field a timing event may carry (``float`` fields also accept an int). Float fields are durations
 (ms, >= 0): a non-finite value is sent as ``-1.0`` and :meth:`TimingEvent.get` reads it as missing."""
@@ -726,7 +755,7 @@ TIMING_FIELDS: Mapping[TimingKind, TimingFields] = {
                                                 Key.SPECULATION)),
     TimingKind.SPECULATION_CANCELLED: TimingFields(optional=(Key.DURATION_MS, Key.AUDIO_MS, Key.TOKENS)),
     TimingKind.TEXT_INPUT: TimingFields(optional=(Key.TEXT,)),
-    TimingKind.LLM_START: TimingFields(optional=(Key.TEXT, Key.SPECULATION, Key.DURATION_MS)),
+    TimingKind.LLM_START: TimingFields(optional=(Key.TEXT, Key.SPECULATION, Key.DURATION_MS, Key.PREFILLED_WORDS)),
     TimingKind.LLM_FIRST_TOKEN: TimingFields(),
     TimingKind.LLM_CHUNK: TimingFields(required=(Key.SEGMENT_INDEX,),
                                        optional=(Key.TOKENS, Key.TEXT, Key.DURATION_MS, Key.IS_FINAL)),
@@ -748,7 +777,7 @@ TIMING_FIELDS: Mapping[TimingKind, TimingFields] = {
                                                 Key.DETECTED_NS)),
     TimingKind.INPUT_ERROR: TimingFields(optional=(Key.DETAIL,)),
     TimingKind.AEC_STATS: TimingFields(optional=(Key.DURATION_MS, Key.AUDIO_MS, Key.ERLE_DB, Key.DELAY_MS,
-                                                 Key.CPU_PERCENT)),
+                                                 Key.CPU_PERCENT, Key.CANCELLER_CPU_PERCENT)),
 }
 """The fields of every timing kind (their meaning: :class:`Key` and :class:`TimingKind`). A new field or kind is
 declared here first: :class:`TimingEvent` rejects an undeclared field where it is built (the sender) and drops one

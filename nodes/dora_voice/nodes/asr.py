@@ -1,6 +1,7 @@
 """ASR node: Whisper (CTranslate2, int8 on CPU) on each utterance, with a cost proportional to its length.
 
-Input ``speech`` (vad/speech; a ``speculative`` utterance is transcribed ahead and kept, see :class:`AsrCore`).
+Input ``speech`` (vad/speech; a ``speculative`` utterance is transcribed ahead and kept, a ``partial`` one, the
+utterance so far while the user speaks, gets a partial transcript; see :class:`AsrCore`).
 Outputs ``text`` (a :class:`~dora_voice.schema.Transcript` per turn, carrying the
 utterance's ``speech_end_ns``) and ``timing`` (``asr_done``). An utterance that transcribes to nothing (noise,
 breath) produces no transcript and is logged.
@@ -27,10 +28,13 @@ silence does not become "you you you" (see :func:`keep_segment`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
@@ -58,6 +62,10 @@ class AsrConfig:
     beam_size: int = env_field("ASR_BEAM_SIZE", 1, parse_int(min_value=1, max_value=10),
                                "beam width (1 = greedy, fastest)")
     threads: int = env_field("ASR_THREADS", 2, parse_int(min_value=1, max_value=64), "CPU threads for CTranslate2")
+    partial_threads: int = env_field("ASR_PARTIAL_THREADS", 1, parse_int(min_value=1, max_value=64),
+                                     "CPU threads for partial transcripts (made while the user speaks, with "
+                                     "ASR_WINDOW=short; a second instance of the model when it differs from "
+                                     "ASR_THREADS), so they leave a core to the rest")
     window: str = env_field("ASR_WINDOW", "short", parse_choice("short", "full"),
                             "short: encode max(ASR_MIN_WINDOW_S, clip + ASR_WINDOW_PAD_S) with a bounded decode; "
                             "full: faster-whisper's 30 s window")
@@ -134,6 +142,9 @@ FULL_WINDOW_S = 30.0
 """Whisper's own input window (s): 3000 feature frames, what faster-whisper's ``transcribe`` always encodes."""
 FRAMES_PER_S = 100
 """Whisper feature frames per second (hop of 160 samples at 16 kHz)."""
+PARTIAL_POLL_S = 0.01
+"""While a partial transcript decodes on its worker thread, the node waits at most this long (s) for it between
+polls for input, so it neither spins nor delays an utterance that arrives meanwhile by more than this."""
 BOUND_BASE_TOKENS = 10
 BOUND_TOKENS_PER_S = 5.0
 """The decode bound of a short window: 10 + 5 tokens per second of audio (measured here: removed
@@ -213,6 +224,8 @@ class WindowedWhisper:
     Args:
         decode: the bounded short-window decode (the real one is built by :func:`load_whisper`; tests inject fakes).
         full: the full-window transcriber, used for utterances that fill the window and when the guard trips.
+        partial_decode: the bounded decode for :meth:`partial` (the real one runs on ``ASR_PARTIAL_THREADS``);
+            default ``decode``.
         min_window_s / pad_s: see :func:`window_frames`.
 
     Attributes:
@@ -221,8 +234,9 @@ class WindowedWhisper:
     """
 
     def __init__(self, decode: BoundedDecode, full: Transcriber, *, min_window_s: float = 8.0,
-                 pad_s: float = 1.0) -> None:
+                 pad_s: float = 1.0, partial_decode: BoundedDecode | None = None) -> None:
         self.decode = decode
+        self.partial_decode = partial_decode or decode
         self.full = full
         self.min_window_s = min_window_s
         self.pad_s = pad_s
@@ -249,6 +263,17 @@ class WindowedWhisper:
         self.last_window_s = frames / FRAMES_PER_S
         return text
 
+    def partial(self, samples: np.ndarray) -> str:
+        """The bounded short-window decode alone, for a partial transcript (the utterance so far, which is cut
+        mid-word and only primes the LLM's prompt): no full-window fallback, so it never costs a 30 s pass while the
+        user speaks. Returns ``""`` when the audio is too long for a short window or the decode looks like a loop."""
+        audio_s = len(samples) / PIPELINE_SAMPLE_RATE_HZ
+        if audio_s + self.pad_s >= FULL_WINDOW_S:
+            return ""
+        bound = decode_bound(audio_s)
+        text, generated = self.partial_decode(samples, window_frames(audio_s, self.min_window_s, self.pad_s), bound)
+        return "" if generated >= bound or looks_like_loop(text, audio_s) else text
+
 _NON_SPEECH = re.compile(r"^[\s\W]*$|^\s*[\[(].*[\])]\s*$")
 
 
@@ -272,6 +297,9 @@ class AsrCore(NodeCore):
     transcript is sent without transcribing again (``asr_done`` with ``speculation=hit``); when its audio differs
     (the user went on speaking), or another speculative utterance replaces it, the kept one is dropped and counted
     (``speculation_cancelled``; the confirmed utterance is transcribed as usual, ``speculation=miss``).
+    An utterance marked ``partial`` (the user is still speaking) is transcribed with ``transcribe.partial`` (no slow
+    fallback) and sent marked ``partial``, or ignored when the transcriber has none (``ASR_WINDOW=full``); it voids
+    a kept speculation of its turn either way.
     With ``speculative_text`` (``TURN_SPECULATION=answer``) the kept transcript is also sent at once, marked
     ``speculative``, so the LLM can begin the reply during the pause; dropping it then also sends it again marked
     ``withdrawn``, before anything else of that turn.
@@ -284,6 +312,7 @@ class AsrCore(NodeCore):
 
     Attributes:
         speculation_hits / speculation_cancelled: speculative transcripts reused / dropped so far.
+        partials / partial_ms: partial utterances transcribed, and the time they took (ms, in all).
     """
 
     node_id = "asr"
@@ -297,6 +326,14 @@ class AsrCore(NodeCore):
         self.speculation: _Speculation | None = None
         self.speculation_hits = 0
         self.speculation_cancelled = 0
+        self.transcribe_partial: Transcriber | None = getattr(transcribe, "partial", None)
+        self.partials = 0
+        self.partial_ms = 0.0
+        self.partials_dropped = 0  # partial transcripts made too late to matter (their turn had moved on)
+        self._partial_pool: ThreadPoolExecutor | None = None
+        self._partial_job: tuple[Future[str], Utterance, float] | None = None  # (decode, utterance, start s)
+        self._partial_next: Utterance | None = None  # the newest partial waiting for the running one
+        self._settled_turn = -1  # newest turn with a confirmed utterance: its partials are too late
 
     def on_input(self, input_id: str, value: pa.Array, metadata: Mapping[str, Any]) -> Iterable[Emit]:
         if input_id != "speech":
@@ -316,6 +353,11 @@ class AsrCore(NodeCore):
         audio_s = len(utterance.samples) / utterance.sample_rate
         out: list[Emit] = []
         kept = self.speculation
+        if utterance.partial:
+            return self._partial(utterance, samples, kept)
+        self._partial_next = None  # older audio than this utterance's
+        if not utterance.speculative:  # (after a speculative one the user may still resume: partials go on)
+            self._settled_turn = max(self._settled_turn, utterance.turn_id)
         if kept is not None and (utterance.speculative or kept.turn_id != utterance.turn_id
                                  or not np.array_equal(kept.samples, utterance.samples)):
             out += self._cancel(kept)  # replaced, or the turn ended with other audio: it was for nothing
@@ -354,7 +396,75 @@ class AsrCore(NodeCore):
                            Key.SPEECH_END_NS: utterance.speech_end_ns, Key.SPECULATION: speculation}),
         ]
 
+    def _partial(self, utterance: Utterance, samples: np.ndarray, kept: _Speculation | None) -> list[Emit]:
+        """The utterance so far (the user is still speaking): its transcript, marked partial, for the LLM to evaluate
+        the prompt ahead. It also voids a speculative transcript of its turn: the user went on after that pause.
+
+        The decode runs on a worker thread (CTranslate2 releases the GIL), so an utterance that ends the turn is
+        transcribed at once instead of waiting behind it; a partial that arrives while one is decoding replaces any
+        other waiting, and a result whose turn has been confirmed meanwhile is dropped."""
+        out = self._cancel(kept) if kept is not None else []
+        if self.transcribe_partial is None:  # ASR_WINDOW=full: a 30 s pass per partial would cost more than it saves
+            return out
+        if utterance.turn_id <= self._settled_turn:
+            self.partials_dropped += 1
+            return out
+        utterance = dataclasses.replace(utterance, samples=samples)
+        if self._partial_job is not None:
+            self._partial_next = utterance
+            return out
+        self._start_partial(utterance)
+        return out
+
+    def _start_partial(self, utterance: Utterance) -> None:
+        if self._partial_pool is None:
+            self._partial_pool = ThreadPoolExecutor(1, thread_name_prefix="asr-partial")
+        assert self.transcribe_partial is not None
+        self._partial_job = (self._partial_pool.submit(self.transcribe_partial, utterance.samples), utterance,
+                             time.perf_counter())
+
+    def busy(self) -> bool:
+        return self._partial_job is not None
+
+    def step(self) -> Iterable[Emit]:
+        """Collect a finished partial decode (waits at most :data:`PARTIAL_POLL_S` for it), start the next."""
+        assert self._partial_job is not None
+        future, utterance, started = self._partial_job
+        try:
+            text = " ".join(future.result(timeout=PARTIAL_POLL_S).split())
+        except FuturesTimeout:
+            return []
+        except Exception as exc:  # noqa: BLE001 - a failed partial only loses a head start
+            logger.warning("turn %d: partial transcript failed (%s: %s)", utterance.turn_id, type(exc).__name__,
+                           str(exc)[:200])
+            text = ""
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        self._partial_job = None
+        self.partials += 1
+        self.partial_ms += elapsed_ms
+        if self._partial_next is not None:
+            self._start_partial(self._partial_next)
+            self._partial_next = None
+        if utterance.turn_id <= self._settled_turn:
+            self.partials_dropped += 1
+            return []
+        if _NON_SPEECH.match(text):
+            return []
+        logger.debug("turn %d: partial transcript %r (%.0f ms for %.2f s)", utterance.turn_id, text, elapsed_ms,
+                     len(utterance.samples) / PIPELINE_SAMPLE_RATE_HZ)
+        return [emit(Output.TEXT, Transcript(text, utterance.session_id, utterance.turn_id, utterance.speech_end_ns,
+                                             self.clock_ns(), "voice", partial=True))]
+
     def on_end(self) -> Iterable[Emit]:
+        self._partial_next = None
+        if self._partial_job is not None:
+            self._partial_job[0].cancel()
+            self._partial_job = None
+        if self._partial_pool is not None:
+            self._partial_pool.shutdown(wait=True)
+        if self.partials:
+            logger.info("%d partial transcripts made while the user spoke, %.0f ms each on average, %d too late to "
+                        "send", self.partials, self.partial_ms / self.partials, self.partials_dropped)
         # A speculative transcript whose turn was never confirmed (the stream ended first) was for nothing.
         return self._cancel(self.speculation) if self.speculation is not None else []
 
@@ -420,10 +530,16 @@ def load_whisper(config: AsrConfig) -> Transcriber:
 
     transcribe: Transcriber = full
     if config.window == "short":
+        partial_model = model
+        if config.partial_threads != config.threads:
+            partial_model = WhisperModel(str(path), device="cpu", compute_type="int8",
+                                         cpu_threads=config.partial_threads, local_files_only=True)
         transcribe = WindowedWhisper(_bounded_decode(model, config), full, min_window_s=config.min_window_s,
-                                     pad_s=config.window_pad_s)
+                                     pad_s=config.window_pad_s, partial_decode=_bounded_decode(partial_model, config))
     started = time.perf_counter()
     transcribe(np.zeros(PIPELINE_SAMPLE_RATE_HZ, dtype=np.float32))
+    if isinstance(transcribe, WindowedWhisper):
+        transcribe.partial(np.zeros(PIPELINE_SAMPLE_RATE_HZ, dtype=np.float32))
     logger.info("Whisper warm-up took %.0f ms", (time.perf_counter() - started) * 1000)
     return transcribe
 

@@ -107,6 +107,10 @@ class LlmConfig:
                                    "sampling temperature")
     seed: int = env_field("LLM_SEED", 7, parse_int(min_value=0), "sampling seed")
     threads: int = env_field("LLM_THREADS", 2, parse_int(min_value=1, max_value=64), "CPU threads")
+    prefill_threads: int = env_field("LLM_PREFILL_THREADS", 1, parse_int(min_value=1, max_value=64),
+                                     "CPU threads for prompts evaluated ahead, off the user's path (a partial "
+                                     "transcript's while the user speaks, a trimmed history's while the answer "
+                                     "plays), so they leave a core to the ASR, the end-of-turn model and the TTS")
     context_tokens: int = env_field("LLM_CONTEXT_TOKENS", 4096, parse_int(min_value=256, max_value=131072),
                                     "context window, tokens")
     first_chunk_max_tokens: int = env_field("LLM_FIRST_CHUNK_MAX_TOKENS", 5, parse_int(min_value=1, max_value=512),
@@ -177,6 +181,7 @@ class _Turn:
     speculative: bool = False  # begun from a speculative transcript: nothing leaves the node until confirmed
     held: list[Emit] = field(default_factory=list)  # what a speculative turn produced, sent on confirmation
     ahead_done: bool = False  # a speculative turn's generation ended (its _finish waits for the confirmation)
+    prefilled_words: int = 0  # words of the user's message whose prompt was evaluated while they spoke
 
     @property
     def paused(self) -> bool:
@@ -295,6 +300,10 @@ class LlmCore(NodeCore):
         self.prefill_pending = False  # history was trimmed: re-evaluate its new prefix while the answer plays
         self._prefill_steps: Iterator[int] | None = None  # the re-evaluation in progress (interruptible backends)
         self._prefill_started = 0
+        self._prefill_messages: list[Message] | None = None  # a partial transcript's prompt (else the history's)
+        self._partial: tuple[int, int] | None = None  # (turn_id, words) of the latest partial transcript prefilled
+        self._partial_pending: tuple[int, int] | None = None  # the same for the one being evaluated
+        self.partial_prefills = 0  # partial transcripts whose prompt was evaluated ahead
         self.turn_ids = TurnSequence()
         self.last_text_turn = -1
         self.failed_turns = 0
@@ -315,6 +324,8 @@ class LlmCore(NodeCore):
         if input_id == "text":
             transcript = Transcript.decode(value, metadata)
             self.turn_ids.check(transcript.turn_id, "text")
+            if transcript.partial:
+                return self._on_partial(transcript)
             if transcript.speculative:
                 return self._on_speculative(transcript)
             out: list[Emit] = []
@@ -381,6 +392,7 @@ class LlmCore(NodeCore):
         self.queue.clear()
         self.prefill_pending = False
         self._prefill_steps = None
+        self._prefill_messages = None
         return out
 
     def busy(self) -> bool:
@@ -561,20 +573,22 @@ class LlmCore(NodeCore):
     def _start(self, transcript: Transcript, *, speculative: bool = False) -> list[Emit]:
         """Submit the prompt of ``transcript``'s turn. A ``speculative`` turn leaves the history as it was (its
         prompt's fit is undone) and sends nothing until :meth:`_confirm`."""
-        if self._prefill_steps is not None:
+        if self._prefill_steps is not None and self._prefill_messages is None:
             logger.info("turn %d: a new turn interrupts the history re-evaluation; its prompt reuses what was "
                         "evaluated", transcript.turn_id)
         self.prefill_pending = False  # this prompt evaluates the new prefix anyway
         self._prefill_steps = None
-        if speculative:
-            exchanges = list(self.history.exchanges)
-            messages = self.history.fit(transcript.text, self.prompt_budget)[0]
-            self.history.exchanges = exchanges  # fitted again (_fit) if the turn is confirmed with the same text
-        else:
-            messages = self._fit(transcript)
+        # fitted again (_fit) if a speculative turn is confirmed with the same text
+        messages = self._fit_ahead(transcript.text) if speculative else self._fit(transcript)
+        prefilled = self._partial[1] if self._partial is not None and self._partial[0] == transcript.turn_id else 0
+        self._prefill_messages = None
         self.segmenter.reset()
         start = self.clock_ns()
-        self.current = _Turn(transcript, iter(()), start, last_chunk_ns=start, speculative=speculative)
+        self.current = _Turn(transcript, iter(()), start, last_chunk_ns=start, speculative=speculative,
+                             prefilled_words=prefilled)
+        if prefilled:
+            logger.info("turn %d: the prompt of %d of its words was evaluated while the user spoke", transcript.turn_id,
+                        prefilled)
         if not self.config.enable_streaming:
             self.current.sentences = TextSegmenter(SegmentationPolicy.sentences(self.config.context_tokens * 8))
         out: list[Emit] = []
@@ -584,7 +598,7 @@ class LlmCore(NodeCore):
         else:
             self.texts[transcript.turn_id] = self.current.chunks
             logger.info("turn %d: generating a reply to %r", transcript.turn_id, transcript.text[:200])
-            fields: dict[str, Any] = {Key.TEXT: transcript.text[:2000]}
+            fields: dict[str, Any] = {Key.TEXT: transcript.text[:2000], Key.PREFILLED_WORDS: prefilled}
             if transcript.turn_id == self._missed_turn:
                 fields[Key.SPECULATION] = "miss"
             out.append(self.timing(TimingKind.LLM_START, transcript.turn_id, start, **fields))
@@ -611,6 +625,32 @@ class LlmCore(NodeCore):
                            "used", transcript.turn_id, len(transcript.text), self.config.context_tokens,
                            len(messages[-1]["content"]) - 4)
         return messages
+
+    def _fit_ahead(self, text: str) -> list[Message]:
+        """The prompt a user message ``text`` would get now, with the history left as it was (nothing dropped)."""
+        exchanges = list(self.history.exchanges)
+        messages = self.history.fit(text, self.prompt_budget)[0]
+        self.history.exchanges = exchanges
+        return messages
+
+    # -- partial transcripts (TURN_PARTIAL_MS) -----------------------------------------------------------------
+    def _on_partial(self, transcript: Transcript) -> list[Emit]:
+        """A partial transcript (the user is still speaking): evaluate the prompt it would make into the runtime's
+        cache, so the reply's prompt, which starts with the same tokens up to the words said since, is mostly
+        evaluated already when the turn ends (llama.cpp reuses the longest cached prefix). Its last word is left out
+        (often cut mid-word, or given a full stop), and so is the chat template's end of the message (``open_end``):
+        both would change with the next words. Only while idle, and only with a backend that prefills in
+        interruptible pieces; nothing is generated, the history does not change."""
+        words = transcript.text.split()[:-1]  # the last word may be cut short, or end in a full stop it does not have
+        if (not words or self.current is not None or self.queue or self.dead_peer is not None or self.text_closed
+                or transcript.turn_id <= self.last_text_turn or getattr(self.backend, "prefill", None) is None):
+            return []
+        self._prefill_messages = self._fit_ahead(" ".join(words))
+        self._partial_pending = (transcript.turn_id, len(words))
+        self.partial_prefills += 1
+        self.prefill_pending = True
+        self._prefill_steps = None  # a newer partial starts over; what was evaluated stays in the cache
+        return []
 
     # -- speculation (TURN_SPECULATION=answer) -----------------------------------------------------------------
     def _on_speculative(self, transcript: Transcript) -> list[Emit]:
@@ -654,7 +694,8 @@ class LlmCore(NodeCore):
         turn.speculative = False
         self.texts[transcript.turn_id] = turn.chunks
         out = [self.timing(TimingKind.LLM_START, transcript.turn_id, now, **{
-            Key.TEXT: transcript.text[:2000], Key.SPECULATION: "hit", Key.DURATION_MS: ahead_ms})]
+            Key.TEXT: transcript.text[:2000], Key.SPECULATION: "hit", Key.DURATION_MS: ahead_ms,
+            Key.PREFILLED_WORDS: turn.prefilled_words})]
         for output_id, value, meta in turn.held:
             for key in (Key.T_NS, Key.LLM_START_NS):
                 if key in meta and meta[key] < now:
@@ -808,7 +849,7 @@ class LlmCore(NodeCore):
         started = self.clock_ns()
         try:
             if self._prefill_steps is None:
-                messages = self.history.fit("", self.prompt_budget)[0]
+                messages = self._prefill_messages or self.history.fit("", self.prompt_budget)[0]
                 prefill = getattr(self.backend, "prefill", None)
                 if prefill is None:
                     self.prefill_pending = False
@@ -816,21 +857,33 @@ class LlmCore(NodeCore):
                     logger.info("history trimmed to %d turns: prefix re-evaluated in %.0f ms, off the user's path",
                                 len(self.history.exchanges), (self.clock_ns() - started) / 1e6)
                     return
-                self._prefill_steps = iter(prefill(messages))
+                self._prefill_steps = iter(prefill(messages, open_end=True) if self._prefill_messages is not None
+                                           else prefill(messages))
                 self._prefill_started = started
             next(self._prefill_steps)
+            if self._prefill_messages is not None:
+                self._partial = self._partial_pending  # (at least part of) its prompt is in the cache
         except StopIteration:
             self.prefill_pending = False
             self._prefill_steps = None
             reused, evaluated = getattr(self.backend, "last_prefill", (0, 0))
+            if self._prefill_messages is not None:
+                self._prefill_messages = None
+                self._partial = self._partial_pending
+                logger.debug("turn %d: prompt of a partial transcript evaluated in %.0f ms (%d tokens)",
+                             self._partial[0] if self._partial else -1,
+                             (self.clock_ns() - self._prefill_started) / 1e6, evaluated)
+                return
             logger.info("history trimmed to %d turns: prefix re-evaluated in %.0f ms, off the user's path (%d tokens "
                         "moved in the cache, %d evaluated)", len(self.history.exchanges),
                         (self.clock_ns() - self._prefill_started) / 1e6, reused, evaluated)
         except Exception as exc:  # noqa: BLE001 - a cache warm-up failing must not end the session
             self.prefill_pending = False
             self._prefill_steps = None
-            logger.error("re-evaluating the trimmed history failed (%s: %s); the next turn will do it",
+            logger.error("evaluating a prompt ahead (%s) failed (%s: %s); the next turn will do it",
+                         "a partial transcript's" if self._prefill_messages is not None else "the trimmed history",
                          type(exc).__name__, str(exc)[:300])
+            self._prefill_messages = None
 
     def _on_playback(self, event: PlaybackEvent) -> list[Emit]:
         heard = self.heard.setdefault(event.turn_id, {})
@@ -913,10 +966,11 @@ def load_backend(config: LlmConfig) -> LlmBackend:
         logger.info("loading %s with mlx-lm", path)
         return MlxBackend(path, temperature=config.temperature, repeat_penalty=config.repeat_penalty)
     path = resolve_llm(config.model_path or None, config.model)
-    logger.info("loading %s with llama.cpp (%d threads, context %d)", path.name, config.threads, config.context_tokens)
+    logger.info("loading %s with llama.cpp (%d threads, %d for prompts evaluated ahead, context %d)", path.name,
+                config.threads, config.prefill_threads, config.context_tokens)
     return LlamaCppBackend(path, threads=config.threads, context_tokens=config.context_tokens,
                            temperature=config.temperature, seed=config.seed, repeat_penalty=config.repeat_penalty,
-                           ignore_eos=config.ignore_eos)
+                           ignore_eos=config.ignore_eos, prefill_threads=config.prefill_threads)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,7 +13,10 @@ is counted only where the user could have been heard. Outputs:
       proposal itself also sends the utterance so far, marked ``speculative``, before the model is asked: the ASR
       transcribes it while the model decides and the pause goes on, and reuses that transcript when the confirmed
       utterance of the turn (same ``turn_id``) has the same audio. A speculative utterance is never answered by
-      itself (with ``answer`` the LLM may begin the reply, but holds it until the turn is confirmed).
+      itself (with ``answer`` the LLM may begin the reply, but holds it until the turn is confirmed). While the
+      user speaks, every ``TURN_PARTIAL_MS`` (1000) of the turn, at a voiced frame, the utterance so far is also sent
+      marked ``partial``: its transcript lets the LLM evaluate the reply's prompt while the user is still talking
+      (the CPU is nearly idle then), so only the words after it are left to evaluate when the turn ends.
     * ``events`` — ``speech_started`` (once ``VAD_MIN_SPEECH_MS`` of speech is confirmed; ``t_ns`` is the onset
       sample's time) and ``speech_ended`` (``t_ns`` is the last voiced sample's time), for barge-in.
     * ``timing`` — the same two moments for the monitor; ``speech_ended`` also says which rule ended the turn
@@ -129,6 +132,10 @@ class VadConfig:
                                  "marked speculative, so it is transcribed while the model decides and the pause "
                                  "goes on (answer: the LLM also begins the reply, held until the turn is confirmed; "
                                  "asr: only the transcript is made ahead); off: only confirmed utterances")
+    partial_ms: int = env_field("TURN_PARTIAL_MS", 1000, parse_int(min_value=0, max_value=60_000),
+                                "while the user speaks, send the utterance so far to the ASR every this much speech "
+                                "(ms), marked partial: its transcript lets the LLM evaluate the prompt before the "
+                                "user stops (0 = off)")
 
     def __post_init__(self) -> None:
         if self.max_wait_ms < self.propose_silence_ms:
@@ -194,6 +201,9 @@ class VadCore(NodeCore):
         self._speculated = False  # a speculative utterance was sent for the current pause
         self._decision_due: float | None = None  # silence (ms) whose end-of-turn decision waits for step()
         self.speculations = 0
+        self.partials = 0  # partial utterances sent (TURN_PARTIAL_MS)
+        self.partial_samples = int(config.partial_ms * self.rate / 1000)
+        self._partial_at = 0  # stream index at which the next partial utterance is due
         self.asr_audio = SideStream()  # aec/asr_audio, when wired: what utterances are cut from
         self._echo_until = 0  # stream index up to which the aec marked the audio echo_active
 
@@ -317,7 +327,7 @@ class VadCore(NodeCore):
         if voiced:
             self.end_of_turn.reset()  # speaking (or resumed): a pause so far ends nothing
             self._speculated = False
-            return out
+            return out + self._maybe_partial(end)
         silence_ms = self._silent_frames * FRAME_MS
         if (self.config.speculation != "off" and not self._speculated and self.end_of_turn.detector == "smart_turn"
                 and silence_ms >= self.end_of_turn.proposes_at_ms):
@@ -342,10 +352,21 @@ class VadCore(NodeCore):
         lo = max(self._onset - self.pad_samples, self._history_start) - self._history_start
         return history[lo:]
 
+    def _maybe_partial(self, end: int) -> list[Emit]:
+        """The utterance so far, marked partial, once every ``TURN_PARTIAL_MS`` of the turn (while it is voiced)."""
+        if not self.partial_samples or end < self._partial_at:
+            return []
+        self._partial_at = end + self.partial_samples
+        self.partials += 1
+        samples, start_ns, end_ns = self._utterance_span()
+        return [emit(Output.SPEECH, Utterance(samples, self.rate, self.session_id, self.turn_id, start_ns, end_ns,
+                                              self.clock_ns(), partial=True))]
+
     def _maybe_confirm(self) -> list[Emit]:
         if self._voiced_frames < self.min_speech_frames:
             return []
         self.state = VadState.SPEECH
+        self._partial_at = self._onset + self.partial_samples
         t_ns = self.sample_time_ns(self._onset)
         now = self.clock_ns()
         event = VadEvent(VadEventKind.SPEECH_STARTED, self.session_id, self.turn_id, t_ns, now)
