@@ -86,7 +86,8 @@ def test_analyze_counts_barge_ins_self_interruptions_erle_and_wer() -> None:
         _turn(3, start_s=u[3].onset_s, text="go back"),
         _turn(4, start_s=u[3].end_s + 2.0, text="once upon a time"),  # the assistant's own words transcribed
     ]
-    windows = [{"t_ns": T0 + int(4.5 * NS), "duration_ms": 500.0, "erle_db": 30.0, "cpu_percent": 1.0, "delay_ms": 60.0},
+    windows = [{"t_ns": T0 + int(4.5 * NS), "duration_ms": 500.0, "erle_db": 30.0, "cpu_percent": 1.0,
+                "canceller_cpu_percent": 0.4, "delay_ms": 60.0},
                {"t_ns": T0 + int((u[1].onset_s - 0.1) * NS), "duration_ms": 500.0, "erle_db": 5.0},  # user speaks
                {"t_ns": T0 + int(5.0 * NS), "duration_ms": 500.0, "erle_db": 40.0, "cpu_percent": 2.0},
                {"t_ns": T0 + int(6.0 * NS), "duration_ms": 500.0, "delay_ms": 61.0}]  # no ERLE in it
@@ -104,6 +105,7 @@ def test_analyze_counts_barge_ins_self_interruptions_erle_and_wer() -> None:
     assert figures["wer_clean"] == 0.0
     assert figures["wer_during_playback"] == pytest.approx(3 / 7)  # "go back": 1 substitution, 2 deletions
     assert figures["echo_turns"] == 1 and figures["echo_delay_ms"] == 61.0 and figures["aec_cpu_percent"] == 1.5
+    assert figures["aec_canceller_cpu_percent"] == 0.4
     assert "barge-ins detected            2/2" in echo.render("aec", figures)
 
 

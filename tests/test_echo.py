@@ -182,6 +182,8 @@ def test_aec_removes_the_echo_and_keeps_the_users_speech() -> None:
     delays = [t.fields[Key.DELAY_MS] for t in stats if t.fields[Key.DELAY_MS] >= 0]
     assert delays and abs(delays[-1] - 80) <= 2  # the room's delay, measured
     assert core.delay_ms == pytest.approx(80, abs=2)
+    # The cancellers' CPU is a part of the node's: both measured per window on the process clock.
+    assert all(0 < t.fields[Key.CANCELLER_CPU_PERCENT] <= t.fields[Key.CPU_PERCENT] + 1e-9 for t in stats)
 
 
 def test_aec_aligns_the_reference_by_timestamps() -> None:

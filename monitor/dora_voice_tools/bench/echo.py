@@ -192,7 +192,8 @@ def analyze(conversation: Conversation, turns: Sequence[TurnRecord], answer: np.
     Returns:
         The :data:`ECHO_KEYS` figures plus details: ``barge_in_from_onset_ms`` (each detected), ``missed``
         (utterance indices), ``in_pause`` (utterances that started in a pause of the answer, not counted),
-        ``echo_turns`` (transcribed turns that match no user utterance), ``aec_cpu_percent``, ``echo_delay_ms``,
+        ``echo_turns`` (transcribed turns that match no user utterance), ``aec_cpu_percent`` (the aec node's
+        process) and ``aec_canceller_cpu_percent`` (the echo cancellers' own share of it), ``echo_delay_ms``,
         ``erle_windows``; None for a figure without data.
     """
     origin = origin_ns(turns, answer, answer_rate)
@@ -246,6 +247,7 @@ def analyze(conversation: Conversation, turns: Sequence[TurnRecord], answer: np.
     erle = [float(w["erle_db"]) for w in windows if "erle_db" in w and not any(
         a < int(w["t_ns"]) + int(float(w["duration_ms"]) * 1e6) and int(w["t_ns"]) < b for a, b in user)]
     cpu = [float(w["cpu_percent"]) for w in windows if "cpu_percent" in w]
+    canceller_cpu = [float(w["canceller_cpu_percent"]) for w in windows if "canceller_cpu_percent" in w]
     delays_est = [float(w["delay_ms"]) for w in windows if float(w.get("delay_ms", -1)) >= 0]
     return {
         "self_interruptions": self_interruptions,
@@ -262,6 +264,7 @@ def analyze(conversation: Conversation, turns: Sequence[TurnRecord], answer: np.
         "echo_turns": echo_turns,
         "erle_windows": len(erle),
         "aec_cpu_percent": float(np.mean(cpu)) if cpu else None,
+        "aec_canceller_cpu_percent": float(np.mean(canceller_cpu)) if canceller_cpu else None,
         "echo_delay_ms": delays_est[-1] if delays_est else None,
     }
 
@@ -289,7 +292,8 @@ def render(variant: str, figures: Mapping[str, Any]) -> str:
              f"  onset -> stop, p90 / max      {fmt(figures['barge_in_from_onset_ms_p90'], 0)} / "
              f"{fmt(figures['barge_in_from_onset_ms_max'], 0)} ms",
              f"  ERLE p50 (assistant only)     {fmt(figures['erle_db_p50'])} dB over {figures['erle_windows']} windows"
-             f", echo delay {fmt(figures['echo_delay_ms'])} ms, aec CPU {fmt(figures['aec_cpu_percent'], 2)}%",
+             f", echo delay {fmt(figures['echo_delay_ms'])} ms, aec CPU {fmt(figures['aec_cpu_percent'], 2)}%"
+             f" (the cancellers {fmt(figures.get('aec_canceller_cpu_percent'), 2)}%)",
              f"  WER during playback / clean   {fmt(figures['wer_during_playback'], 3)} / "
              f"{fmt(figures['wer_clean'], 3)}",
              f"  turns made of echo            {figures['echo_turns']}"]

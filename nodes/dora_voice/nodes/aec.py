@@ -15,7 +15,8 @@ Outputs:
         block: the VAD decides on ``audio`` and cuts the utterance for the ASR from this one, so the user's words
         survive double talk (:mod:`dora_voice.echo` has the figures).
     ``timing``: ``aec_stats`` every ``AEC_STATS_INTERVAL_MS`` of audio: ``erle_db`` over the frames where the
-        reference is audible, ``delay_ms`` (the echo delay estimate), ``cpu_percent`` (this node's process).
+        reference is audible, ``delay_ms`` (the echo delay estimate), ``cpu_percent`` (this node's process) and
+        ``canceller_cpu_percent`` (the echo cancellers' own share of it), both % of one core over the wall time.
 
 Alignment: the speaker stamps each reference frame with the instant it leaves the speaker, the mic each block with
 the instant it was captured, on the same wall clock. Mic sample ``k`` is paired with the reference sample that
@@ -120,9 +121,10 @@ CONTRACT = NodeContract(
 class _Window:
     """One aec_stats window: powers over the reference-active frames, CPU."""
 
-    def __init__(self, t_ns: int, cpu_s: float, wall_ns: int) -> None:
+    def __init__(self, t_ns: int, cpu_s: float, wall_ns: int, canceller_s: float = 0.0) -> None:
         self.t_ns = t_ns
         self.cpu_s = cpu_s
+        self.canceller_s = canceller_s
         self.wall_ns = wall_ns
         self.samples = 0
         self.active = 0
@@ -342,7 +344,7 @@ class AecCore(NodeCore):
         m = mic[: frames * FRAME].astype(np.float64).reshape(frames, FRAME)
         c = cleaned[: frames * FRAME].astype(np.float64).reshape(frames, FRAME)
         if self._window is None:
-            self._window = _Window(self._t_ns(start), self.cpu_clock(), self.clock_ns())
+            self._window = _Window(self._t_ns(start), self.cpu_clock(), self.clock_ns(), self.process_s)
         w = self._window
         w.samples += mic.shape[0]
         w.active += int(active.sum()) * FRAME
@@ -381,6 +383,7 @@ class AecCore(NodeCore):
             Key.DURATION_MS: w.samples * 1000 / RATE_HZ, Key.AUDIO_MS: w.active * 1000 / RATE_HZ,
             Key.DELAY_MS: -1.0 if self.delay_ms is None else float(self.delay_ms),
             Key.CPU_PERCENT: 100 * (self.cpu_clock() - w.cpu_s) / wall_s if wall_s > 0 else 0.0,
+            Key.CANCELLER_CPU_PERCENT: 100 * (self.process_s - w.canceller_s) / wall_s if wall_s > 0 else 0.0,
         }
         if w.active * 10 >= RATE_HZ and w.out_power > 0:  # at least 100 ms of reference-active audio
             fields[Key.ERLE_DB] = 10 * float(np.log10(w.mic_power / w.out_power)) if w.mic_power > 0 else 0.0
