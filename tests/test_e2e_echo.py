@@ -56,3 +56,4 @@ def test_barge_in_through_the_simulated_room(tmp_path: Path) -> None:
                 w["t_ns"] + int(w["duration_ms"] * 1e6) <= user_ns - 200_000_000]
     assert far_only and sorted(far_only)[len(far_only) // 2] > 10, windows
     assert any(w["delay_ms"] >= 0 for w in windows)
+    assert all(0 < w["canceller_cpu_percent"] <= w["cpu_percent"] for w in windows if w["audio_ms"] > 0)

@@ -36,7 +36,7 @@ TIMING_SUFFIX = "timing"
 TTS_AUDIO_INPUT = "tts_audio"
 """Input id of the TTS audio (``tts/audio``, :class:`~dora_voice.schema.AudioFragment`), used for the WAV only."""
 
-ECHO_FIELDS = (Key.DURATION_MS, Key.AUDIO_MS, Key.ERLE_DB, Key.DELAY_MS, Key.CPU_PERCENT)
+ECHO_FIELDS = (Key.DURATION_MS, Key.AUDIO_MS, Key.ERLE_DB, Key.DELAY_MS, Key.CPU_PERCENT, Key.CANCELLER_CPU_PERCENT)
 """The ``aec_stats`` fields written to ``ECHO_REPORT``."""
 
 TIMING_INPUTS = {
@@ -67,7 +67,7 @@ class MonitorConfig:
     echo_report: Path | None = env_field(
         "ECHO_REPORT", None, parse_optional_path,
         "JSONL file: one JSON object per aec_stats window (t_ns, duration_ms, audio_ms, erle_db, delay_ms, "
-        "cpu_percent), written as they arrive")
+        "cpu_percent, canceller_cpu_percent), written as they arrive")
     save_audio: Path | None = env_field(
         "MONITOR_SAVE_AUDIO", None, parse_optional_path,
         "WAV file collecting all TTS audio (needs the tts_audio input)")
