@@ -64,8 +64,8 @@ class AsrConfig:
     threads: int = env_field("ASR_THREADS", 2, parse_int(min_value=1, max_value=64), "CPU threads for CTranslate2")
     partial_threads: int = env_field("ASR_PARTIAL_THREADS", 1, parse_int(min_value=1, max_value=64),
                                      "CPU threads for partial transcripts (made while the user speaks, with "
-                                     "ASR_WINDOW=short; a second instance of the model when it differs from "
-                                     "ASR_THREADS), so they leave a core to the rest")
+                                     "ASR_WINDOW=short, on a second instance of the model), so they leave a core "
+                                     "to the rest")
     window: str = env_field("ASR_WINDOW", "short", parse_choice("short", "full"),
                             "short: encode max(ASR_MIN_WINDOW_S, clip + ASR_WINDOW_PAD_S) with a bounded decode; "
                             "full: faster-whisper's 30 s window")
@@ -530,10 +530,9 @@ def load_whisper(config: AsrConfig) -> Transcriber:
 
     transcribe: Transcriber = full
     if config.window == "short":
-        partial_model = model
-        if config.partial_threads != config.threads:
-            partial_model = WhisperModel(str(path), device="cpu", compute_type="int8",
-                                         cpu_threads=config.partial_threads, local_files_only=True)
+        # Its own instance: a partial still decoding on it never delays the utterance that ends the turn.
+        partial_model = WhisperModel(str(path), device="cpu", compute_type="int8",
+                                     cpu_threads=config.partial_threads, local_files_only=True)
         transcribe = WindowedWhisper(_bounded_decode(model, config), full, min_window_s=config.min_window_s,
                                      pad_s=config.window_pad_s, partial_decode=_bounded_decode(partial_model, config))
     started = time.perf_counter()
