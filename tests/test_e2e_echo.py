@@ -21,7 +21,11 @@ ROOM_DATAFLOW = Path(__file__).resolve().parents[1] / "dataflows" / "voice-chatb
 
 def test_barge_in_through_the_simulated_room(tmp_path: Path) -> None:
     # A question, then a second utterance 7 s after it, while the long answer to the first plays into the room.
-    question, interruption = load_clip("goforward.wav"), load_clip("librivox-0880.wav")
+    # The interruption is a 7 s sentence: AEC3's suppressor can hide the first second or two of a user who talks
+    # over the answer, depending on what the answer says at that moment (README, issue 12: onset to stop 0.3-2.2 s
+    # in the echo plan), and a 3 s one was once never heard at all in CI. How soon it is heard is the bench's
+    # figure; this test checks that it is, with no self-interruption and the user's words through the echo.
+    question, interruption = load_clip("goforward.wav"), load_clip("librivox-0870.wav")
     spans = compose(tmp_path / "in.wav", [silence(0.5), question, silence(7.0), interruption, silence(0.3)])
     env = {**E2E_SETTINGS, "LLM_MAX_TOKENS": "120", "LLM_SYSTEM_PROMPT": LONG_ANSWERS,
            "AUDIO_INPUT": str(tmp_path / "in.wav"), "AUDIO_OUTPUT": str(tmp_path / "out.wav"),
@@ -46,7 +50,7 @@ def test_barge_in_through_the_simulated_room(tmp_path: Path) -> None:
     assert onset_s - 0.3 <= barge_s <= spans[1][1], f"interrupted at {barge_s:.2f} s: not by the user ({onset_s:.2f} s)"
     assert first["barge_in_from_onset_ms"] > 0 and first["barge_in_ns"] < second["playback_started_ns"]
     assert first["segments_lost"] == 0 and second["segments_lost"] == 0
-    heard = set(normalize(second["transcript"]).split()) & set(TRANSCRIPTS["librivox-0880.wav"].split())
+    heard = set(normalize(second["transcript"]).split()) & set(TRANSCRIPTS["librivox-0870.wav"].split())
     assert heard, f"none of the user's words came through the echo: {second['transcript']!r}"
     # ERLE while only the assistant speaks: windows from 0.5 s after its start to 0.2 s before the user speaks.
     user_ns = origin_ns + int(onset_s * 1e9)
