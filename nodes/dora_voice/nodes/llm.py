@@ -303,7 +303,6 @@ class LlmCore(NodeCore):
         self._prefill_messages: list[Message] | None = None  # a partial transcript's prompt (else the history's)
         self._partial: tuple[int, int] | None = None  # (turn_id, words) of the latest partial transcript prefilled
         self._partial_pending: tuple[int, int] | None = None  # the same for the one being evaluated
-        self.partial_prefills = 0  # partial transcripts whose prompt was evaluated ahead
         self.turn_ids = TurnSequence()
         self.last_text_turn = -1
         self.failed_turns = 0
@@ -647,7 +646,6 @@ class LlmCore(NodeCore):
             return []
         self._prefill_messages = self._fit_ahead(" ".join(words))
         self._partial_pending = (transcript.turn_id, len(words))
-        self.partial_prefills += 1
         self.prefill_pending = True
         self._prefill_steps = None  # a newer partial starts over; what was evaluated stays in the cache
         return []
