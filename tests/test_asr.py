@@ -122,8 +122,11 @@ class CountingTranscriber:
         return f"words {len(samples)}"
 
 
-def speech(samples: np.ndarray, turn_id: int, *, speculative: bool) -> tuple:
-    return Utterance(samples, RATE, "s", turn_id, 1, 2, 3, speculative=speculative).encode()
+def speech(samples: np.ndarray, turn_id: int, *, speculative: bool, end_ns: int | None = None) -> tuple:
+    """An utterance whose last voiced sample is at ``end_ns`` (default: later for longer audio, as when the user
+    goes on speaking)."""
+    end_ns = 2 + len(samples) if end_ns is None else end_ns
+    return Utterance(samples, RATE, "s", turn_id, 1, end_ns, end_ns + 1, speculative=speculative).encode()
 
 
 def decoded(out: list) -> tuple[list[Transcript], list[TimingEvent]]:
@@ -143,6 +146,21 @@ def test_a_speculative_transcript_is_kept_unsent_and_reused_when_the_turn_is_con
     assert [t.text for t in texts] == [f"words {RATE}"] and texts[0].turn_id == 0
     assert [e.kind for e in timing] == [TimingKind.ASR_DONE] and timing[0].fields[Key.SPECULATION] == "hit"
     assert core.speculation_hits == 1 and core.speculation_cancelled == 0
+    # Sent early in the pause, the speculative utterance lacks the end of the trailing pad the confirmed one has:
+    # the same speech (same last voiced sample, its samples at the start), so the same transcript.
+    padded = np.concatenate([audio, np.zeros(RATE // 10, dtype=np.float32)])
+    core.handle("speech", *speech(audio, 1, speculative=True, end_ns=50))
+    texts, timing = decoded(core.handle("speech", *speech(padded, 1, speculative=False, end_ns=50)))
+    assert model.calls == [RATE, RATE] and [t.text for t in texts] == [f"words {RATE}"]
+    assert timing[0].fields[Key.SPECULATION] == "hit" and core.speculation_hits == 2
+    # Speech after it (a later last voiced sample), or other samples at the start: transcribed again.
+    for confirmed, end_ns in ((padded, 60), (padded[::-1].copy(), 50)):
+        turn = core.speculation_hits + core.speculation_cancelled
+        core.handle("speech", *speech(audio, turn, speculative=True, end_ns=50))
+        texts, timing = decoded(core.handle("speech", *speech(confirmed, turn, speculative=False, end_ns=end_ns)))
+        assert [t.text for t in texts] == [f"words {len(padded)}"]
+        assert timing[-1].fields[Key.SPECULATION] == "miss"
+    assert core.speculation_cancelled == 2
 
 
 def test_speculation_dropped_when_the_user_resumes_is_counted_and_the_confirmed_audio_is_transcribed(clock) -> None:

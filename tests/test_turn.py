@@ -158,7 +158,7 @@ def test_vad_pause_shorter_than_the_wait_keeps_one_turn_and_reports_the_rule() -
     assert model.heard[1] == (72 + 7) * FRAME_SAMPLES - (10 * FRAME_SAMPLES - config.speech_pad_ms * RATE // 1000)
 
 
-def test_vad_speculates_at_each_proposal_before_the_model_is_asked_and_confirms_with_the_same_audio() -> None:
+def test_vad_speculates_early_in_each_pause_before_the_model_is_asked_and_confirms_with_the_same_speech() -> None:
     # Speech, a pause the model calls incomplete (the user then resumes), speech, a pause it calls complete.
     pattern = "." * 10 + "#" * 20 + "." * 22 + "#" * 20 + "." * 40
     config = load_config(VadConfig, {"VAD_MIN_SPEECH_MS": "64"})
@@ -176,14 +176,19 @@ def test_vad_speculates_at_each_proposal_before_the_model_is_asked_and_confirms_
     core = VadCore(config, scripted_vad(pattern), clock, end_of_turn=config.policy(TimedModel(0.1, 0.97)))
     out = feed(core, np.full(len(pattern) * FRAME_SAMPLES, 0.1, dtype=np.float32))
     speculative = [u for u in (Utterance.decode(v, m) for (oid, v, m) in out if oid == Output.SPEECH) if u.speculative]
-    # At each proposal the speculative utterance left before the model was asked (stamped before its 50 ms).
-    assert [u.detected_ns for u in speculative] == asked_at
+    # In each pause the speculative utterance left after 3 silent frames (TURN_SPECULATE_SILENCE_MS, 96 ms), 4
+    # frames before the model was asked at the proposal (7 frames, TURN_PROPOSE_SILENCE_MS).
+    assert len(speculative) == len(asked_at) == 2
+    assert [u.detected_ns + 4 * FRAME_SAMPLES * 10**9 // RATE for u in speculative] == asked_at
     speech = [u for u in (Utterance.decode(v, m) for (oid, v, m) in out if oid == Output.SPEECH) if not u.partial]
     assert [u.turn_id for u in speech] == [0, 0, 0]
     first, second, confirmed = speech
-    assert len(first.samples) < len(second.samples)  # the user went on speaking after the first proposal
-    assert np.array_equal(second.samples, confirmed.samples)  # nothing changed since the second: the same audio
-    assert second.speech_end_ns == confirmed.speech_end_ns
+    assert len(first.samples) < len(second.samples)  # the user went on speaking after the first pause
+    # Nothing was said since the second: the same speech, and the confirmed utterance has the rest of the trailing
+    # pad (160 ms, of which 96 ms had been heard when the speculative one left).
+    assert np.array_equal(second.samples, confirmed.samples[: len(second.samples)])
+    assert len(confirmed.samples) - len(second.samples) == (160 - 96) * RATE // 1000
+    assert (second.speech_start_ns, second.speech_end_ns) == (confirmed.speech_start_ns, confirmed.speech_end_ns)
     assert core.speculations == 2
 
 
@@ -194,12 +199,19 @@ def test_vad_without_speculation_sends_only_confirmed_utterances() -> None:
     speech = [Utterance.decode(v, m) for (oid, v, m) in feed(core, np.full(len(pattern) * FRAME_SAMPLES, 0.1,
                                                                            dtype=np.float32)) if oid == Output.SPEECH]
     assert [u.speculative for u in speech] == [False]
-    # The silence rule decides at its only moment: there is nothing to speculate on.
+
+
+def test_vad_speculates_with_the_silence_detector_too() -> None:
+    """The silence rule waits VAD_MIN_SILENCE_MS (400 ms): the speculative utterance leaves after 96 ms of it."""
+    pattern = "#" * 20 + "." * 40
     config = load_config(VadConfig, {"VAD_MIN_SPEECH_MS": "64", "TURN_DETECTOR": "silence"})
     core = VadCore(config, scripted_vad(pattern), StreamClock(), end_of_turn=config.policy(None))
     speech = [Utterance.decode(v, m) for (oid, v, m) in feed(core, np.full(len(pattern) * FRAME_SAMPLES, 0.1,
                                                                            dtype=np.float32)) if oid == Output.SPEECH]
-    assert [u.speculative for u in speech] == [False]
+    assert [u.speculative for u in speech] == [True, False]
+    speculative, confirmed = speech
+    assert confirmed.detected_ns - speculative.detected_ns == (13 - 3) * FRAME_SAMPLES * 10**9 // RATE  # 416 - 96 ms
+    assert np.array_equal(speculative.samples, confirmed.samples[: len(speculative.samples)])
 
 
 def test_vad_max_wait_ends_a_turn_the_model_misjudges() -> None:
@@ -254,7 +266,8 @@ def test_real_700_ms_mid_sentence_pause_gives_one_turn_with_the_whole_sentence(s
     assert len(utterances) == 1
     # The pause was speculated on (and the speculation superseded), the end too: the turn confirmed after both.
     assert [u.speculative for u in speech] == [True, True, False]
-    assert np.array_equal(speech[1].samples, utterances[0].samples)
+    assert np.array_equal(speech[1].samples, utterances[0].samples[: len(speech[1].samples)])
+    assert speech[1].speech_end_ns == utterances[0].speech_end_ns
     # The turn ends after the second half of the sentence, not at the pause.
     assert utterances[0].speech_end_ns > T0 + int((0.3 + PAUSE_AT_S + 0.7 + 1.0) * 1e9)
     assert len(utterances[0].samples) / RATE > len(clip) / RATE
@@ -265,7 +278,8 @@ def test_the_speculative_utterance_leaves_before_the_model_is_asked() -> None:
     decides. Asked inside handle(), the model would hold the utterance back until its decision."""
     pattern = "." * 4 + "#" * 10 + "." * 30
     model = ScriptedModel(0.97)
-    config = load_config(VadConfig, {"VAD_MIN_SPEECH_MS": "64"})
+    # Speculation at the proposal itself: the utterance and the question to the model fall on the same frame.
+    config = load_config(VadConfig, {"VAD_MIN_SPEECH_MS": "64", "TURN_SPECULATE_SILENCE_MS": "200"})
     core = VadCore(config, scripted_vad(pattern), StreamClock(), end_of_turn=config.policy(model))
     samples = np.full(len(pattern) * FRAME_SAMPLES, 0.1, dtype=np.float32)
     out: list = []
@@ -293,7 +307,7 @@ def test_the_stream_ending_with_a_decision_due_takes_it_before_closing_the_turn(
     """Two proposals left in the buffered frames when the input closes: both decisions are taken in order, then
     the end of the stream; one confirmed utterance per turn, none twice."""
     pattern = "." * 2 + "#" * 8 + "." * 8 + "#" * 8 + "." * 8
-    config = load_config(VadConfig, {"VAD_MIN_SPEECH_MS": "64"})
+    config = load_config(VadConfig, {"VAD_MIN_SPEECH_MS": "64", "TURN_SPECULATE_SILENCE_MS": "200"})
     core = VadCore(config, scripted_vad(pattern), StreamClock(),
                    end_of_turn=config.policy(ScriptedModel(0.97, 0.97)))
     samples = np.full(len(pattern) * FRAME_SAMPLES, 0.1, dtype=np.float32)

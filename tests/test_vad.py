@@ -33,8 +33,9 @@ def outputs(out: list, output_id: str) -> list:
 
 
 def confirmed(out: list) -> list[Utterance]:
-    """The utterances that end a turn (not the partial ones sent while the user speaks)."""
-    return [u for u in outputs(out, Output.SPEECH) if not u.partial]
+    """The utterances that end a turn (not the partial ones sent while the user speaks, nor the speculative ones sent
+    early in a pause)."""
+    return [u for u in outputs(out, Output.SPEECH) if not u.partial and not u.speculative]
 
 
 def silence(seconds: float) -> np.ndarray:
@@ -90,7 +91,7 @@ def test_short_blip_is_noise_and_speech_shorter_than_silence_gap_is_one_turn() -
     probs = [0.9] + [0.0] * 5 + [0.9] * 6 + [0.0] * 2 + [0.9] * 4 + [0.0] * 4
     core = VadCore(config, scripted(probs))
     out = feed(core, np.full(len(probs) * FRAME_SAMPLES, 0.1, dtype=np.float32), block=FRAME_SAMPLES)
-    utts = outputs(out, Output.SPEECH)
+    utts = confirmed(out)
     assert len(utts) == 1
     assert utts[0].speech_start_ns == T0 + 6 * FRAME_SAMPLES * 10**9 // RATE
     assert utts[0].speech_end_ns == T0 + 18 * FRAME_SAMPLES * 10**9 // RATE
@@ -142,7 +143,7 @@ def test_short_noises_do_not_start_speech(voiced_frames: int, started: bool) -> 
     out = feed(core, np.full(len(probs) * FRAME_SAMPLES, 0.1, dtype=np.float32), block=FRAME_SAMPLES)
     kinds = [e.kind for e in outputs(out, Output.EVENTS)]
     assert (VadEventKind.SPEECH_STARTED in kinds) is started
-    assert (len(outputs(out, Output.SPEECH)) == 1) is started
+    assert (len(confirmed(out)) == 1) is started
 
 
 def test_utterances_are_cut_from_the_asr_audio_stream_when_it_covers_them() -> None:
@@ -159,12 +160,12 @@ def test_utterances_are_cut_from_the_asr_audio_stream_when_it_covers_them() -> N
         t_ns = T0 + offset * 10**9 // RATE
         out += core.handle("asr_audio", *AudioChunk(kept[offset:offset + 320], RATE, offset, t_ns, "s1").encode())
         out += core.handle("audio", *AudioChunk(heard[offset:offset + 320], RATE, offset, t_ns, "s1").encode())
-    (utterance,) = outputs(out, Output.SPEECH)
+    (utterance,) = confirmed(out)
     np.testing.assert_array_equal(utterance.samples, kept[4 * FRAME_SAMPLES:10 * FRAME_SAMPLES])
-    assert core.asr_audio.used == 1 and core.input_errors == 0
+    assert core.asr_audio.used == 2 and core.input_errors == 0  # the speculative utterance, then the confirmed one
 
     core = VadCore(config, scripted(probs))  # no asr_audio at all: the VAD's own audio, as before
-    (utterance,) = outputs(feed(core, heard, block=320), Output.SPEECH)
+    (utterance,) = confirmed(feed(core, heard, block=320))
     np.testing.assert_array_equal(utterance.samples, heard[4 * FRAME_SAMPLES:10 * FRAME_SAMPLES])
 
 
@@ -195,7 +196,7 @@ def test_a_pause_while_the_echo_may_hide_the_user_is_not_a_pause() -> None:
             chunk = AudioChunk(np.full(FRAME_SAMPLES, 0.1, np.float32), RATE, k * FRAME_SAMPLES,
                                T0 + k * FRAME_SAMPLES * 10**9 // RATE, "s1", echo_active=k in echo_frames)
             out += core.handle("audio", *chunk.encode())
-        return outputs(out, Output.SPEECH)
+        return confirmed(out)
 
     assert len(run(range(0))) == 2  # a plain gap: two turns
     (one,) = run(range(6, 11))  # the gap is echo: one turn, from the first voiced frame to the last

@@ -394,9 +394,11 @@ class Utterance:
         samples: shape ``(n,)`` float32, 16 kHz, including the VAD's padding.
         speech_start_ns / speech_end_ns: wall clock of the first / last voiced sample.
         detected_ns: when the VAD declared the end of the turn (``speech_end_ns`` + the silence wait).
-        speculative: ``True`` for an utterance sent when a pause *proposed* the end of the turn, before it was
-            confirmed (the ASR may transcribe it ahead, but nothing downstream acts on it); the confirmed utterance
-            of the same ``turn_id`` follows, with ``False``, and may hold more speech.
+        speculative: ``True`` for the utterance so far, sent early in a pause (``TURN_SPECULATE_SILENCE_MS``),
+            before the end of the turn was proposed or confirmed (the ASR may transcribe it ahead, but nothing
+            downstream acts on it); the confirmed utterance of the same ``turn_id`` follows, with ``False``: it may
+            hold more speech, or the same speech (same ``speech_start_ns`` / ``speech_end_ns``) with more of the
+            trailing pad after these samples.
         partial: ``True`` for the utterance so far, sent while the user is still speaking (``TURN_PARTIAL_MS``), so
             the ASR can make a partial transcript and the LLM evaluate its prompt ahead; nothing answers it. The
             utterances of its turn that follow (partial, speculative or confirmed) hold at least its speech.

@@ -14,12 +14,22 @@ Exit status of every node (and the convention :func:`fatal` applies):
 
 from __future__ import annotations
 
-import argparse
-import sys
-from typing import TYPE_CHECKING, Any, NoReturn
+import os
 
-from dora_voice.config import ConfigError, env_vars, load_config
-from dora_voice.logs import setup_logging
+# numpy's OpenBLAS keeps a helper thread per core that busy-waits after each call big enough to be split: measured
+# here, one 80x201 @ 201x800 product (the log-mel filter bank of an 8 s Whisper or Smart Turn window) every 50 ms kept
+# that thread spinning a whole core, on the two-core machine where the ASR, the end-of-turn model and the LLM share
+# the cores at the end of a turn. The nodes' products are small: one thread computes them as fast (8 s of log-mel
+# features: 7.5 ms on two threads, 9.9 ms on one). Set before numpy is first imported (OpenBLAS reads it when it
+# loads); an explicit OPENBLAS_NUM_THREADS wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+from typing import TYPE_CHECKING, Any, NoReturn  # noqa: E402
+
+from dora_voice.config import ConfigError, env_vars, load_config  # noqa: E402
+from dora_voice.logs import setup_logging  # noqa: E402
 
 if TYPE_CHECKING:
     from dora_voice.contracts import NodeContract

@@ -286,14 +286,25 @@ class _Speculation:
     text: str
     elapsed_ms: float
     speech_end_ns: int = 0
+    speech_start_ns: int = 0
     sent: bool = False  # its transcript went to the LLM, marked speculative (TURN_SPECULATION=answer)
+
+    def holds_the_speech_of(self, utterance: Utterance) -> bool:
+        """Whether the confirmed ``utterance`` is this one's speech: same turn, same first and last voiced samples,
+        and these samples at its start (the VAD sent this one early in the pause: the confirmed utterance may carry
+        more of the trailing pad, which is not speech)."""
+        n = self.samples.shape[0]
+        return (self.turn_id == utterance.turn_id and self.speech_start_ns == utterance.speech_start_ns
+                and self.speech_end_ns == utterance.speech_end_ns and n <= utterance.samples.shape[0]
+                and np.array_equal(self.samples, utterance.samples[:n]))
 
 
 class AsrCore(NodeCore):
     """Transcribes utterances.
 
     Speculation: an utterance marked ``speculative`` (the VAD's proposed end of turn) is transcribed at once and its
-    transcript kept. When the confirmed utterance of that turn arrives with the same samples, the kept
+    transcript kept. When the confirmed utterance of that turn arrives with the same speech (the same first and
+    last voiced samples, the kept samples at its start: :meth:`_Speculation.holds_the_speech_of`), the kept
     transcript is sent without transcribing again (``asr_done`` with ``speculation=hit``); when its audio differs
     (the user went on speaking), or another speculative utterance replaces it, the kept one is dropped and counted
     (``speculation_cancelled``; the confirmed utterance is transcribed as usual, ``speculation=miss``).
@@ -358,8 +369,7 @@ class AsrCore(NodeCore):
         self._partial_next = None  # older audio than this utterance's
         if not utterance.speculative:  # (after a speculative one the user may still resume: partials go on)
             self._settled_turn = max(self._settled_turn, utterance.turn_id)
-        if kept is not None and (utterance.speculative or kept.turn_id != utterance.turn_id
-                                 or not np.array_equal(kept.samples, utterance.samples)):
+        if kept is not None and (utterance.speculative or not kept.holds_the_speech_of(utterance)):
             out += self._cancel(kept)  # replaced, or the turn ended with other audio: it was for nothing
             kept = None
         if kept is not None:  # the confirmed utterance is the one transcribed ahead
@@ -372,7 +382,8 @@ class AsrCore(NodeCore):
             elapsed_ms = (time.perf_counter() - started) * 1000
             speculation = "miss" if out else "none"
         if utterance.speculative:
-            kept = _Speculation(utterance.turn_id, utterance.samples, text, elapsed_ms, utterance.speech_end_ns)
+            kept = _Speculation(utterance.turn_id, utterance.samples, text, elapsed_ms, utterance.speech_end_ns,
+                                utterance.speech_start_ns)
             self.speculation = kept
             logger.debug("turn %d: speculative transcript %r (%.0f ms); kept until the turn is confirmed",
                          utterance.turn_id, text, elapsed_ms)

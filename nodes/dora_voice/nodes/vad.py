@@ -9,11 +9,13 @@ is counted only where the user could have been heard. Outputs:
     * ``speech`` — one :class:`~dora_voice.schema.Utterance` per user turn, once the end of turn is decided
       (:mod:`dora_voice.turn`): by default a 200 ms pause proposes it and the Smart Turn model judges whether the
       utterance is complete (``TURN_DETECTOR=smart_turn``), or ``VAD_MIN_SILENCE_MS`` of silence ends it
-      (``TURN_DETECTOR=silence``). With ``TURN_SPECULATION=answer`` (default) or ``asr`` and Smart Turn, the
-      proposal itself also sends the utterance so far, marked ``speculative``, before the model is asked: the ASR
-      transcribes it while the model decides and the pause goes on, and reuses that transcript when the confirmed
-      utterance of the turn (same ``turn_id``) has the same audio. A speculative utterance is never answered by
-      itself (with ``answer`` the LLM may begin the reply, but holds it until the turn is confirmed). While the
+      (``TURN_DETECTOR=silence``). With ``TURN_SPECULATION=answer`` (default) or ``asr``, a shorter pause
+      (``TURN_SPECULATE_SILENCE_MS``, 96 ms) sends the utterance so far, marked ``speculative``, before the end of
+      turn is proposed: the ASR transcribes it while the pause goes on and the model decides, and reuses that
+      transcript when the confirmed utterance of the turn (same ``turn_id``) holds the same speech (the same first
+      and last voiced samples; the confirmed one may carry more of the trailing pad). A speculative utterance is
+      never answered by itself (with ``answer`` the LLM may begin the reply, but holds it until the turn is
+      confirmed). While the
       user speaks, every ``TURN_PARTIAL_MS`` (1000) of the turn, at a voiced frame, the utterance so far is also sent
       marked ``partial``: its transcript lets the LLM evaluate the reply's prompt while the user is still talking
       (the CPU is nearly idle then), so only the words after it are left to evaluate when the turn ends.
@@ -128,10 +130,14 @@ class VadConfig:
     turn_threads: int = env_field("TURN_THREADS", 1, parse_int(min_value=1, max_value=64),
                                   "CPU threads for the end-of-turn model")
     speculation: str = env_field("TURN_SPECULATION", "answer", parse_choice(*SPECULATION_MODES),
-                                 "at a proposed end of turn (smart_turn), send the utterance so far to the ASR "
-                                 "marked speculative, so it is transcribed while the model decides and the pause "
-                                 "goes on (answer: the LLM also begins the reply, held until the turn is confirmed; "
+                                 "after a short pause (TURN_SPECULATE_SILENCE_MS), send the utterance so far to the "
+                                 "ASR marked speculative, so it is transcribed while the pause goes on and the model "
+                                 "decides (answer: the LLM also begins the reply, held until the turn is confirmed; "
                                  "asr: only the transcript is made ahead); off: only confirmed utterances")
+    speculate_silence_ms: int = env_field("TURN_SPECULATE_SILENCE_MS", 96, parse_int(min_value=32, max_value=5_000),
+                                          "pause after which the speculative utterance is sent, ms (at most the "
+                                          "pause that proposes or ends the turn; default 3 VAD frames, longer than "
+                                          "the silences inside words)")
     partial_ms: int = env_field("TURN_PARTIAL_MS", 1000, parse_int(min_value=0, max_value=60_000),
                                 "while the user speaks, send the utterance so far to the ASR every this much speech "
                                 "(ms), marked partial: its transcript lets the LLM evaluate the prompt before the "
@@ -329,17 +335,19 @@ class VadCore(NodeCore):
             self._speculated = False
             return out + self._maybe_partial(end)
         silence_ms = self._silent_frames * FRAME_MS
-        if (self.config.speculation != "off" and not self._speculated and self.end_of_turn.detector == "smart_turn"
-                and silence_ms >= self.end_of_turn.proposes_at_ms):
-            # Before the model is asked: the ASR starts on the same audio while the model decides.
+        if (self.config.speculation != "off" and not self._speculated
+                and silence_ms >= min(self.config.speculate_silence_ms, self.end_of_turn.proposes_at_ms)):
+            # Early in the pause, while the CPU is idle: the ASR (and the LLM) start on the speech so far, and their
+            # work is ready, or under way, when the end of turn is proposed and decided.
             self._speculated = True
             self.speculations += 1
             samples, start_ns, end_ns = self._utterance_span()
             out.append(emit(Output.SPEECH, Utterance(samples, self.rate, self.session_id, self.turn_id, start_ns,
                                                      end_ns, self.clock_ns(), speculative=True)))
-            # The model is asked in step(), after the runtime has sent this: the ASR then works while it decides.
-            # (Asked here, the utterance would leave only with the decision, and nothing would overlap.)
-            self._decision_due = silence_ms
+            if silence_ms >= self.end_of_turn.proposes_at_ms:
+                # The model is asked in step(), after the runtime has sent this: the ASR then works while it
+                # decides. (Asked here, the utterance would leave only with the decision, and nothing would overlap.)
+                self._decision_due = silence_ms
             return out
         decision = self.end_of_turn.on_silence(silence_ms, self._utterance_audio)
         if decision is not None:
