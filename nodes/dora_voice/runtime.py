@@ -31,9 +31,11 @@ keeps running.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 import uuid
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 import pyarrow as pa
 
@@ -43,6 +45,8 @@ from dora_voice.link import (
 from dora_voice.schema import Output, SchemaError, TimingEvent, TimingKind, Key
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 EXIT_LINGER_S = 0.5
 """Seconds a node stays alive after its last output before it exits (see the module docstring). The inter-daemon
@@ -300,3 +304,40 @@ def _end_of_stream(node: Any, node_id: str, link: Link, send: _Sender, monotonic
             link.on_report_closed(event["id"])
     logger.info("%s: end of stream delivered in %.0f ms (%d message(s) sent again, %d lost)", node_id,
                 (monotonic() - started) * 1000, link.retransmitted, link.gone)
+
+
+LOWEST_PRIORITY_NICE = 19
+"""The nice value of work made ahead (Linux ``setpriority``; 19 is the lowest priority)."""
+
+
+def build_at_lowest_priority(factory: Callable[[], T], what: str) -> T:
+    """Call ``factory`` on a thread running at the lowest CPU priority (nice :data:`LOWEST_PRIORITY_NICE`) and return
+    what it built.
+
+    For work made ahead of need (partial transcripts while the user speaks): a library that starts its compute threads
+    while it loads (CTranslate2's model replicas) starts them from that thread, and on Linux a thread inherits its
+    creator's nice value. Such threads then take the idle CPU while the user speaks and yield the cores to the work
+    of a turn that ends (the speculative transcript, the end-of-turn model, the reply) instead of halving their
+    speed. Where the priority cannot be lowered (another OS), ``factory`` still runs, at the usual priority.
+
+    Raises:
+        whatever ``factory`` raises.
+    """
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOWEST_PRIORITY_NICE)
+        except (AttributeError, OSError) as exc:
+            logger.info("%s: cannot lower the CPU priority (%s); it runs at the usual priority", what, exc)
+        try:
+            box["value"] = factory()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name=f"build-{what}")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]

@@ -43,7 +43,7 @@ import pyarrow as pa
 
 from dora_voice.config import env_field, parse_choice, parse_float, parse_int, parse_str
 from dora_voice.contracts import NodeContract
-from dora_voice.runtime import Emit, NodeCore, UnknownInputError, emit
+from dora_voice.runtime import Emit, NodeCore, UnknownInputError, build_at_lowest_priority, emit
 from dora_voice.schema import PIPELINE_SAMPLE_RATE_HZ, Key, Output, SchemaError, TimingKind, Transcript, Utterance
 from dora_voice.turn import SPECULATION_MODES
 
@@ -541,9 +541,12 @@ def load_whisper(config: AsrConfig) -> Transcriber:
 
     transcribe: Transcriber = full
     if config.window == "short":
-        # Its own instance: a partial still decoding on it never delays the utterance that ends the turn.
-        partial_model = WhisperModel(str(path), device="cpu", compute_type="int8",
-                                     cpu_threads=config.partial_threads, local_files_only=True)
+        # Its own instance: a partial still decoding on it never delays the utterance that ends the turn; and at the
+        # lowest CPU priority: a partial decode still running when the user stops yields the cores to the utterance
+        # that ends the turn, to the end-of-turn model and to the reply, instead of slowing them.
+        partial_model = build_at_lowest_priority(
+            lambda: WhisperModel(str(path), device="cpu", compute_type="int8", cpu_threads=config.partial_threads,
+                                 local_files_only=True), "partial-whisper")
         transcribe = WindowedWhisper(_bounded_decode(model, config), full, min_window_s=config.min_window_s,
                                      pad_s=config.window_pad_s, partial_decode=_bounded_decode(partial_model, config))
     started = time.perf_counter()
