@@ -4,6 +4,9 @@ delivery between machines in the loop."""
 from __future__ import annotations
 
 import logging
+import sys
+
+import pytest
 
 import pyarrow as pa
 
@@ -183,3 +186,35 @@ def test_a_receiver_reorders_a_retransmission_and_never_shows_the_link_to_its_co
     assert received == [(0, []), (1, []), (2, [])]
     reports = [(m[Key.EVENT], value) for o, m in node.metadata if o == "ack" for value in [m.get(Key.DETAIL)]]
     assert reports == [("nack", "o"), ("done", None)]  # 1 asked for as soon as 2 arrived; done after the marker
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_build_at_lowest_priority_runs_the_factory_on_a_thread_at_nice_19_whose_threads_inherit_it() -> None:
+    """What CTranslate2 relies on: the compute threads a model starts while it loads take their creator's priority."""
+    import os
+    import threading
+
+    from dora_voice.runtime import build_at_lowest_priority
+
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    caller = nice()
+    seen: dict[str, int] = {}
+
+    def factory() -> str:
+        seen["factory"] = nice()
+        child = threading.Thread(target=lambda: seen.__setitem__("child", nice()))
+        child.start()
+        child.join()
+        return "built"
+
+    assert build_at_lowest_priority(factory, "test") == "built"
+    assert seen == {"factory": 19, "child": 19}
+    assert nice() == caller  # the caller's own priority is untouched
+
+    def broken() -> None:
+        raise ValueError("no model here")
+
+    with pytest.raises(ValueError, match="no model here"):
+        build_at_lowest_priority(broken, "test")
