@@ -74,40 +74,6 @@ def test_recheck_asks_again_as_the_pause_grows() -> None:
     assert decision.rule is TurnRule.MODEL and decision.evaluations == 3 and 600 <= at < 640
 
 
-def test_a_sure_answer_early_in_the_pause_ends_the_turn_at_the_proposal_without_asking_again() -> None:
-    model = ScriptedModel(0.95)
-    policy = EndOfTurnPolicy("smart_turn", model, propose_silence_ms=200, max_wait_ms=1000, early_silence_ms=96,
-                             early_threshold=0.9)
-    decision, at = run_pause(policy, 2000)
-    # Asked once, after 96 ms of the pause; the turn still ends only at the proposal.
-    assert decision.rule is TurnRule.MODEL and decision.early and decision.probability == 0.95
-    assert decision.evaluations == 1 and len(model.heard) == 1 and 200 <= at < 232
-
-
-def test_an_answer_early_in_the_pause_that_is_not_sure_enough_is_asked_again_at_the_proposal() -> None:
-    # 0.8: complete by the usual threshold (0.5), not by the early one (0.9): the model hears the longer pause.
-    for early, later, rule in ((0.8, 0.3, TurnRule.MAX_WAIT), (0.8, 0.6, TurnRule.MODEL), (0.1, 0.97, TurnRule.MODEL)):
-        model = ScriptedModel(early, later)
-        policy = EndOfTurnPolicy("smart_turn", model, propose_silence_ms=200, max_wait_ms=1000,
-                                 early_silence_ms=96, early_threshold=0.9)
-        decision, _at = run_pause(policy, 2000)
-        assert decision.rule is rule and not decision.early and decision.probability == later
-        assert decision.evaluations == 2
-    with pytest.raises(ValueError, match="within the proposal pause"):
-        EndOfTurnPolicy("smart_turn", ScriptedModel(), propose_silence_ms=200, early_silence_ms=300)
-
-
-def test_an_early_answer_counts_only_for_its_own_pause() -> None:
-    """Sure early in a pause the user then ends by speaking again: the next pause is judged afresh."""
-    model = ScriptedModel(0.95, 0.1, 0.2)
-    policy = EndOfTurnPolicy("smart_turn", model, propose_silence_ms=200, max_wait_ms=1000, early_silence_ms=96,
-                             early_threshold=0.9)
-    assert run_pause(policy, 150) == (None, None)  # asked at 96 ms; the user speaks again at 150 ms
-    policy.reset()
-    decision, _at = run_pause(policy, 2000)
-    assert decision.rule is TurnRule.MAX_WAIT and not decision.early and len(model.heard) == 3
-
-
 def test_threshold_is_inclusive_and_configurable() -> None:
     policy = EndOfTurnPolicy("smart_turn", ScriptedModel(0.7), threshold=0.7)
     assert run_pause(policy, 2000)[0].rule is TurnRule.MODEL
@@ -136,8 +102,6 @@ def test_bad_policies_are_refused() -> None:
         load_config(VadConfig, {"TURN_MAX_WAIT_MS": "100", "TURN_PROPOSE_SILENCE_MS": "200"})
     with pytest.raises(ConfigError, match="TURN_DETECTOR"):
         load_config(VadConfig, {"TURN_DETECTOR": "vibes"})
-    with pytest.raises(ConfigError, match="TURN_EARLY_THRESHOLD"):
-        load_config(VadConfig, {"TURN_EARLY_THRESHOLD": "0.4", "TURN_COMPLETE_THRESHOLD": "0.5"})
 
 
 # -- the VAD with a scripted model ---------------------------------------------------------------------------
@@ -180,7 +144,7 @@ def test_vad_pause_shorter_than_the_wait_keeps_one_turn_and_reports_the_rule() -
     # 10 silent frames, 20 voiced, a 22-frame (704 ms) pause the model calls incomplete, 20 voiced, 40 silent.
     pattern = "." * 10 + "#" * 20 + "." * 22 + "#" * 20 + "." * 40
     model = ScriptedModel(0.1, 0.97)
-    config = load_config(VadConfig, {"VAD_MIN_SPEECH_MS": "64", "TURN_EARLY_THRESHOLD": "0"})
+    config = load_config(VadConfig, {"VAD_MIN_SPEECH_MS": "64"})
     core = VadCore(config, scripted_vad(pattern), StreamClock(), end_of_turn=config.policy(model))
     out = feed(core, np.full(len(pattern) * FRAME_SAMPLES, 0.1, dtype=np.float32))
     utterances = [u for u in (Utterance.decode(v, m) for (oid, v, m) in out if oid == Output.SPEECH)
@@ -197,7 +161,7 @@ def test_vad_pause_shorter_than_the_wait_keeps_one_turn_and_reports_the_rule() -
 def test_vad_speculates_early_in_each_pause_before_the_model_is_asked_and_confirms_with_the_same_speech() -> None:
     # Speech, a pause the model calls incomplete (the user then resumes), speech, a pause it calls complete.
     pattern = "." * 10 + "#" * 20 + "." * 22 + "#" * 20 + "." * 40
-    config = load_config(VadConfig, {"VAD_MIN_SPEECH_MS": "64", "TURN_EARLY_THRESHOLD": "0"})
+    config = load_config(VadConfig, {"VAD_MIN_SPEECH_MS": "64"})
     clock = StreamClock()
     asked_at: list[int] = []
 
@@ -228,56 +192,6 @@ def test_vad_speculates_early_in_each_pause_before_the_model_is_asked_and_confir
     assert core.speculations == 2
 
 
-def test_vad_asks_the_model_early_in_the_pause_after_the_speculative_utterance_left() -> None:
-    """Defaults: after 96 ms of the pause the speculative utterance leaves, then the model is asked (in step(), so the
-    ASR works meanwhile); sure, its answer ends the turn at the proposal (224 ms), without a second question."""
-    pattern = "." * 4 + "#" * 10 + "." * 30
-    model = ScriptedModel(0.97)
-    config = load_config(VadConfig, {"VAD_MIN_SPEECH_MS": "64"})
-    clock = StreamClock()
-    core = VadCore(config, scripted_vad(pattern), clock, end_of_turn=config.policy(model))
-    samples = np.full(len(pattern) * FRAME_SAMPLES, 0.1, dtype=np.float32)
-    out: list = []
-    frame = 0
-    while not any(oid == Output.SPEECH for oid, _v, _m in out):
-        chunk = AudioChunk(samples[frame * FRAME_SAMPLES:(frame + 1) * FRAME_SAMPLES], RATE, frame * FRAME_SAMPLES,
-                           T0 + frame * FRAME_SAMPLES * 10**9 // RATE, "s1")
-        clock.now_ns = T0 + (frame + 1) * FRAME_SAMPLES * 10**9 // RATE
-        out = list(core.handle("audio", *chunk.encode()))
-        frame += 1
-    assert frame == 4 + 10 + 3  # three silent frames: 96 ms
-    (speculative,) = [Utterance.decode(v, m) for oid, v, m in out if oid == Output.SPEECH]
-    assert speculative.speculative and model.heard == [] and core.busy()
-    assert list(core.step()) == [] and len(model.heard) == 1 and not core.busy()  # asked: sure, but not yet over
-    rest = feed_from(core, samples, frame, clock)
-    (ended,) = speech_ended(rest)
-    assert ended.fields[Key.EOT_RULE] == "model" and ended.fields[Key.EOT_EARLY] is True
-    assert ended.fields[Key.DETECTED_NS] - ended.t_ns == 7 * FRAME_SAMPLES * 10**9 // RATE  # at the proposal
-    assert len(model.heard) == 1 and ended.fields[Key.COUNT] == 1
-    (confirmed,) = [Utterance.decode(v, m) for oid, v, m in rest if oid == Output.SPEECH]
-    assert not confirmed.speculative
-    # TURN_EARLY_THRESHOLD=0: not asked early; asked at the proposal.
-    off = load_config(VadConfig, {"VAD_MIN_SPEECH_MS": "64", "TURN_EARLY_THRESHOLD": "0"})
-    model = ScriptedModel(0.97)
-    core = VadCore(off, scripted_vad(pattern), StreamClock(), end_of_turn=off.policy(model))
-    (ended,) = speech_ended(feed(core, samples))
-    assert Key.EOT_EARLY not in ended.fields and len(model.heard) == 1
-    assert model.heard[0] == (4 + 10 + 7) * FRAME_SAMPLES  # the stream so far (the padded onset is before its start)
-
-
-def feed_from(core: VadCore, samples: np.ndarray, frame: int, clock: StreamClock) -> list:
-    """Feed ``samples`` from frame ``frame`` on, one frame per block, stepping as the runtime does."""
-    out: list = []
-    for k in range(frame, len(samples) // FRAME_SAMPLES):
-        clock.now_ns = T0 + (k + 1) * FRAME_SAMPLES * 10**9 // RATE
-        out += core.handle("audio", *AudioChunk(samples[k * FRAME_SAMPLES:(k + 1) * FRAME_SAMPLES], RATE,
-                                                 k * FRAME_SAMPLES, T0 + k * FRAME_SAMPLES * 10**9 // RATE,
-                                                 "s1").encode())
-        while core.busy():
-            out += core.step()
-    return out
-
-
 def test_vad_without_speculation_sends_only_confirmed_utterances() -> None:
     pattern = "#" * 20 + "." * 40
     config = load_config(VadConfig, {"VAD_MIN_SPEECH_MS": "64", "TURN_SPECULATION": "off"})
@@ -303,11 +217,9 @@ def test_vad_speculates_with_the_silence_detector_too() -> None:
 def test_vad_max_wait_ends_a_turn_the_model_misjudges() -> None:
     pattern = "#" * 20 + "." * 40
     config = load_config(VadConfig, {"VAD_MIN_SPEECH_MS": "64", "TURN_MAX_WAIT_MS": "800"})
-    model = ScriptedModel(0.2, 0.2)  # asked early in the pause, then at the proposal
-    core = VadCore(config, scripted_vad(pattern), StreamClock(), end_of_turn=config.policy(model))
+    core = VadCore(config, scripted_vad(pattern), StreamClock(), end_of_turn=config.policy(ScriptedModel(0.2)))
     (ended,) = speech_ended(feed(core, np.full(len(pattern) * FRAME_SAMPLES, 0.1, dtype=np.float32)))
     assert ended.fields[Key.EOT_RULE] == "max_wait" and ended.fields[Key.EOT_PROBABILITY] == pytest.approx(0.2)
-    assert len(model.heard) == 2 and Key.EOT_EARLY not in ended.fields
     assert 800e6 <= ended.fields[Key.DETECTED_NS] - ended.t_ns < 832e6
 
 
@@ -412,8 +324,7 @@ def test_the_stream_ending_with_a_decision_due_takes_it_before_closing_the_turn(
 def test_vad_sends_the_utterance_so_far_every_partial_interval_of_voiced_speech() -> None:
     # 10 silent frames, 50 voiced, a 15-frame (480 ms) pause the model calls incomplete, 25 voiced, 40 silent.
     pattern = "." * 10 + "#" * 50 + "." * 15 + "#" * 25 + "." * 40
-    config = load_config(VadConfig, {"VAD_MIN_SPEECH_MS": "64", "TURN_PARTIAL_MS": "960",
-                                     "TURN_EARLY_THRESHOLD": "0"})  # 30 frames
+    config = load_config(VadConfig, {"VAD_MIN_SPEECH_MS": "64", "TURN_PARTIAL_MS": "960"})  # 30 frames
     core = VadCore(config, scripted_vad(pattern), StreamClock(), end_of_turn=config.policy(ScriptedModel(0.1, 0.97)))
     out = feed(core, np.arange(len(pattern) * FRAME_SAMPLES, dtype=np.float32) / 1e6)
     speech = [Utterance.decode(v, m) for (oid, v, m) in out if oid == Output.SPEECH]
@@ -431,7 +342,7 @@ def test_vad_sends_the_utterance_so_far_every_partial_interval_of_voiced_speech(
         assert np.array_equal(u.samples, confirmed.samples[: len(u.samples)])
         assert len(u.samples) < len(confirmed.samples)
     assert core.partials == 2
-    off = load_config(VadConfig, {"VAD_MIN_SPEECH_MS": "64", "TURN_PARTIAL_MS": "0", "TURN_EARLY_THRESHOLD": "0"})
+    off = load_config(VadConfig, {"VAD_MIN_SPEECH_MS": "64", "TURN_PARTIAL_MS": "0"})
     core = VadCore(off, scripted_vad(pattern), StreamClock(), end_of_turn=off.policy(ScriptedModel(0.1, 0.97)))
     out = feed(core, np.zeros(len(pattern) * FRAME_SAMPLES, dtype=np.float32))
     assert not any(Utterance.decode(v, m).partial for (oid, v, m) in out if oid == Output.SPEECH)

@@ -28,8 +28,7 @@ Definitions (all durations in ms unless the name says ``_s``; ``None`` when an e
       typed turns.
     * ``llm_start_to_first_audio_ms``: ``llm_start`` -> ``playback_started`` (the combined TTFB).
     * ``eot_rule`` / ``eot_probability``: the rule that ended the user's turn (``model``, ``max_wait``, ``silence``,
-      ``max_speech``, ``end_of_stream``) and the end-of-turn model's P(complete) (``speech_ended`` fields);
-      ``eot_early``: the model's answer early in the pause ended the turn (``TURN_EARLY_THRESHOLD``).
+      ``max_speech``, ``end_of_stream``) and the end-of-turn model's P(complete) (``speech_ended`` fields).
     * ``speculation``: ``hit`` when the transcript was made during the pause, from the speculative utterance, and
       reused; ``miss`` when a speculative one was dropped first; ``none`` (``asr_done``'s field).
       ``speculation_cancelled``: speculative transcripts of the turn dropped because the user went on speaking
@@ -277,7 +276,6 @@ class TurnRecord:
     # end of turn and the parts of voice-to-voice (see the module docstring), ms
     eot_rule: str | None = None
     eot_probability: float | None = None
-    eot_early: bool = False  # the end-of-turn model's answer early in the pause ended the turn
     speculation: str | None = None  # asr_done's: hit (transcribed during the pause), miss, none
     speculation_cancelled: int = 0  # speculative transcripts of this turn dropped (the user went on speaking)
     llm_speculation: str | None = None  # llm_start's: hit (the reply began during the pause), miss, None
@@ -577,7 +575,6 @@ def build_turn(turn_id: int, events: Iterable[TimingEvent], *, complete: bool,
         tts_done_ns=_t(tts_done), playback_started_ns=_t(playback_started), barge_in_ns=_t(barge_in),
         turn_played_ns=_t(turn_played),
         eot_rule=_field(speech_ended, Key.EOT_RULE), eot_probability=_field(speech_ended, Key.EOT_PROBABILITY),
-        eot_early=bool(_field(speech_ended, Key.EOT_EARLY) or False),
         speculation=_field(asr_done, Key.SPECULATION),
         speculation_cancelled=sum(e.node != "llm" for e in cancelled_speculations),
         llm_speculation=_field(llm_start, Key.SPECULATION),

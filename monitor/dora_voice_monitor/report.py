@@ -80,8 +80,8 @@ def _notes(turn: TurnRecord) -> list[str]:
     if turn.input_errors:
         notes.append(f"input_errors={turn.input_errors}")
     if turn.eot_rule is not None:
-        notes.append(f"eot={turn.eot_rule}" + (" early" if turn.eot_early else "")
-                     + (f" p={turn.eot_probability:.2f}" if turn.eot_probability is not None else ""))
+        notes.append(f"eot={turn.eot_rule}" + (f" p={turn.eot_probability:.2f}" if turn.eot_probability is not None
+                                                else ""))
     if turn.speculation in ("hit", "miss"):
         notes.append(f"speculation={turn.speculation}")
     if turn.speculation_cancelled:

@@ -62,7 +62,6 @@ class Key:
     EOT_RULE = "eot_rule"  # str: the rule that ended the turn (dora_voice.turn.TurnRule value)
     EOT_PROBABILITY = "eot_probability"  # float, 0.0-1.0: the end-of-turn model's latest P(complete)
     EOT_MODEL_MS = "eot_model_ms"  # float, ms: time spent in the end-of-turn model for this turn
-    EOT_EARLY = "eot_early"  # bool: the model's answer early in the pause ended the turn (TURN_EARLY_THRESHOLD)
     SPECULATIVE = "speculative"  # bool: an utterance (or its transcript) sent at a proposed end of turn, before the
     #   turn is confirmed
     WITHDRAWN = "withdrawn"  # bool: on a speculative transcript, the one sent before for that turn is void
@@ -729,7 +728,6 @@ TIMING_FIELD_TYPES: Mapping[str, type] = {
     Key.UNDERRUNS: int, Key.CANCELLED: int, Key.DETECTED_NS: int, Key.SPEECH_START_NS: int, Key.SPEECH_END_NS: int,
     Key.TEXT: str, Key.DETAIL: str, Key.DURATION_MS: float, Key.AUDIO_MS: float, Key.UNDERRUN_MS: float,
     Key.INTERRUPTED: bool, Key.IS_FINAL: bool, Key.EOT_RULE: str, Key.EOT_PROBABILITY: float, Key.EOT_MODEL_MS: float,
-    Key.EOT_EARLY: bool,
     Key.ERLE_DB: float, Key.DELAY_MS: float, Key.CPU_PERCENT: float, Key.CANCELLER_CPU_PERCENT: float,
     Key.SPECULATION: str, Key.PREFILLED_WORDS: int,
 }
@@ -754,8 +752,7 @@ TIMING_FIELDS: Mapping[TimingKind, TimingFields] = {
     TimingKind.STREAM_STARTED: TimingFields(),
     TimingKind.SPEECH_STARTED: TimingFields(optional=(Key.DETECTED_NS,)),
     TimingKind.SPEECH_ENDED: TimingFields(optional=(Key.DETECTED_NS, Key.SPEECH_START_NS, Key.EOT_RULE,
-                                                    Key.EOT_PROBABILITY, Key.EOT_MODEL_MS, Key.EOT_EARLY,
-                                                    Key.COUNT)),
+                                                    Key.EOT_PROBABILITY, Key.EOT_MODEL_MS, Key.COUNT)),
     TimingKind.ASR_DONE: TimingFields(optional=(Key.TEXT, Key.DURATION_MS, Key.AUDIO_MS, Key.SPEECH_END_NS,
                                                 Key.SPECULATION)),
     TimingKind.SPECULATION_CANCELLED: TimingFields(optional=(Key.DURATION_MS, Key.AUDIO_MS, Key.TOKENS)),

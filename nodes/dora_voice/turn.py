@@ -67,14 +67,12 @@ class TurnDecision:
         probability: the model's latest P(complete), 0.0-1.0; ``None`` when the model was not asked.
         evaluations: how many times the model was asked during this pause.
         model_ms: time spent in the model during this pause, ms (features included).
-        early: the model's answer early in the pause (``early_silence_ms``) ended the turn at the proposal.
     """
 
     rule: TurnRule
     probability: float | None = None
     evaluations: int = 0
     model_ms: float = 0.0
-    early: bool = False
 
 
 TurnModel = Callable[[np.ndarray], float]
@@ -101,17 +99,13 @@ class EndOfTurnPolicy:
 
     def __init__(self, detector: str, model: TurnModel | None, *, min_silence_ms: float = 400,
                  propose_silence_ms: float = 200, max_wait_ms: float = 1000, threshold: float = 0.5,
-                 recheck_ms: float = 0, early_silence_ms: float | None = None, early_threshold: float = 0.9,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 recheck_ms: float = 0, clock: Callable[[], float] = time.perf_counter) -> None:
         if detector not in ("smart_turn", "silence"):
             raise ValueError(f"unknown end-of-turn detector {detector!r} (expected smart_turn or silence)")
         if detector == "smart_turn" and model is None:
             raise ValueError("the smart_turn detector needs an end-of-turn model")
         if max_wait_ms < propose_silence_ms:
             raise ValueError(f"the maximum wait ({max_wait_ms} ms) is shorter than the proposal pause "
-                             f"({propose_silence_ms} ms)")
-        if early_silence_ms is not None and not 0 < early_silence_ms <= propose_silence_ms:
-            raise ValueError(f"the early question's pause ({early_silence_ms} ms) must be within the proposal pause "
                              f"({propose_silence_ms} ms)")
         self.detector = detector
         self.model = model
@@ -120,8 +114,6 @@ class EndOfTurnPolicy:
         self.max_wait_ms = max_wait_ms
         self.threshold = threshold
         self.recheck_ms = recheck_ms
-        self.early_silence_ms = early_silence_ms if detector == "smart_turn" else None
-        self.early_threshold = early_threshold
         self.clock = clock
         self.reset()
 
@@ -130,7 +122,6 @@ class EndOfTurnPolicy:
         self.probability: float | None = None
         self.evaluations = 0
         self.model_ms = 0.0
-        self.early = False  # the model was asked early in this pause (early_silence_ms)
         self._next_check_ms: float | None = None
 
     @property
@@ -154,13 +145,7 @@ class EndOfTurnPolicy:
         if silence_ms >= self.max_wait_ms:
             return self._decision(TurnRule.MAX_WAIT)
         if silence_ms < self.propose_silence_ms:
-            if self.early_silence_ms is not None and silence_ms >= self.early_silence_ms and not self.early:
-                self.early = True
-                self._evaluate(audio())
             return None
-        if self._next_check_ms is None and self.early and self.probability is not None \
-                and self.probability >= self.early_threshold:
-            return self._decision(TurnRule.MODEL, early=True)  # sure enough early on: no second question
         if self._next_check_ms is not None and silence_ms < self._next_check_ms:
             return None
         self._evaluate(audio())
@@ -185,8 +170,8 @@ class EndOfTurnPolicy:
         self.probability = probability
         logger.debug("end-of-turn model: P(complete)=%.3f (evaluation %d)", probability, self.evaluations)
 
-    def _decision(self, rule: TurnRule, *, early: bool = False) -> TurnDecision:
-        decision = TurnDecision(rule, self.probability, self.evaluations, self.model_ms, early)
+    def _decision(self, rule: TurnRule) -> TurnDecision:
+        decision = TurnDecision(rule, self.probability, self.evaluations, self.model_ms)
         self.reset()
         return decision
 

@@ -243,9 +243,7 @@ def render_v2v_parts_table(variant: str, rows: Sequence[tuple[str, Sequence[Turn
     rules: dict[str, int] = {}
     for t in turns:
         rules[t.eot_rule or "-"] = rules.get(t.eot_rule or "-", 0) + 1
-    early = sum(bool(getattr(t, "eot_early", False)) for t in turns)
-    lines.append("end of turn: " + ", ".join(f"{rule} {n}" for rule, n in sorted(rules.items()))
-                 + (f" ({early} by the model's answer early in the pause)" if early else ""))
+    lines.append("end of turn: " + ", ".join(f"{rule} {n}" for rule, n in sorted(rules.items())))
     hits = sum(t.speculation == "hit" for t in turns)
     misses = sum(t.speculation == "miss" for t in turns)
     cancelled = sum(t.speculation_cancelled or 0 for t in turns)

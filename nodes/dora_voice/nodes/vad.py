@@ -125,10 +125,6 @@ class VadConfig:
                                           "model probability at or above which the turn is complete")
     recheck_ms: int = env_field("TURN_RECHECK_MS", 0, parse_int(min_value=0, max_value=5_000),
                                 "ask the model again after this much more silence, ms (0 = once, at the proposal)")
-    early_threshold: float = env_field("TURN_EARLY_THRESHOLD", 0.9, parse_float(min_value=0.0, max_value=1.0),
-                                       "Smart Turn is also asked early in the pause (after TURN_SPECULATE_SILENCE_MS); "
-                                       "a probability at or above this ends the turn at the proposal without asking "
-                                       "again (0 = do not ask early)")
     turn_model_path: str = env_field("TURN_MODEL_PATH", "", parse_str,
                                      "Smart Turn .onnx file; overrides the registry model smart-turn-v3.2")
     turn_threads: int = env_field("TURN_THREADS", 1, parse_int(min_value=1, max_value=64),
@@ -151,19 +147,12 @@ class VadConfig:
         if self.max_wait_ms < self.propose_silence_ms:
             raise ConfigError(f"TURN_MAX_WAIT_MS={self.max_wait_ms} is shorter than TURN_PROPOSE_SILENCE_MS="
                               f"{self.propose_silence_ms}: the longest wait must be at least the proposal pause")
-        if 0 < self.early_threshold < self.complete_threshold:
-            raise ConfigError(f"TURN_EARLY_THRESHOLD={self.early_threshold} is below TURN_COMPLETE_THRESHOLD="
-                              f"{self.complete_threshold}: an answer heard earlier, after less of the pause, must be "
-                              f"surer (or set TURN_EARLY_THRESHOLD=0 not to ask early)")
 
     def policy(self, model: TurnModel | None) -> EndOfTurnPolicy:
         """The end-of-turn policy these settings describe (``model`` is needed with ``smart_turn``)."""
         return EndOfTurnPolicy(self.turn_detector, model, min_silence_ms=self.min_silence_ms,
                                propose_silence_ms=self.propose_silence_ms, max_wait_ms=self.max_wait_ms,
-                               threshold=self.complete_threshold, recheck_ms=self.recheck_ms,
-                               early_silence_ms=(min(self.speculate_silence_ms, self.propose_silence_ms)
-                                                 if self.early_threshold > 0 else None),
-                               early_threshold=self.early_threshold)
+                               threshold=self.complete_threshold, recheck_ms=self.recheck_ms)
 
 
 class VadState(enum.Enum):
@@ -355,10 +344,10 @@ class VadCore(NodeCore):
             samples, start_ns, end_ns = self._utterance_span()
             out.append(emit(Output.SPEECH, Utterance(samples, self.rate, self.session_id, self.turn_id, start_ns,
                                                      end_ns, self.clock_ns(), speculative=True)))
-            # The model, if it is asked now (early, or at the proposal), is asked in step(), after the runtime has
-            # sent this: the ASR then works while it decides. (Asked here, the utterance would leave only with the
-            # decision, and nothing would overlap.)
-            self._decision_due = silence_ms
+            if silence_ms >= self.end_of_turn.proposes_at_ms:
+                # The model is asked in step(), after the runtime has sent this: the ASR then works while it
+                # decides. (Asked here, the utterance would leave only with the decision, and nothing would overlap.)
+                self._decision_due = silence_ms
             return out
         decision = self.end_of_turn.on_silence(silence_ms, self._utterance_audio)
         if decision is not None:
@@ -413,17 +402,14 @@ class VadCore(NodeCore):
         self._trim_to_preroll()
         utterance = Utterance(samples, self.rate, self.session_id, turn, start_ns, end_ns, now)
         probability = "-" if decision.probability is None else f"{decision.probability:.2f}"
-        logger.info("turn %d: utterance of %.2f s (speech %.2f s); end of turn by %s%s after %.0f ms of silence "
+        logger.info("turn %d: utterance of %.2f s (speech %.2f s); end of turn by %s after %.0f ms of silence "
                     "(P(complete) %s, %d model calls, %.0f ms)", turn, len(samples) / self.rate,
-                    (end_ns - start_ns) / 1e9, decision.rule.value, " (its answer early in the pause)"
-                    if decision.early else "", (now - end_ns) / 1e6, probability, decision.evaluations,
-                    decision.model_ms)
+                    (end_ns - start_ns) / 1e9, decision.rule.value, (now - end_ns) / 1e6, probability,
+                    decision.evaluations, decision.model_ms)
         fields = {Key.DETECTED_NS: now, Key.SPEECH_START_NS: start_ns, Key.EOT_RULE: decision.rule.value,
                   Key.EOT_MODEL_MS: decision.model_ms, Key.COUNT: decision.evaluations}
         if decision.probability is not None:
             fields[Key.EOT_PROBABILITY] = decision.probability
-        if decision.early:
-            fields[Key.EOT_EARLY] = True
         return [
             emit(Output.EVENTS, VadEvent(VadEventKind.SPEECH_ENDED, self.session_id, turn, end_ns, now)),
             self.timing(TimingKind.SPEECH_ENDED, turn, end_ns, **fields),
