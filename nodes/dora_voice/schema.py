@@ -62,8 +62,8 @@ class Key:
     EOT_RULE = "eot_rule"  # str: the rule that ended the turn (dora_voice.turn.TurnRule value)
     EOT_PROBABILITY = "eot_probability"  # float, 0.0-1.0: the end-of-turn model's latest P(complete)
     EOT_MODEL_MS = "eot_model_ms"  # float, ms: time spent in the end-of-turn model for this turn
-    SPECULATIVE = "speculative"  # bool: an utterance (or its transcript) sent at a proposed end of turn, before the
-    #   turn is confirmed
+    SPECULATIVE = "speculative"  # bool: an utterance (or its transcript) sent early in a pause, before the end of
+    #   the turn is proposed or confirmed
     WITHDRAWN = "withdrawn"  # bool: on a speculative transcript, the one sent before for that turn is void
     PARTIAL = "partial"  # bool: an utterance (or its transcript) sent while the user is still speaking, so the LLM
     #   can evaluate its prompt ahead (TURN_PARTIAL_MS); never answered
@@ -483,7 +483,7 @@ class Transcript:
     """asr/text or text-input/text: what the user said (or typed), one per turn.
 
     A turn may first get *speculative* transcripts (``TURN_SPECULATION=answer``: the ASR transcribed the utterance
-    at a proposed end of turn, before the turn was confirmed). The LLM may begin the reply to one, but nothing of it
+    so far early in a pause, before the turn was confirmed). The LLM may begin the reply to one, but nothing of it
     leaves the LLM, and the history does not change, until the confirmed transcript of the same turn arrives with the
     same text. A speculative transcript with ``withdrawn=True`` voids the one sent before for its turn (the user
     went on speaking). Every turn that is answered gets exactly one confirmed transcript.

@@ -302,10 +302,10 @@ class _Speculation:
 class AsrCore(NodeCore):
     """Transcribes utterances.
 
-    Speculation: an utterance marked ``speculative`` (the VAD's proposed end of turn) is transcribed at once and its
-    transcript kept. When the confirmed utterance of that turn arrives with the same speech (the same first and
-    last voiced samples, the kept samples at its start: :meth:`_Speculation.holds_the_speech_of`), the kept
-    transcript is sent without transcribing again (``asr_done`` with ``speculation=hit``); when its audio differs
+    Speculation: an utterance marked ``speculative`` (the utterance so far, early in a pause) is transcribed at
+    once and its transcript kept. When the confirmed utterance of that turn arrives with the same speech (the same
+    first and last voiced samples, the kept samples at its start: :meth:`_Speculation.holds_the_speech_of`), the
+    kept transcript is sent without transcribing again (``asr_done`` with ``speculation=hit``); when its audio differs
     (the user went on speaking), or another speculative utterance replaces it, the kept one is dropped and counted
     (``speculation_cancelled``; the confirmed utterance is transcribed as usual, ``speculation=miss``).
     An utterance marked ``partial`` (the user is still speaking) is transcribed with ``transcribe.partial`` (no slow
