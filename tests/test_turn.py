@@ -153,9 +153,10 @@ def test_vad_pause_shorter_than_the_wait_keeps_one_turn_and_reports_the_rule() -
     assert utterances[0].speech_end_ns == T0 + 72 * FRAME_SAMPLES * 10**9 // RATE  # after the second part
     (ended,) = speech_ended(out)
     assert ended.fields[Key.EOT_RULE] == "model" and ended.fields[Key.EOT_PROBABILITY] == pytest.approx(0.97)
-    assert ended.fields[Key.DETECTED_NS] - ended.t_ns == pytest.approx(7 * FRAME_MS * 1e6, abs=1e6)
+    # Proposed after 6 silent frames (TURN_PROPOSE_SILENCE_MS=200 to the nearest frame: 192 ms).
+    assert ended.fields[Key.DETECTED_NS] - ended.t_ns == pytest.approx(6 * FRAME_MS * 1e6, abs=1e6)
     # The model heard the utterance from its padded onset to the proposal, trailing silence included.
-    assert model.heard[1] == (72 + 7) * FRAME_SAMPLES - (10 * FRAME_SAMPLES - config.speech_pad_ms * RATE // 1000)
+    assert model.heard[1] == (72 + 6) * FRAME_SAMPLES - (10 * FRAME_SAMPLES - config.speech_pad_ms * RATE // 1000)
 
 
 def test_vad_speculates_early_in_each_pause_before_the_model_is_asked_and_confirms_with_the_same_speech() -> None:
@@ -176,10 +177,10 @@ def test_vad_speculates_early_in_each_pause_before_the_model_is_asked_and_confir
     core = VadCore(config, scripted_vad(pattern), clock, end_of_turn=config.policy(TimedModel(0.1, 0.97)))
     out = feed(core, np.full(len(pattern) * FRAME_SAMPLES, 0.1, dtype=np.float32))
     speculative = [u for u in (Utterance.decode(v, m) for (oid, v, m) in out if oid == Output.SPEECH) if u.speculative]
-    # In each pause the speculative utterance left after 3 silent frames (TURN_SPECULATE_SILENCE_MS, 96 ms), 4
-    # frames before the model was asked at the proposal (7 frames, TURN_PROPOSE_SILENCE_MS).
+    # In each pause the speculative utterance left after 3 silent frames (TURN_SPECULATE_SILENCE_MS, 96 ms), 3
+    # frames before the model was asked at the proposal (6 frames, TURN_PROPOSE_SILENCE_MS=200 to the nearest frame).
     assert len(speculative) == len(asked_at) == 2
-    assert [u.detected_ns + 4 * FRAME_SAMPLES * 10**9 // RATE for u in speculative] == asked_at
+    assert [u.detected_ns + 3 * FRAME_SAMPLES * 10**9 // RATE for u in speculative] == asked_at
     speech = [u for u in (Utterance.decode(v, m) for (oid, v, m) in out if oid == Output.SPEECH) if not u.partial]
     assert [u.turn_id for u in speech] == [0, 0, 0]
     first, second, confirmed = speech
@@ -210,8 +211,17 @@ def test_vad_speculates_with_the_silence_detector_too() -> None:
                                                                            dtype=np.float32)) if oid == Output.SPEECH]
     assert [u.speculative for u in speech] == [True, False]
     speculative, confirmed = speech
-    assert confirmed.detected_ns - speculative.detected_ns == (13 - 3) * FRAME_SAMPLES * 10**9 // RATE  # 416 - 96 ms
+    # VAD_MIN_SILENCE_MS=400 to the nearest frame: 12 frames (384 ms); the speculation after 3 (96 ms).
+    assert confirmed.detected_ns - speculative.detected_ns == (12 - 3) * FRAME_SAMPLES * 10**9 // RATE
     assert np.array_equal(speculative.samples, confirmed.samples[: len(speculative.samples)])
+
+
+def test_pauses_are_counted_in_whole_vad_frames_rounded_to_the_nearest() -> None:
+    from dora_voice.nodes.vad import frames_ms
+
+    assert [frames_ms(ms) for ms in (200, 96, 1000, 800, 10, 47, 49)] == [192, 96, 992, 800, 32, 32, 64]
+    policy = load_config(VadConfig, {}).policy(ScriptedModel())
+    assert (policy.propose_silence_ms, policy.max_wait_ms, policy.min_silence_ms) == (192, 992, 384)
 
 
 def test_vad_max_wait_ends_a_turn_the_model_misjudges() -> None:

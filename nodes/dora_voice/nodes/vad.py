@@ -149,10 +149,21 @@ class VadConfig:
                               f"{self.propose_silence_ms}: the longest wait must be at least the proposal pause")
 
     def policy(self, model: TurnModel | None) -> EndOfTurnPolicy:
-        """The end-of-turn policy these settings describe (``model`` is needed with ``smart_turn``)."""
-        return EndOfTurnPolicy(self.turn_detector, model, min_silence_ms=self.min_silence_ms,
-                               propose_silence_ms=self.propose_silence_ms, max_wait_ms=self.max_wait_ms,
-                               threshold=self.complete_threshold, recheck_ms=self.recheck_ms)
+        """The end-of-turn policy these settings describe (``model`` is needed with ``smart_turn``).
+
+        The pauses are counted in whole VAD frames (32 ms), each setting rounded to the nearest number of frames, at
+        least one, as pipecat's ``VADAnalyzer`` counts its ``stop_secs`` (``round(stop_secs / frame duration)``):
+        ``TURN_PROPOSE_SILENCE_MS=200`` proposes after 6 silent frames (192 ms), the pause Smart Turn is used with
+        there. (Rounded up, it waited 7 frames, 224 ms.)"""
+        return EndOfTurnPolicy(self.turn_detector, model, min_silence_ms=frames_ms(self.min_silence_ms),
+                               propose_silence_ms=frames_ms(self.propose_silence_ms),
+                               max_wait_ms=frames_ms(self.max_wait_ms), threshold=self.complete_threshold,
+                               recheck_ms=frames_ms(self.recheck_ms) if self.recheck_ms else 0)
+
+
+def frames_ms(ms: float) -> float:
+    """``ms`` rounded to the nearest whole number of VAD frames (at least one), in ms (32 ms frames: 200 -> 192)."""
+    return max(1, round(ms / FRAME_MS)) * FRAME_MS
 
 
 class VadState(enum.Enum):
@@ -336,7 +347,7 @@ class VadCore(NodeCore):
             return out + self._maybe_partial(end)
         silence_ms = self._silent_frames * FRAME_MS
         if (self.config.speculation != "off" and not self._speculated
-                and silence_ms >= min(self.config.speculate_silence_ms, self.end_of_turn.proposes_at_ms)):
+                and silence_ms >= min(frames_ms(self.config.speculate_silence_ms), self.end_of_turn.proposes_at_ms)):
             # Early in the pause, while the CPU is idle: the ASR (and the LLM) start on the speech so far, and their
             # work is ready, or under way, when the end of turn is proposed and decided.
             self._speculated = True
