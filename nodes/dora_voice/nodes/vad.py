@@ -216,6 +216,8 @@ class VadCore(NodeCore):
         self._voiced_frames = 0
         self._silent_frames = 0
         self._speculated = False  # a speculative utterance was sent for the current pause
+        # the silence (ms) after which the speculative utterance leaves: at most where the turn is proposed or ends
+        self._speculate_at_ms = min(frames_ms(config.speculate_silence_ms), self.end_of_turn.proposes_at_ms)
         self._decision_due: float | None = None  # silence (ms) whose end-of-turn decision waits for step()
         self.speculations = 0
         self.partials = 0  # partial utterances sent (TURN_PARTIAL_MS)
@@ -347,7 +349,7 @@ class VadCore(NodeCore):
             return out + self._maybe_partial(end)
         silence_ms = self._silent_frames * FRAME_MS
         if (self.config.speculation != "off" and not self._speculated
-                and silence_ms >= min(frames_ms(self.config.speculate_silence_ms), self.end_of_turn.proposes_at_ms)):
+                and silence_ms >= self._speculate_at_ms):
             # Early in the pause, while the CPU is idle: the ASR (and the LLM) start on the speech so far, and their
             # work is ready, or under way, when the end of turn is proposed and decided.
             self._speculated = True
