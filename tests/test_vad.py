@@ -135,9 +135,10 @@ def test_config_errors_name_the_variable() -> None:
         load_config(VadConfig, {"VAD_THRESHOLD": "2"})
 
 
-@pytest.mark.parametrize("voiced_frames,started", [(5, False), (6, False), (7, True)])
+@pytest.mark.parametrize("voiced_frames,started", [(4, False), (5, False), (6, True), (7, True)])
 def test_short_noises_do_not_start_speech(voiced_frames: int, started: bool) -> None:
-    # Default VAD_MIN_SPEECH_MS = 200: 6 frames (192 ms) of a cough stay noise, 7 frames (224 ms) are speech.
+    # Default VAD_MIN_SPEECH_MS = 200, to the nearest frame: 5 frames (160 ms) of a cough stay noise, 6 frames
+    # (192 ms) are speech.
     probs = [0.0] * 3 + [0.9] * voiced_frames + [0.0] * 20
     core = VadCore(load_config(VadConfig, {}), scripted(probs))
     out = feed(core, np.full(len(probs) * FRAME_SAMPLES, 0.1, dtype=np.float32), block=FRAME_SAMPLES)

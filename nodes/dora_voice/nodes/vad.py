@@ -14,13 +14,14 @@ is counted only where the user could have been heard. Outputs:
       turn is proposed: the ASR transcribes it while the pause goes on and the model decides, and reuses that
       transcript when the confirmed utterance of the turn (same ``turn_id``) holds the same speech (the same first
       and last voiced samples; the confirmed one may carry more of the trailing pad). A speculative utterance is
-      never answered by itself (with ``answer`` the LLM may begin the reply, but holds it until the turn is
-      confirmed). While the user speaks, every ``TURN_PARTIAL_MS`` (1000) of the turn, at a voiced frame, the
+      never answered by itself (with ``answer`` the LLM may begin the reply and the TTS synthesize its first chunk,
+      but the audio is held until the turn is confirmed). While the user speaks, every ``TURN_PARTIAL_MS`` (1000) of the turn, at a voiced frame, the
       utterance so far is also sent marked ``partial``: its transcript lets the LLM evaluate the reply's prompt while
       the user is still talking (the CPU is nearly idle then), so only the words after it are left to evaluate when
       the turn ends.
-    * ``events`` — ``speech_started`` (once ``VAD_MIN_SPEECH_MS`` of speech is confirmed; ``t_ns`` is the onset
-      sample's time) and ``speech_ended`` (``t_ns`` is the last voiced sample's time), for barge-in.
+    * ``events`` — ``speech_started`` (once ``VAD_MIN_SPEECH_MS`` of speech, to the nearest frame, is confirmed;
+      ``t_ns`` is the onset sample's time) and ``speech_ended`` (``t_ns`` is the last voiced sample's time), for
+      barge-in.
     * ``timing`` — the same two moments for the monitor; ``speech_ended`` also says which rule ended the turn
       (``eot_rule``), the model's probability (``eot_probability``) and the model's time (``eot_model_ms``).
 
@@ -108,7 +109,8 @@ class VadConfig:
                                     "silence after speech that ends the turn with TURN_DETECTOR=silence (and that "
                                     "discards an unconfirmed onset), ms")
     min_speech_ms: int = env_field("VAD_MIN_SPEECH_MS", 200, parse_int(min_value=32, max_value=5_000),
-                                   "voiced time before speech counts (shorter blips are noise), ms")
+                                   "voiced time before speech counts (shorter blips are noise), ms, to the nearest "
+                                   "32 ms frame (200: 6 frames, 192 ms)")
     speech_pad_ms: int = env_field("VAD_SPEECH_PAD_MS", 160, parse_int(min_value=0, max_value=2_000),
                                    "audio kept before the onset and after the end of an utterance, ms")
     max_speech_s: float = env_field("VAD_MAX_SPEECH_S", 25.0, parse_float(min_value=1.0, max_value=120.0),
@@ -132,7 +134,8 @@ class VadConfig:
     speculation: str = env_field("TURN_SPECULATION", "answer", parse_choice(*SPECULATION_MODES),
                                  "after a short pause (TURN_SPECULATE_SILENCE_MS), send the utterance so far to the "
                                  "ASR marked speculative, so it is transcribed while the pause goes on and the model "
-                                 "decides (answer: the LLM also begins the reply, held until the turn is confirmed; "
+                                 "decides (answer: the LLM also begins the reply and the TTS synthesizes its first "
+                                 "chunk, the audio held until the turn is confirmed; "
                                  "asr: only the transcript is made ahead); off: only confirmed utterances")
     speculate_silence_ms: int = env_field("TURN_SPECULATE_SILENCE_MS", 96, parse_int(min_value=32, max_value=5_000),
                                           "pause after which the speculative utterance is sent, ms (at most the "
@@ -199,8 +202,10 @@ class VadCore(NodeCore):
         self.end_of_turn = end_of_turn or EndOfTurnPolicy("silence", None, min_silence_ms=config.min_silence_ms)
         self.rate = PIPELINE_SAMPLE_RATE_HZ
         self.neg_threshold = max(config.threshold - 0.15, 0.01)
-        self.min_silence_frames = max(1, math.ceil(config.min_silence_ms * self.rate / 1000 / FRAME_SAMPLES))
-        self.min_speech_frames = max(1, math.ceil(config.min_speech_ms * self.rate / 1000 / FRAME_SAMPLES))
+        # whole frames, the nearest number (as the pauses: VadConfig.policy), as pipecat's VADAnalyzer counts its
+        # start_secs: VAD_MIN_SPEECH_MS=200 confirms speech after 6 voiced frames (192 ms)
+        self.min_silence_frames = round(frames_ms(config.min_silence_ms) / FRAME_MS)
+        self.min_speech_frames = round(frames_ms(config.min_speech_ms) / FRAME_MS)
         self.pad_samples = int(config.speech_pad_ms * self.rate / 1000)
         self.max_samples = int(config.max_speech_s * self.rate)
         self.turn_id = 0
