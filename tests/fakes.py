@@ -25,7 +25,7 @@ from dora_voice.nodes.tts import TtsConfig, TtsCore
 from dora_voice.runtime import NodeCore
 from dora_voice.schema import (
     AudioFragment, Output, PlaybackEvent, SegmentDone, StreamStarted, TextSegment, TimingEvent, TimingKind,
-    VadEvent, VadEventKind,
+    VadEvent, VadEventKind, Verdict,
 )
 from dora_voice.sinks import FileSink
 
@@ -103,8 +103,15 @@ def run_all(core: NodeCore) -> list:
 
 
 def segments(out: list) -> list[TextSegment]:
-    """The LLM chunks among raw emits, decoded."""
-    return [TextSegment.decode(v, m) for (oid, v, m) in out if oid == Output.TEXT]
+    """The LLM chunks among raw emits, decoded (verdict messages left out: :func:`verdicts`)."""
+    decoded = [TextSegment.decode(v, m) for (oid, v, m) in out if oid == Output.TEXT]
+    return [s for s in decoded if s.verdict is None]
+
+
+def verdicts(out: list) -> list[TextSegment]:
+    """The LLM's verdict messages on speculative chunks among raw emits, decoded."""
+    decoded = [TextSegment.decode(v, m) for (oid, v, m) in out if oid == Output.TEXT]
+    return [s for s in decoded if s.verdict is not None]
 
 
 def timings(out: list) -> list[TimingEvent]:
@@ -182,9 +189,16 @@ class Out:
         return by_segment
 
 
-def chunk(text: str, index: int, *, turn: int = 1, final: bool = False) -> tuple[pa.Array, dict[str, Any]]:
+def chunk(text: str, index: int, *, turn: int = 1, final: bool = False,
+          speculative: bool = False) -> tuple[pa.Array, dict[str, Any]]:
     return TextSegment(text=text, session_id="s1", turn_id=turn, segment_index=index, is_streaming=True,
-                       is_final=final, tokens=4, llm_start_ns=0, t_ns=0).encode()
+                       is_final=final, tokens=4, llm_start_ns=0, t_ns=0, speculative=speculative).encode()
+
+
+def verdict(kind: Verdict, index: int = 1, *, turn: int = 1) -> tuple[pa.Array, dict[str, Any]]:
+    """The LLM's verdict on ``turn``'s speculative chunks (``index``: the number of chunks it sent)."""
+    return TextSegment(text="", session_id="s1", turn_id=turn, segment_index=index, is_streaming=True,
+                       is_final=False, tokens=0, llm_start_ns=0, t_ns=0, verdict=kind).encode()
 
 
 def speech_started(turn: int) -> tuple[pa.Array, dict[str, Any]]:

@@ -85,6 +85,9 @@ def test_a_700_ms_pause_mid_sentence_is_not_the_end_of_the_turn(tmp_path: Path) 
     answered = result.log.count("generating a reply to") + result.log.count("confirmed with the speculative")
     assert answered == 1, result.log[-4000:]
     assert result.log.count("reply begun during the pause dropped") == turn["llm_speculation_cancelled"]
+    # A first chunk sent ahead was synthesized and its audio dropped unheard: at most one per reply dropped.
+    assert result.log.count("speculative audio dropped") == turn["tts_speculation_cancelled"]
+    assert turn["tts_speculation_cancelled"] <= turn["llm_speculation_cancelled"]
     second_part_end_s = spans[1][1]
     assert first_loud_s is not None and first_loud_s > second_part_end_s - 0.3
 

@@ -9,10 +9,10 @@ from dora_voice.config import ConfigError, load_config
 from dora_voice.history import ConversationHistory, HistoryStrategy
 from dora_voice.nodes.llm import PACING_POLL_S, ChunkPacer, LlmConfig, LlmCore
 from dora_voice.schema import (
-    PlaybackEvent, PlaybackKind, SegmentDone, TimingKind, Transcript,
+    PlaybackEvent, PlaybackKind, SegmentDone, TimingKind, Transcript, Verdict,
 )
 
-from fakes import ScriptedBackend, run_all, segments, timings
+from fakes import ScriptedBackend, run_all, segments, timings, verdicts
 
 REPLY = ["Sure", ",", " the", " answer", " is", " 3", ".", "14", ".", " That", " is", " pi", " to", " two",
          " places", ".", " Mr", ".", " Smith", " agrees", " with", " it"]
@@ -459,27 +459,31 @@ class Clock:
         return self.t
 
 
-def test_a_reply_begun_during_the_pause_sends_nothing_until_the_turn_is_confirmed() -> None:
+def test_a_reply_begun_during_the_pause_sends_only_its_first_chunk_marked_speculative_until_confirmed() -> None:
     clock = Clock()
     core, backend = make({"LLM_CHUNK_MIN_CHARS": "10"}, clock=clock)
-    held = speculate(core, "What is pi?", 0) + run_all(core)
-    assert held == []  # not a chunk, not a timing event: nothing of it leaves the node
+    ahead = speculate(core, "What is pi?", 0) + run_all(core)
+    # The first chunk, for the TTS to synthesize and hold; no timing event, no later chunk before the confirmation.
+    assert [(s.text, s.speculative, s.segment_index) for s in segments(ahead)] == [("Sure,", True, 0)]
+    assert timings(ahead) == [] and verdicts(ahead) == [] and len(ahead) == 1
     assert len(backend.prompts) == 1 and backend.prompts[0][-1]["content"] == "What is pi?"
     assert not core.busy() and core.current is not None and core.current.chunks == ["Sure,"]  # paused at chunk 1
     assert core.history.exchanges == []
     confirmed_at = clock.t
     out = confirm(core, "What is pi?", 0)
     assert len(backend.prompts) == 1  # not generated again
+    assert [(v.verdict, v.turn_id, v.text) for v in verdicts(out)] == [(Verdict.CONFIRMED, 0, "")]
+    assert segments(out) == []  # the chunk is not sent again
     kinds = [t.kind for t in timings(out)]
     assert kinds[:3] == [TimingKind.LLM_START, TimingKind.LLM_FIRST_TOKEN, TimingKind.LLM_CHUNK]
     start = timings(out)[0]
     assert start.fields["speculation"] == "hit" and start.fields["duration_ms"] > 0
     # Stamped no earlier than the confirmation: the parts of voice-to-voice still add up.
     assert all(t.t_ns >= confirmed_at for t in timings(out))
-    assert [s.text for s in segments(out)] == ["Sure,"] and segments(out)[0].llm_start_ns >= confirmed_at
     out += run_all(core)
-    segs = segments(out)
+    segs = segments(ahead + out)
     assert " ".join(s.text for s in segs).split() == "".join(REPLY).split() and segs[-1].is_final
+    assert [s.segment_index for s in segs] == list(range(len(segs))) and not any(s.speculative for s in segs[1:])
     assert [e.turn_id for e in core.history.exchanges] == [0] and core.speculation_hits == 1
 
 
@@ -488,9 +492,11 @@ def test_a_withdrawn_speculation_is_dropped_counted_and_leaves_the_history_alone
     ask(core, "hello", 0)
     run_all(core)
     history = [(e.user, e.assistant) for e in core.history.exchanges]
-    assert speculate(core, "What is", 1) + run_all(core) == []
+    ahead = speculate(core, "What is", 1) + run_all(core)
+    assert [s.speculative for s in segments(ahead)] == [True] and timings(ahead) == []
     out = speculate(core, "What is", 1, withdrawn=True)  # the user went on speaking
     assert [t.kind for t in timings(out)] == [TimingKind.SPECULATION_CANCELLED] and segments(out) == []
+    assert [(v.verdict, v.turn_id) for v in verdicts(out)] == [(Verdict.CANCELLED, 1)]  # the TTS drops its audio
     assert core.current is None and not core.busy() and backend.closed == 2
     assert [(e.user, e.assistant) for e in core.history.exchanges] == history
     out = confirm(core, "What is pi?", 1) + run_all(core)  # the whole sentence, answered from scratch
@@ -508,6 +514,8 @@ def test_a_confirmed_transcript_with_other_words_replaces_the_speculation() -> N
     out = confirm(core, "seven of clubs", 0) + run_all(core)
     kinds = [t.kind for t in timings(out)]
     assert kinds[0] is TimingKind.SPECULATION_CANCELLED and kinds[1] is TimingKind.LLM_START
+    assert [v.verdict for v in verdicts(out)] == [Verdict.CANCELLED]
+    assert not any(s.speculative for s in segments(out))
     assert [p[-1]["content"] for p in backend.prompts] == ["seven of", "seven of clubs"]
     assert [e.user for e in core.history.exchanges] == ["seven of clubs"]
     assert segments(out)[0].segment_index == 0 and segments(out)[-1].is_final
@@ -515,9 +523,10 @@ def test_a_confirmed_transcript_with_other_words_replaces_the_speculation() -> N
 
 def test_a_speculative_reply_that_ends_before_the_confirmation_is_finished_on_it() -> None:
     core, _ = make(tokens=["Hi", "."])
-    assert speculate(core, "hello", 0) + run_all(core) == []
+    assert speculate(core, "hello", 0) + run_all(core) == []  # no chunk was cut before the end: nothing sent
     assert core.current is not None and core.current.ahead_done and core.history.exchanges == []
     out = confirm(core, "hello", 0)
+    assert verdicts(out) == [] and not any(s.speculative for s in segments(out))
     assert [s.text for s in segments(out)] == ["Hi."] and segments(out)[-1].is_final
     assert timings(out)[-1].kind is TimingKind.LLM_DONE and core.current is None
     assert [e.assistant for e in core.history.exchanges] == ["Hi."]

@@ -404,11 +404,14 @@ def test_speculation_counts_are_split_between_transcripts_and_replies():
     events += [
         sc._ev(TimingKind.SPECULATION_CANCELLED, "asr", 0, 900, **{Key.DURATION_MS: 180.0}),
         sc._ev(TimingKind.SPECULATION_CANCELLED, "llm", 0, 905, **{Key.DURATION_MS: 120.0, Key.TOKENS: 4}),
+        sc._ev(TimingKind.SPECULATION_CANCELLED, "tts", 0, 907, **{Key.DURATION_MS: 60.0}),
         sc._ev(TimingKind.LLM_START, "llm", 0, 2310, **{Key.SPECULATION: "hit", Key.DURATION_MS: 90.0}),
     ]
     turn = collect(events)[0]
     assert (turn.speculation_cancelled, turn.llm_speculation, turn.llm_speculation_cancelled) == (1, "hit", 1)
+    assert turn.tts_speculation_cancelled == 1
     assert turn.complete and turn.segments_lost == 0
-    assert {"llm_speculation=hit", "llm_speculation_cancelled=1", "speculation_cancelled=1"} <= set(report._notes(turn))
+    assert {"llm_speculation=hit", "llm_speculation_cancelled=1", "speculation_cancelled=1",
+            "tts_speculation_cancelled=1"} <= set(report._notes(turn))
     plain = collect(sc.turn0())[0]
     assert (plain.speculation_cancelled, plain.llm_speculation, plain.llm_speculation_cancelled) == (0, None, 0)

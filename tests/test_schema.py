@@ -9,7 +9,7 @@ import pytest
 from dora_voice.schema import (
     TIMING_FIELD_TYPES, TIMING_FIELDS, AudioChunk, AudioFragment, Key, PlaybackEvent, PlaybackKind, SchemaError,
     SegmentDone, StreamStarted, TextSegment, TimingEvent, TimingKind, Transcript, Utterance, VadEvent, VadEventKind,
-    audio_to_numpy, text_from_array,
+    Verdict, audio_to_numpy, text_from_array,
 )
 
 AUDIO = np.linspace(-0.5, 0.5, 2048, dtype=np.float32)
@@ -21,6 +21,8 @@ MESSAGES = [
     Transcript("hello there", "s", 1, 10, 11, "voice"),
     TextSegment("Hi.", "s", 1, 0, True, False, 3, 100, 200),
     TextSegment("", "s", 1, 2, True, True, 0, 100, 300, segments_total=2),
+    TextSegment("Sure,", "s", 1, 0, True, False, 2, 100, 200, speculative=True),
+    TextSegment("", "s", 1, 1, True, False, 0, 100, 300, verdict=Verdict.CONFIRMED),
     AudioFragment(AUDIO, 22050, "s", 1, 0, 1, 0, False, False, True, 400),
     AudioFragment(AUDIO[:0], 22050, "s", 1, 2, 0, 1, True, True, True, 500, segments_total=2),
     SegmentDone("s", 1, 0, 600),
@@ -44,6 +46,19 @@ def test_round_trip(message) -> None:
     decoded = type(message).decode(value, meta)
     for name in message.__dataclass_fields__:
         assert _equal(getattr(decoded, name), getattr(message, name)), name
+
+
+def test_a_verdict_carries_no_text_and_names_a_known_outcome() -> None:
+    with pytest.raises(SchemaError, match="verdict"):
+        TextSegment("Sure,", "s", 1, 0, True, False, 2, 100, 200, verdict=Verdict.CANCELLED)
+    with pytest.raises(SchemaError, match="verdict"):
+        TextSegment("", "s", 1, 0, True, True, 0, 100, 200, verdict=Verdict.CANCELLED)  # not final either
+    value, meta = TextSegment("", "s", 1, 1, True, False, 0, 100, 300, verdict=Verdict.CANCELLED).encode()
+    assert TextSegment.decode(value, meta).verdict is Verdict.CANCELLED
+    with pytest.raises(SchemaError, match="verdict"):
+        TextSegment.decode(value, {**meta, Key.VERDICT: "maybe"})
+    with pytest.raises(SchemaError):
+        TextSegment.decode(value, {k: v for k, v in meta.items() if k != Key.VERDICT})  # an empty ordinary chunk
 
 
 def test_sample_rate_is_an_int_on_every_audio_message() -> None:

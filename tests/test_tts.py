@@ -18,9 +18,10 @@ from dora_voice.config import ConfigError, env_field, load_config, parse_int
 from dora_voice.nodes.tts import CONTRACT, TtsConfig, TtsCore
 from dora_voice.schema import (
     MAX_TEXT_CHARS, Key, Output, PlaybackEvent, PlaybackKind, SegmentDone, TimingKind, VadEvent, VadEventKind,
+    Verdict,
 )
 from dora_voice.tts_engines import TtsEngine
-from fakes import FakeClock, Out, check_turn, chunk, drain, make_tts, send, speech_started
+from fakes import FakeClock, Out, check_turn, chunk, drain, make_tts, send, speech_started, verdict
 
 
 # -- fragments --------------------------------------------------------------------------------------------------
@@ -394,6 +395,58 @@ def test_bad_inputs_are_rejected_counted_and_the_node_keeps_running(clock: FakeC
     assert engine.texts == ["Fine."]
     late = send(core, ("text", chunk("After the end.", 1)))  # the turn is closed
     assert core.input_errors == 8 and _errors(late) == 1 and not late.audio
+
+
+# -- speculation (a reply begun during the pause) -------------------------------------------------------------------
+
+
+def test_a_speculative_chunk_is_synthesized_ahead_and_its_audio_leaves_only_on_confirmation(clock: FakeClock) -> None:
+    core, engine = make_tts(clock)
+    engine.script["Sure, here it is."] = [0.6]
+    ahead = drain(core, send(core, ("text", chunk("Sure, here it is.", 0, speculative=True))))
+    assert engine.texts == ["Sure, here it is."]  # synthesized during the pause
+    assert not ahead.audio and not ahead.done and not ahead.timing  # nothing leaves: not a fragment, not a report
+    clock.advance(0.5)  # the end of turn is decided later
+    confirmed_at = clock.t_ns
+    out = send(core, ("text", verdict(Verdict.CONFIRMED, 1)))
+    assert out.audio and [d.text_segment_index for d in out.done] == [0]  # all of it at once, nothing to wait for
+    assert sum(len(f.samples) for f in out.audio) == round(0.6 * core.sample_rate)
+    # Stamped no earlier than the confirmation: the listener's wait starts there, the parts still add up.
+    assert all(e.t_ns >= confirmed_at for e in out.timing) and all(f.t_ns >= confirmed_at for f in out.audio)
+    assert out.events(TimingKind.TTS_FIRST_FRAGMENT)
+    out.add(core.handle("text", *chunk("Bye.", 1, final=True)))  # the reply goes on, with ordinary chunks
+    drain(core, out)
+    check_turn(out)
+    assert [f.text_segment_index for f in out.audio][-1] == 1 and core.speculation_hits == 1
+
+
+def test_a_cancelled_speculation_is_never_heard_and_the_turn_can_be_answered_again(clock: FakeClock) -> None:
+    core, engine = make_tts(clock, FRAGMENT_INTERVAL="0.1")
+    engine.script["Seven of what?"] = [0.4, 0.4]
+    out = send(core, ("text", chunk("Seven of what?", 0, speculative=True)))
+    out.add(core.step())  # cancelled while synthesizing
+    assert core.busy()
+    out = send(core, ("text", verdict(Verdict.CANCELLED, 1)))
+    assert [e.kind for e in out.timing] == [TimingKind.SPECULATION_CANCELLED] and not out.audio
+    assert not core.busy() and core.speculation_cancelled == 1
+    again = drain(core, send(core, ("text", chunk("Seven of clubs.", 0, final=True))))  # the confirmed reply
+    check_turn(again)
+    assert not any(f.samples.size and f.text_segment_index != 0 for f in again.audio)
+    assert again.audio[0].segment_index == 0 and engine.texts[-1] == "Seven of clubs."
+    assert core.input_errors == 0
+
+
+def test_speculation_protocol_errors_are_rejected_and_a_held_turn_is_dropped_at_the_end(clock: FakeClock) -> None:
+    core, _ = make_tts(clock)
+    out = send(core, ("text", verdict(Verdict.CONFIRMED, 0, turn=1)))  # no speculative chunk came
+    assert core.input_errors == 1 and _errors(out) == 1
+    send(core, ("text", chunk("Sure.", 0, turn=2, speculative=True)))
+    out = send(core, ("text", chunk("More.", 1, turn=2)))  # an ordinary chunk before the verdict
+    assert core.input_errors == 2 and _errors(out) == 1
+    drain(core)
+    core.on_input_closed("text")
+    end = Out().add(core.on_end())
+    assert not end.audio and [e.kind for e in end.timing] == [TimingKind.SPECULATION_CANCELLED]
 
 
 def test_chunk_after_final_of_an_open_turn_is_rejected(clock: FakeClock) -> None:

@@ -38,6 +38,10 @@ Definitions (all durations in ms unless the name says ``_s``; ``None`` when an e
       ``llm_speculation_cancelled``: such replies dropped (the LLM's ``speculation_cancelled`` events). On a hit the
       LLM stamps its held events no earlier than the confirmation, so ``v2v_llm_ttft_ms`` and
       ``v2v_first_chunk_ms`` are then ~0 and ``llm_start``'s ``duration_ms`` says how long it had been generating.
+      The TTS synthesizes the first chunk of such a reply during the pause too and holds its audio: on a hit it is
+      sent at the confirmation, stamped no earlier (``v2v_tts_ms`` is then ~0);
+      ``tts_speculation_cancelled`` counts the speculative audio the TTS dropped unheard (its
+      ``speculation_cancelled`` events).
     * ``prefilled_words``: words of the user's message whose prompt the LLM evaluated while they were still
       speaking, from a partial transcript (``llm_start``'s field; 0 = none, ``TURN_PARTIAL_MS``).
     * Voice-to-voice, split into consecutive parts that add up to ``first_audio_ms`` exactly (:data:`V2V_PARTS`):
@@ -280,6 +284,7 @@ class TurnRecord:
     speculation_cancelled: int = 0  # speculative transcripts of this turn dropped (the user went on speaking)
     llm_speculation: str | None = None  # llm_start's: hit (the reply began during the pause), miss, None
     llm_speculation_cancelled: int = 0  # replies begun during the pause and dropped (never sent, never heard)
+    tts_speculation_cancelled: int = 0  # speculative audio synthesized during the pause and dropped (never heard)
     prefilled_words: int | None = None  # llm_start's: words whose prompt was evaluated while the user spoke
     v2v_eot_ms: float | None = None
     v2v_asr_ms: float | None = None
@@ -576,9 +581,10 @@ def build_turn(turn_id: int, events: Iterable[TimingEvent], *, complete: bool,
         turn_played_ns=_t(turn_played),
         eot_rule=_field(speech_ended, Key.EOT_RULE), eot_probability=_field(speech_ended, Key.EOT_PROBABILITY),
         speculation=_field(asr_done, Key.SPECULATION),
-        speculation_cancelled=sum(e.node != "llm" for e in cancelled_speculations),
+        speculation_cancelled=sum(e.node not in ("llm", "tts") for e in cancelled_speculations),
         llm_speculation=_field(llm_start, Key.SPECULATION),
         llm_speculation_cancelled=sum(e.node == "llm" for e in cancelled_speculations),
+        tts_speculation_cancelled=sum(e.node == "tts" for e in cancelled_speculations),
         prefilled_words=_field(llm_start, Key.PREFILLED_WORDS),
         **_v2v_parts(speech_end_ns, _field(speech_ended, Key.DETECTED_NS), _t(asr_done), _t(first_token),
                      _t(ev.llm_chunks[min(ev.llm_chunks)]) if ev.llm_chunks else None,

@@ -90,6 +90,8 @@ def _notes(turn: TurnRecord) -> list[str]:
         notes.append(f"llm_speculation={turn.llm_speculation}")
     if turn.llm_speculation_cancelled:
         notes.append(f"llm_speculation_cancelled={turn.llm_speculation_cancelled}")
+    if turn.tts_speculation_cancelled:
+        notes.append(f"tts_speculation_cancelled={turn.tts_speculation_cancelled}")
     if turn.prefilled_words:
         notes.append(f"prefilled_words={turn.prefilled_words}")
     return notes

@@ -63,7 +63,8 @@ class Key:
     EOT_PROBABILITY = "eot_probability"  # float, 0.0-1.0: the end-of-turn model's latest P(complete)
     EOT_MODEL_MS = "eot_model_ms"  # float, ms: time spent in the end-of-turn model for this turn
     SPECULATIVE = "speculative"  # bool: an utterance (or its transcript) sent early in a pause, before the end of
-    #   the turn is proposed or confirmed
+    #   the turn is proposed or confirmed; on llm/text, a chunk of a reply begun then (the TTS holds its audio)
+    VERDICT = "verdict"  # str: on llm/text, "confirmed" or "cancelled": what becomes of the turn's speculative chunks
     WITHDRAWN = "withdrawn"  # bool: on a speculative transcript, the one sent before for that turn is void
     PARTIAL = "partial"  # bool: an utterance (or its transcript) sent while the user is still speaking, so the LLM
     #   can evaluate its prompt ahead (TURN_PARTIAL_MS); never answered
@@ -484,8 +485,8 @@ class Transcript:
 
     A turn may first get *speculative* transcripts (``TURN_SPECULATION=answer``: the ASR transcribed the utterance
     so far early in a pause, before the turn was confirmed). The LLM may begin the reply to one, but nothing of it
-    leaves the LLM, and the history does not change, until the confirmed transcript of the same turn arrives with the
-    same text. A speculative transcript with ``withdrawn=True`` voids the one sent before for its turn (the user
+    is heard (its first chunk goes to the TTS marked speculative, whose audio the TTS holds: :class:`TextSegment`),
+    and the history does not change, until the confirmed transcript of the same turn arrives with the same text. A speculative transcript with ``withdrawn=True`` voids the one sent before for its turn (the user
     went on speaking). Every turn that is answered gets exactly one confirmed transcript.
 
     Attributes:
@@ -545,6 +546,13 @@ class Transcript:
 # llm -> tts
 
 
+class Verdict(str, enum.Enum):
+    """What becomes of a turn's speculative chunks (:attr:`TextSegment.verdict`)."""
+
+    CONFIRMED = "confirmed"  # the turn ended with the transcript the reply began from: the held audio plays now
+    CANCELLED = "cancelled"  # the reply begun ahead is void: its held audio is dropped, never heard
+
+
 @dataclass(frozen=True)
 class TextSegment:
     """llm/text: a speakable chunk of the reply.
@@ -553,10 +561,19 @@ class TextSegment:
     ``segments_total`` set. The final message may carry empty text when the reply ended exactly on a cut: it then
     only closes the turn and is not itself a segment (``segments_total`` counts non-empty segments).
 
+    Speculation (``TURN_SPECULATION=answer``): the chunks of a reply begun during the pause, before the end of turn
+    is confirmed, carry ``speculative=True``: the TTS synthesizes them and holds everything they produce. Then one
+    message with a ``verdict`` and no text (not a segment: its ``segment_index`` is the number of chunks sent)
+    says what becomes of them: ``confirmed`` (the held audio is sent at once, the reply goes on with ordinary
+    chunks) or ``cancelled`` (dropped; the same ``turn_id`` may be answered again from segment 0).
+
     Attributes:
         tokens: LLM tokens in this chunk.
         llm_start_ns: when the prompt of this turn was submitted.
         t_ns: when the chunk was emitted.
+
+    Raises:
+        SchemaError: (on construction) a verdict with text, or on a speculative or final message.
     """
 
     text: str
@@ -569,23 +586,38 @@ class TextSegment:
     llm_start_ns: int
     t_ns: int
     segments_total: int | None = None
+    speculative: bool = False
+    verdict: Verdict | None = None
+
+    def __post_init__(self) -> None:
+        if self.verdict is not None and (self.text or self.speculative or self.is_final):
+            raise SchemaError("a verdict message carries no text and is neither speculative nor final")
 
     def encode(self) -> tuple[pa.Array, dict[str, Any]]:
         return _label(self.text), _clean({
             Key.SESSION_ID: self.session_id, Key.TURN_ID: int(self.turn_id), Key.SEGMENT_INDEX: int(self.segment_index),
             Key.IS_STREAMING: bool(self.is_streaming), Key.IS_FINAL: bool(self.is_final), Key.TOKENS: int(self.tokens),
             Key.LLM_START_NS: int(self.llm_start_ns), Key.T_NS: int(self.t_ns), Key.SEGMENTS_TOTAL: self.segments_total,
+            Key.SPECULATIVE: True if self.speculative else None,
+            Key.VERDICT: self.verdict.value if self.verdict is not None else None,
         })
 
     @classmethod
     def decode(cls, value: pa.Array, meta: Mapping[str, Any]) -> "TextSegment":
         is_final = _get(meta, Key.IS_FINAL, bool)
+        verdict = _get(meta, Key.VERDICT, str, None)
+        try:
+            verdict = Verdict(verdict) if verdict is not None else None
+        except ValueError:
+            raise SchemaError(f"{Key.VERDICT} must be one of {[v.value for v in Verdict]}, got {verdict!r}") from None
         return cls(
-            text=text_from_array(value, allow_empty=is_final), session_id=_get(meta, Key.SESSION_ID, str, ""),
+            text=text_from_array(value, allow_empty=is_final or verdict is not None),
+            session_id=_get(meta, Key.SESSION_ID, str, ""),
             turn_id=_get(meta, Key.TURN_ID, int), segment_index=_get(meta, Key.SEGMENT_INDEX, int),
             is_streaming=_get(meta, Key.IS_STREAMING, bool), is_final=is_final, tokens=_get(meta, Key.TOKENS, int, 0),
             llm_start_ns=_get(meta, Key.LLM_START_NS, int, 0), t_ns=_get(meta, Key.T_NS, int, 0),
             segments_total=_get(meta, Key.SEGMENTS_TOTAL, int, None),
+            speculative=_get(meta, Key.SPECULATIVE, bool, False), verdict=verdict,
         )
 
 

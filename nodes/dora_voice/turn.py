@@ -40,8 +40,8 @@ logger = logging.getLogger(__name__)
 
 SPECULATION_MODES = ("answer", "asr", "off")
 """``TURN_SPECULATION`` values, read by the VAD (whether to send speculative utterances) and the ASR (whether to pass
-their transcripts on to the LLM): ``answer`` (transcript and the beginning of the reply made during the pause),
-``asr`` (only the transcript), ``off``."""
+their transcripts on to the LLM): ``answer`` (transcript, the beginning of the reply and its audio made during the
+pause), ``asr`` (only the transcript), ``off``."""
 
 SMART_TURN_SAMPLE_RATE_HZ = 16_000
 SMART_TURN_WINDOW_S = 8

@@ -251,8 +251,9 @@ def render_v2v_parts_table(variant: str, rows: Sequence[tuple[str, Sequence[Turn
     llm_hits = sum(t.llm_speculation == "hit" for t in turns)
     llm_misses = sum(t.llm_speculation == "miss" for t in turns)
     llm_cancelled = sum(t.llm_speculation_cancelled or 0 for t in turns)
+    tts_cancelled = sum(t.tts_speculation_cancelled or 0 for t in turns)
     lines.append(f"reply begun during the pause: {llm_hits} hit(s), {llm_misses} miss(es), {llm_cancelled} "
-                 "cancelled")
+                 f"cancelled; its audio synthesized ahead and dropped unheard: {tts_cancelled}")
     prefilled = [t.prefilled_words for t in turns if t.prefilled_words]
     lines.append(f"prompt evaluated while the user spoke: {len(prefilled)} of {len(turns)} turn(s)"
                  + (f", {sum(prefilled) / len(prefilled):.1f} words on average" if prefilled else ""))

@@ -9,6 +9,12 @@ Inputs:
 Outputs ``text`` (:class:`~dora_voice.schema.TextSegment` chunks with ``segment_index``, ``is_streaming``,
 ``is_final``) and ``timing`` (llm_start, llm_first_token, llm_chunk, llm_done).
 
+Speculation: a speculative transcript (the ASR's, early in the pause) begins the reply before the end of turn is
+confirmed. Its first chunk goes to the TTS at once, marked ``speculative`` (synthesized, but held there, never heard);
+generation then waits. The confirmed transcript with the same text confirms it: a ``confirmed`` verdict releases the
+held audio and the reply goes on; otherwise (another text, the user went on speaking) a ``cancelled`` verdict drops
+it, the history is unchanged, and the turn is answered again from its confirmed transcript.
+
 Chunking (the pause strategy "max_tokens first, sentence_boundary after", :attr:`LlmConfig.segmentation` applied
 by :class:`~dora_voice.text.segmenter.TextSegmenter`): the first chunk ends at the first clause or sentence
 boundary or after ``LLM_FIRST_CHUNK_MAX_TOKENS`` tokens; later chunks end at sentence boundaries, at least
@@ -60,7 +66,7 @@ from dora_voice.history import ConversationHistory, HistoryStrategy
 from dora_voice.llm_backends import LlmBackend, Message, default_backend_name
 from dora_voice.runtime import Emit, NodeCore, UnknownInputError, emit
 from dora_voice.schema import (
-    Key, Output, PlaybackEvent, PlaybackKind, SchemaError, SegmentDone, TextSegment, TimingKind, Transcript,
+    Key, Output, PlaybackEvent, PlaybackKind, SchemaError, SegmentDone, TextSegment, TimingKind, Transcript, Verdict,
 )
 from dora_voice.text.normalize import CODE_FENCE
 from dora_voice.text.repetition import RepetitionGuard, split_sentences
@@ -178,7 +184,8 @@ class _Turn:
     waiting_since_ns: int = 0
     chunk_tokens: list[int] = field(default_factory=list)  # tokens of each chunk sent (adaptive pacing)
     audio_end_ns: int | None = None  # adaptive pacing: when the audio synthesized so far will have been played
-    speculative: bool = False  # begun from a speculative transcript: nothing leaves the node until confirmed
+    speculative: bool = False  # begun from a speculative transcript: only its first chunk leaves (marked
+    #   speculative: the TTS synthesizes it and holds the audio) until the confirmation
     held: list[Emit] = field(default_factory=list)  # what a speculative turn produced, sent on confirmation
     ahead_done: bool = False  # a speculative turn's generation ended (its _finish waits for the confirmation)
     prefilled_words: int = 0  # words of the user's message whose prompt was evaluated while they spoke
@@ -309,7 +316,7 @@ class LlmCore(NodeCore):
         self.dead_peer: str | None = None  # the consumer input that closed early (tts or speaker died)
         self.dropped_turns = 0
         self.speculation_hits = 0  # replies begun during the pause and confirmed
-        self.speculation_cancelled = 0  # replies begun during the pause and dropped (never sent)
+        self.speculation_cancelled = 0  # replies begun during the pause and dropped (never heard)
         self._missed_turn = -1  # the turn whose reply begun ahead was dropped (llm_start says "miss")
         self.prompt_budget = config.context_tokens - config.max_tokens
         # A system prompt that leaves no room is a bad setting: fail at start-up, naming the variables.
@@ -415,8 +422,13 @@ class LlmCore(NodeCore):
         if turn.paused:
             return []
         if turn.speculative:
-            turn.held += self._generate(turn)
-            return []
+            produced = self._generate(turn)
+            if self.current is not turn:  # dropped (a runtime error): its report goes out
+                return produced
+            # its chunk goes to the TTS now, marked speculative (the TTS holds the audio until the verdict); the rest
+            # (timing) waits for the confirmation
+            turn.held += [item for item in produced if item[0] != Output.TEXT]
+            return [item for item in produced if item[0] == Output.TEXT]
         return self._generate(turn)
 
     def _generate(self, turn: _Turn) -> list[Emit]:
@@ -439,7 +451,7 @@ class LlmCore(NodeCore):
                 return []
             return self._finish(turn)
         except Exception as exc:  # noqa: BLE001 - a runtime failing on one prompt must not end the session
-            if turn.speculative:  # nothing was sent: drop it; the confirmed transcript will try again
+            if turn.speculative:  # nothing was heard: drop it; the confirmed transcript will try again
                 logger.warning("turn %d: the LLM runtime failed on the speculative transcript (%s: %s)",
                                turn.transcript.turn_id, type(exc).__name__, str(exc)[:300])
                 return self._cancel_speculation(turn, "runtime error")
@@ -571,7 +583,7 @@ class LlmCore(NodeCore):
 
     def _start(self, transcript: Transcript, *, speculative: bool = False) -> list[Emit]:
         """Submit the prompt of ``transcript``'s turn. A ``speculative`` turn leaves the history as it was (its
-        prompt's fit is undone) and sends nothing until :meth:`_confirm`."""
+        prompt's fit is undone) and sends only its first chunk, marked speculative, before :meth:`_confirm`."""
         if self._prefill_steps is not None and self._prefill_messages is None:
             logger.info("turn %d: a new turn interrupts the history re-evaluation; its prompt reuses what was "
                         "evaluated", transcript.turn_id)
@@ -694,6 +706,8 @@ class LlmCore(NodeCore):
         out = [self.timing(TimingKind.LLM_START, transcript.turn_id, now, **{
             Key.TEXT: transcript.text[:2000], Key.SPECULATION: "hit", Key.DURATION_MS: ahead_ms,
             Key.PREFILLED_WORDS: turn.prefilled_words})]
+        if turn.chunks:  # the TTS has synthesized them: their audio plays now
+            out.append(self._verdict(turn, Verdict.CONFIRMED, now))
         for output_id, value, meta in turn.held:
             for key in (Key.T_NS, Key.LLM_START_NS):
                 if key in meta and meta[key] < now:
@@ -705,23 +719,32 @@ class LlmCore(NodeCore):
         if turn.first_token_ns is not None:
             turn.first_token_ns = max(turn.first_token_ns, now)
         if turn.waiting_for is not None:
-            turn.waiting_since_ns = now  # the TTS gets the chunk only now
+            turn.waiting_since_ns = now  # the TTS's feedback on the chunk comes only now
         if turn.ahead_done:
             out += self._finish(turn)
         return out
 
     def _cancel_speculation(self, turn: _Turn, why: str) -> list[Emit]:
-        """Drop a speculative turn: nothing of it was sent, the history never held it; counted, never lost."""
+        """Drop a speculative turn: nothing of it was heard (the TTS drops the audio of a chunk sent ahead, told by
+        the ``cancelled`` verdict), the history never held it; counted, never lost."""
         self._close_tokens(turn)
         self.segmenter.reset()
         self.current = None
         self.speculation_cancelled += 1
+        verdict = [self._verdict(turn, Verdict.CANCELLED, self.clock_ns())] if turn.chunks else []
         self._missed_turn = turn.transcript.turn_id
         spent_ms = (self.clock_ns() - turn.start_ns) / 1e6
         logger.info("turn %d: reply begun during the pause dropped (%s): %d token(s), %.0f ms; %d dropped so far",
                     turn.transcript.turn_id, why, turn.tokens_total, spent_ms, self.speculation_cancelled)
-        return [self.timing(TimingKind.SPECULATION_CANCELLED, turn.transcript.turn_id, **{
+        return verdict + [self.timing(TimingKind.SPECULATION_CANCELLED, turn.transcript.turn_id, **{
             Key.DURATION_MS: spent_ms, Key.TOKENS: turn.tokens_total})]
+
+    def _verdict(self, turn: _Turn, verdict: Verdict, now: int) -> Emit:
+        """The message that tells the TTS what becomes of ``turn``'s speculative chunks (no text, not a segment)."""
+        return emit(Output.TEXT, TextSegment(
+            text="", session_id=turn.transcript.session_id, turn_id=turn.transcript.turn_id,
+            segment_index=len(turn.chunks), is_streaming=self.config.enable_streaming, is_final=False, tokens=0,
+            llm_start_ns=turn.start_ns, t_ns=now, verdict=verdict))
 
     def _chunk(self, turn: _Turn, text: str, *, is_final: bool) -> list[Emit]:
         now = self.clock_ns()
@@ -732,6 +755,7 @@ class LlmCore(NodeCore):
             text=text, session_id=turn.transcript.session_id, turn_id=turn.transcript.turn_id, segment_index=index,
             is_streaming=self.config.enable_streaming, is_final=is_final, tokens=turn.tokens_in_chunk,
             llm_start_ns=turn.start_ns, t_ns=now, segments_total=len(turn.chunks) if is_final else None,
+            speculative=turn.speculative,
         )
         out = [emit(Output.TEXT, segment)]
         if text:

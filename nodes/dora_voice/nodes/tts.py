@@ -27,6 +27,13 @@ Order: chunks are taken in ``segment_index`` order per turn, whatever order they
 at most ``MAX_PENDING_CHUNKS``); a duplicate, a chunk after the turn's final one, or a turn id that cannot belong to
 the session (:class:`~dora_voice.turns.TurnSequence`) is an ``input_error`` and changes nothing.
 
+Speculation: the chunks of a reply the LLM began during the pause, before the end of turn was confirmed, come
+marked ``speculative``. They are synthesized as any other, but nothing they produce (audio, ``segment_done``, timing)
+leaves the node until the LLM's verdict for the turn: ``confirmed`` sends it all at once, stamped no earlier than
+the confirmation (the listener's wait starts there, so the monitor's parts still add up); ``cancelled`` drops it,
+stops its synthesis and forgets the turn, which may then be answered again from chunk 0. The speaker therefore only
+ever receives confirmed audio. A dropped speculation is counted (``speculation_cancelled``), never lost.
+
 Turn closing: the turn's last fragment has ``is_final=True`` and ``segments_total``. When the LLM's final chunk has
 no speakable text (empty, only emoji), or the turn is cancelled, the TTS sends an empty fragment that only closes
 the turn: its ``segment_index`` is ``segments_total`` (not a segment) unless it closes a segment cut short by a
@@ -51,7 +58,7 @@ from dora_voice.contracts import NodeContract
 from dora_voice.runtime import Emit, NodeCore, UnknownInputError, emit
 from dora_voice.schema import (
     AudioFragment, Key, Output, PlaybackEvent, PlaybackKind, SchemaError, SegmentDone, TextSegment, TimingKind,
-    VadEvent, VadEventKind,
+    VadEvent, VadEventKind, Verdict,
 )
 from dora_voice.text import normalize
 from dora_voice.text.normalize import SpeechNormalizer
@@ -172,6 +179,8 @@ class TtsCore(NodeCore):
     Attributes:
         cancelled_segments: segments dropped unsynthesized by barge-ins, all turns.
         synthesis_errors: segments whose synthesis raised (logged; the segment ends with what it had).
+        speculation_hits / speculation_cancelled: speculative replies whose audio was sent at the confirmation /
+            dropped unheard.
     """
 
     node_id = "tts"
@@ -193,15 +202,19 @@ class TtsCore(NodeCore):
         self.synthesis_errors = 0
         self.text_closed = False  # the LLM finished: no more text will come
         self.turn_ids = TurnSequence()
+        self.held: dict[int, list[Emit]] = {}  # speculative turn id -> what it produced, until the LLM's verdict
+        self.held_since: dict[int, int] = {}  # speculative turn id -> when its first chunk came
+        self.speculation_hits = 0
+        self.speculation_cancelled = 0
 
     # -- dora hooks ------------------------------------------------------------------------------------------
     def on_input(self, input_id: str, value: pa.Array, metadata: Mapping[str, Any]) -> Iterable[Emit]:
         if input_id == Output.TEXT:
-            return self._on_text(TextSegment.decode(value, metadata))
+            return self._hold(self._on_text(TextSegment.decode(value, metadata)))
         if input_id == Output.PLAYBACK:
-            return self._on_playback(PlaybackEvent.decode(value, metadata))
+            return self._hold(self._on_playback(PlaybackEvent.decode(value, metadata)))
         if input_id == Output.EVENTS:
-            return self._on_vad_event(VadEvent.decode(value, metadata))
+            return self._hold(self._on_vad_event(VadEvent.decode(value, metadata)))
         raise UnknownInputError(f"unknown input id {input_id!r} (expected text, playback or events)")
 
     def busy(self) -> bool:
@@ -219,17 +232,19 @@ class TtsCore(NodeCore):
 
     def step(self) -> Iterable[Emit]:
         if self.active is not None:
-            return self._advance()
+            return self._hold(self._advance())
         if not self.queue:
             return []
         chunk = self.queue[0]
         if not chunk.texts:
             self.queue.popleft()
-            return self._chunk_done(chunk)
-        return self._start(chunk, chunk.texts.popleft())
+            return self._hold(self._chunk_done(chunk))
+        return self._hold(self._start(chunk, chunk.texts.popleft()))
 
     def on_end(self) -> Iterable[Emit]:
         out: list[Emit] = []
+        for turn_id in list(self.held):  # never confirmed (the LLM cancels before it ends): never heard
+            out += self._cancel_speculation(turn_id, "the text ended before a verdict")
         for turn in sorted(self.turns.values(), key=lambda t: t.turn_id):
             if turn.pending:  # chunks held back behind one that never came: speak what there is, in order
                 logger.warning("turn %d: input ended with chunk %d missing; %d later chunk(s) spoken without it",
@@ -264,7 +279,22 @@ class TtsCore(NodeCore):
         self.turn_ids.check(segment.turn_id, "text")
         now = self.clock_ns()
         self.session_id = segment.session_id or self.session_id
+        if segment.verdict is not None:
+            return self._on_verdict(segment)
         turn = self.turns.get(segment.turn_id)
+        held = segment.turn_id in self.held
+        if held and not segment.speculative:
+            raise SchemaError(f"turn {segment.turn_id}: chunk {segment.segment_index} is not speculative, but the "
+                              "turn's earlier chunks are and no verdict came")
+        if segment.speculative and not held:
+            if turn is not None or segment.turn_id in self.closed:
+                raise SchemaError(f"turn {segment.turn_id}: speculative chunk {segment.segment_index} after the "
+                                  "turn's ordinary chunks")
+            if segment.turn_id < self.cancel_below:
+                logger.debug("turn %d was superseded; dropping its speculative chunk", segment.turn_id)
+                return []
+            self.held[segment.turn_id] = []
+            self.held_since[segment.turn_id] = now
         if turn is None:
             if segment.turn_id in self.closed:
                 if self.closed[segment.turn_id]:
@@ -297,6 +327,56 @@ class TtsCore(NodeCore):
         while turn.last_text_segment_index + 1 in turn.pending:
             self._queue_chunk(turn, turn.pending.pop(turn.last_text_segment_index + 1), now)
         return []
+
+    # -- speculation -----------------------------------------------------------------------------------------
+    def _hold(self, out: list[Emit]) -> list[Emit]:
+        """What ``out`` holds for turns awaiting a verdict is kept back; the rest is returned."""
+        if not self.held:
+            return out
+        sent: list[Emit] = []
+        for item in out:
+            held = self.held.get(item[2].get(Key.TURN_ID))
+            (sent if held is None else held).append(item)
+        return sent
+
+    def _on_verdict(self, segment: TextSegment) -> list[Emit]:
+        """The LLM's verdict on a turn's speculative chunks: send what they produced at once, or drop it."""
+        turn_id = segment.turn_id
+        if turn_id not in self.held:
+            raise SchemaError(f"turn {turn_id}: verdict {segment.verdict.value if segment.verdict else None!r} "
+                              "without speculative chunks")
+        if segment.verdict is Verdict.CANCELLED:
+            return self._cancel_speculation(turn_id, "the LLM dropped the reply begun during the pause")
+        now = self.clock_ns()
+        out = self.held.pop(turn_id)
+        ahead_ms = (now - self.held_since.pop(turn_id)) / 1e6
+        self.speculation_hits += 1
+        audio = [item for item in out if item[0] == Output.AUDIO]
+        logger.info("turn %d: confirmed: %d fragment(s) synthesized during the pause (%.0f ms ahead) sent now",
+                    turn_id, len(audio), ahead_ms)
+        for _output, _value, meta in out:  # the listener's wait starts at the confirmation
+            if meta.get(Key.T_NS, now) < now:
+                meta[Key.T_NS] = now
+        return out
+
+    def _cancel_speculation(self, turn_id: int, why: str) -> list[Emit]:
+        """Drop a speculative turn: its held output, its queued and running synthesis, the turn itself."""
+        dropped = self.held.pop(turn_id, [])
+        since = self.held_since.pop(turn_id, self.clock_ns())
+        if self.active is not None and self.active.chunk.turn.turn_id == turn_id:
+            close = getattr(self.active.audio, "close", None)
+            if close is not None:
+                close()
+            self.active = None
+        self.queue = deque(c for c in self.queue if c.turn.turn_id != turn_id)
+        self.turns.pop(turn_id, None)
+        self.closed.pop(turn_id, None)
+        self.speculation_cancelled += 1
+        spent_ms = (self.clock_ns() - since) / 1e6
+        audio = sum(1 for item in dropped if item[0] == Output.AUDIO)
+        logger.info("turn %d: speculative audio dropped (%s): %d fragment(s), %.0f ms; %d dropped so far", turn_id,
+                    why, audio, spent_ms, self.speculation_cancelled)
+        return [self.timing(TimingKind.SPECULATION_CANCELLED, turn_id, **{Key.DURATION_MS: spent_ms})]
 
     def _queue_chunk(self, turn: _Turn, segment: TextSegment, now: int) -> None:
         """Normalize and segment one in-order chunk and put it in the work queue."""
