@@ -142,6 +142,29 @@ def test_a_token_budget_cuts_the_next_segment_at_its_last_clause_else_a_word() -
         seg.limit_next(0)
 
 
+def test_a_cut_forced_by_tokens_keeps_a_phrase_that_just_ended_whole() -> None:
+    """The sentence end the last token brought is where a forced cut falls (its whitespace is not needed); cut at the
+    last word instead, "forward 10" was synthesized alone and heard back as "4-10"."""
+    seg = TextSegmenter(policy(max_chars=200, min_chars=30, first_max_tokens=3))
+    out = seg.push("I'm") + seg.push(" going") + seg.push(" forward")
+    assert out == ["I'm going"] and seg.pending == "forward"  # the first segment: 3 tokens, at the last word
+    seg.limit_next(3)
+    for token in [" 10", " meters", "."]:
+        out += seg.push(token)
+    # shorter than min_chars (30), but whole: any other cut would be shorter, and mid-phrase
+    assert out == ["I'm going", "forward 10 meters."] and seg.pending == ""
+    seg.limit_next(2)
+    out += seg.push(" It is 3") + seg.push(".")  # a number's period may be a decimal point: not a boundary
+    assert out[-1] == "It is" and seg.pending == "3."
+    seg.limit_next(1)
+    out += seg.push(" Ask Mr.")  # nor is an abbreviation's
+    assert out[-1] == "3. Ask" and seg.pending == "Mr."
+    first = TextSegmenter(policy(max_chars=200, min_chars=20, first_max_tokens=3))
+    assert first.push("Yes") + first.push(",") + first.push(" sure") == ["Yes,"]  # the clause, whitespace or not
+    first = TextSegmenter(policy(max_chars=200, min_chars=20, first_max_tokens=3))
+    assert first.push("Go") + first.push(" north") + first.push("!") == ["Go north!"]
+
+
 def test_reset_starts_a_new_turn() -> None:
     seg = TextSegmenter(policy(max_chars=100, min_chars=50))
     assert seg.push("Hi. ") == ["Hi."]

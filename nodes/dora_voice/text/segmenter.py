@@ -14,19 +14,21 @@ first segment is out, the later-segment rule after that):
    ``rule.clause_cut`` the segment may also end at a clause boundary (``, ; :`` followed by whitespace, or a
    spaced dash): a short first chunk buys latency, later chunks buy prosody (RealtimeTTS keeps first-fragment
    thresholds apart for the same reason).
-2. With ``rule.max_tokens``: after that many pushes (LLM tokens), cut at the last whitespace (the "max_tokens
-   first, sentence_boundary after" pause strategy).
+2. With ``rule.max_tokens``: after that many pushes (LLM tokens), cut at the end of the text if it ends at
+   punctuation after a word (a boundary the next token would confirm), else at the last whitespace (the
+   "max_tokens first, sentence_boundary after" pause strategy).
 3. The buffer is longer than ``rule.max_chars`` (no boundary can come in time): cut at the last clause boundary,
    else the last whitespace, at or before ``rule.cut_chars``; a run with no whitespace at all is cut hard there.
 
 A *token budget* (:meth:`TextSegmenter.limit_next`, set by the LLM's adaptive pacing from the audio already queued)
-adds a rule for the next segment only: after that many pushes, cut at the last clause boundary, else at the last
-whitespace, so a segment the listener would otherwise wait for is shorter, ending at a phrase where it can.
+adds a rule for the next segment only: after that many pushes, cut at the last clause or sentence boundary (the end
+of the text included, as in rule 2), else at the last whitespace, so a segment the listener would otherwise wait for
+is shorter, ending at a phrase where it can.
 
 Because a boundary needs the whitespace *after* the punctuation, a cut never depends on how the text was split
 into pushes: "3." followed later by "14" is never cut, and rules 1 and 3 give the same segments whether text
 arrives whole, one character at a time or in 7-character pieces (chunk invariance, tested as in stream2sentence's
-``tests/test_stream2sentence.py``). Rule 2 counts pushes, so it is the one deliberate exception. A period is not a
+``tests/test_stream2sentence.py``). Rule 2 and the budget count pushes, so they are the deliberate exception. A period is not a
 boundary after a known abbreviation ("Mr.", "e.g.", "etc."), an initial or initialism ("J.", "U.S.A."), or a
 list number at the start of a line ("1.").
 
@@ -46,6 +48,7 @@ _SENTENCE_END = re.compile(rf"[{_SENTENCE_PUNCT}]+[{_CLOSERS}]*(?=\s)|\n")
 _CLAUSE_END = re.compile(rf"[{_CLAUSE_PUNCT}]+(?=\s)|\s[-\u2013\u2014](?=\s)")
 _ENDS_AT_PAUSE = re.compile(rf"[{_SENTENCE_PUNCT}{_CLAUSE_PUNCT}][{_CLOSERS}]*\s*$")
 _WORD_BEFORE_DOT = re.compile(r"(\S+)\.+$")
+_PUNCT_AFTER_WORD = re.compile(rf"[^\W\d_][{_SENTENCE_PUNCT}{_CLAUSE_PUNCT}]+[{_CLOSERS}]*$")
 _INITIALISM = re.compile(r"^(?:[A-Za-z]\.)*[A-Za-z]$")
 
 ABBREVIATIONS = frozenset({
@@ -89,8 +92,8 @@ class SegmentRule:
         min_chars: shortest segment cut at a boundary (shorter pieces wait for more text; the last piece of a
             flush may be shorter). ``0 <= min_chars <= max_chars``.
         clause_cut: whether the segment may end at a clause boundary (comma, semicolon, colon, spaced dash).
-        max_tokens: cut at the last whitespace after this many pushes (LLM tokens) even without punctuation;
-            ``None`` disables the rule.
+        max_tokens: cut after this many pushes (LLM tokens) even without a confirmed boundary: at the end of the
+            text when it ends at punctuation after a word, else at the last whitespace; ``None`` disables the rule.
         cut_chars: where a forced cut falls when the buffer outgrew ``max_chars`` with no boundary in
             ``min_chars..max_chars``: at the last clause boundary or whitespace at or before it. ``None`` (the
             default) means ``max_chars``; ``1 <= cut_chars <= max_chars``.
@@ -168,7 +171,8 @@ class TextSegmenter:
 
     def limit_next(self, max_tokens: int | None) -> None:
         """Cut the next segment after at most ``max_tokens`` pushes (counted since the last segment), at its last
-        clause boundary or else its last whitespace; ``None`` lifts the limit. Applies to one segment only.
+        clause or sentence boundary (the end of the text included when it ends at punctuation after a word) or else
+        its last whitespace; ``None`` lifts the limit. Applies to one segment only.
 
         Raises:
             ValueError: ``max_tokens < 1``.
@@ -234,6 +238,25 @@ class TextSegmenter:
             ends += [m.end() for m in _CLAUSE_END.finditer(scan)]
         return sorted(min(e, len(text)) for e in ends)
 
+    def _token_limit_cut(self, text: str, min_len: int) -> int | None:
+        """Where a cut forced by a token limit falls: the last clause or sentence boundary, the end of the buffer
+        included when the text there ends at punctuation after a word (cut anyway, the next token need not confirm
+        it; after a number the period may be a decimal point), else the last whitespace; None when there is none.
+
+        Cutting "forward 10 meters." at its last whitespace left "meters." to be synthesized on its own, and
+        "forward 10" alone was heard back as "4-10"."""
+        ends = [e for e in self._boundaries(text, False, clauses=True) if len(text[:e].strip()) >= min_len]
+        stripped = text.rstrip()
+        # the whole text, even under min_len: any other cut would be shorter, and mid-phrase
+        if _PUNCT_AFTER_WORD.search(stripped) and len(stripped) in self._boundaries(stripped, True, clauses=True):
+            ends.append(len(stripped))
+        if ends:
+            return max(ends)
+        space = stripped.rfind(" ")
+        if space > 0 and text[:space].strip():
+            return space
+        return None
+
     def _find_cut(self, final: bool) -> int | None:
         text = self._buffer
         if not text.strip():
@@ -247,17 +270,13 @@ class TextSegmenter:
             if length >= min_len:
                 return end
         if rule.max_tokens is not None and self._pushes >= rule.max_tokens and not final:
-            space = text.rstrip().rfind(" ")
-            if space > 0 and text[:space].strip():
-                return space
+            cut = self._token_limit_cut(text, min_len)
+            if cut is not None:
+                return cut
         if self._budget is not None and self._pushes >= self._budget and not final:
-            clause_ends = [e for e in self._boundaries(text, False, clauses=True)
-                           if len(text[:e].strip()) >= min_len]
-            if clause_ends:
-                return clause_ends[-1]
-            space = text.rstrip().rfind(" ")
-            if space > 0 and text[:space].strip():
-                return space
+            cut = self._token_limit_cut(text, min_len)
+            if cut is not None:
+                return cut
         if len(text) > rule.max_chars:
             limit = rule.forced_cut_chars
             window = text[: limit + 1]
