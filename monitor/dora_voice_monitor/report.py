@@ -82,18 +82,11 @@ def _notes(turn: TurnRecord) -> list[str]:
     if turn.eot_rule is not None:
         notes.append(f"eot={turn.eot_rule}" + (f" p={turn.eot_probability:.2f}" if turn.eot_probability is not None
                                                 else ""))
-    if turn.speculation in ("hit", "miss"):
-        notes.append(f"speculation={turn.speculation}")
-    if turn.speculation_cancelled:
-        notes.append(f"speculation_cancelled={turn.speculation_cancelled}")
-    if turn.llm_speculation in ("hit", "miss"):
-        notes.append(f"llm_speculation={turn.llm_speculation}")
-    if turn.llm_speculation_cancelled:
-        notes.append(f"llm_speculation_cancelled={turn.llm_speculation_cancelled}")
-    if turn.tts_speculation_cancelled:
-        notes.append(f"tts_speculation_cancelled={turn.tts_speculation_cancelled}")
-    if turn.prefilled_words:
-        notes.append(f"prefilled_words={turn.prefilled_words}")
+    for name in ("speculation", "speculation_cancelled", "llm_speculation", "llm_speculation_cancelled",
+                 "tts_speculation_cancelled", "prefilled_words"):
+        value = getattr(turn, name)
+        if value in ("hit", "miss") or (isinstance(value, int) and value):  # a hit or miss, or a count above 0
+            notes.append(f"{name}={value}")
     return notes
 
 
