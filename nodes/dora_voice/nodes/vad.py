@@ -15,10 +15,10 @@ is counted only where the user could have been heard. Outputs:
       transcript when the confirmed utterance of the turn (same ``turn_id``) holds the same speech (the same first
       and last voiced samples; the confirmed one may carry more of the trailing pad). A speculative utterance is
       never answered by itself (with ``answer`` the LLM may begin the reply and the TTS synthesize its first chunk,
-      but the audio is held until the turn is confirmed). While the user speaks, every ``TURN_PARTIAL_MS`` (1000) of the turn, at a voiced frame, the
-      utterance so far is also sent marked ``partial``: its transcript lets the LLM evaluate the reply's prompt while
-      the user is still talking (the CPU is nearly idle then), so only the words after it are left to evaluate when
-      the turn ends.
+      but the audio is held until the turn is confirmed). While the user speaks, every ``TURN_PARTIAL_MS`` (1000)
+      of the turn, at a voiced frame, the utterance so far is also sent marked ``partial``: its transcript lets the
+      LLM evaluate the reply's prompt while the user is still talking (the CPU is nearly idle then), so only the
+      words after it are left to evaluate when the turn ends.
     * ``events`` — ``speech_started`` (once ``VAD_MIN_SPEECH_MS`` of speech, to the nearest frame, is confirmed;
       ``t_ns`` is the onset sample's time) and ``speech_ended`` (``t_ns`` is the last voiced sample's time), for
       barge-in.
