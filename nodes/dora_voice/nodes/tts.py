@@ -364,10 +364,7 @@ class TtsCore(NodeCore):
         dropped = self.held.pop(turn_id, [])
         since = self.held_since.pop(turn_id, self.clock_ns())
         if self.active is not None and self.active.chunk.turn.turn_id == turn_id:
-            close = getattr(self.active.audio, "close", None)
-            if close is not None:
-                close()
-            self.active = None
+            self._stop_synthesis()
         self.queue = deque(c for c in self.queue if c.turn.turn_id != turn_id)
         self.turns.pop(turn_id, None)
         self.closed.pop(turn_id, None)
@@ -377,6 +374,14 @@ class TtsCore(NodeCore):
         logger.info("turn %d: speculative audio dropped (%s): %d fragment(s), %.0f ms; %d dropped so far", turn_id,
                     why, audio, spent_ms, self.speculation_cancelled)
         return [self.timing(TimingKind.SPECULATION_CANCELLED, turn_id, **{Key.DURATION_MS: spent_ms})]
+
+    def _stop_synthesis(self) -> None:
+        """Abandon the segment being synthesized (the engine's generator is closed)."""
+        assert self.active is not None
+        close = getattr(self.active.audio, "close", None)
+        if close is not None:
+            close()
+        self.active = None
 
     def _queue_chunk(self, turn: _Turn, segment: TextSegment, now: int) -> None:
         """Normalize and segment one in-order chunk and put it in the work queue."""
@@ -540,13 +545,10 @@ class TtsCore(NodeCore):
             segment_index, fragment_index, text_index = turn.segments_started, 0, turn.last_text_segment_index
             synth = self.active
             if synth is not None and synth.chunk.turn is turn:
-                close = getattr(synth.audio, "close", None)
-                if close is not None:
-                    close()
+                self._stop_synthesis()
                 turn.audio_samples += synth.samples
                 segment_index, fragment_index = synth.segment_index, synth.fragments
                 text_index = synth.chunk.text_segment_index
-                self.active = None
                 now = self.clock_ns()  # the segment it started ends here, cut: the report expects its end
                 out.append(self.timing(TimingKind.TTS_SEGMENT_DONE, turn.turn_id, now, **{
                     Key.SEGMENT_INDEX: synth.segment_index, Key.TEXT_SEGMENT_INDEX: text_index,

@@ -164,9 +164,14 @@ class VadConfig:
                                recheck_ms=frames_ms(self.recheck_ms) if self.recheck_ms else 0)
 
 
+def frames(ms: float) -> int:
+    """``ms`` as the nearest whole number of 32 ms VAD frames, at least one (200 -> 6)."""
+    return max(1, round(ms / FRAME_MS))
+
+
 def frames_ms(ms: float) -> float:
     """``ms`` rounded to the nearest whole number of VAD frames (at least one), in ms (32 ms frames: 200 -> 192)."""
-    return max(1, round(ms / FRAME_MS)) * FRAME_MS
+    return frames(ms) * FRAME_MS
 
 
 class VadState(enum.Enum):
@@ -204,8 +209,8 @@ class VadCore(NodeCore):
         self.neg_threshold = max(config.threshold - 0.15, 0.01)
         # whole frames, the nearest number (as the pauses: VadConfig.policy), as pipecat's VADAnalyzer counts its
         # start_secs: VAD_MIN_SPEECH_MS=200 confirms speech after 6 voiced frames (192 ms)
-        self.min_silence_frames = round(frames_ms(config.min_silence_ms) / FRAME_MS)
-        self.min_speech_frames = round(frames_ms(config.min_speech_ms) / FRAME_MS)
+        self.min_silence_frames = frames(config.min_silence_ms)
+        self.min_speech_frames = frames(config.min_speech_ms)
         self.pad_samples = int(config.speech_pad_ms * self.rate / 1000)
         self.max_samples = int(config.max_speech_s * self.rate)
         self.turn_id = 0
