@@ -49,7 +49,7 @@ def test_wer_normalizes_numbers_and_punctuation() -> None:
 
 
 def _turn(turn_id: int, *, start_s: float, text: str, played_s: float | None = None,
-          barge_onset_s: float | None = None, stop_s: float | None = None):
+          barge_onset_s: float | None = None, stop_s: float | None = None, paused_ms: tuple[float, ...] = ()):
     ms = 1_000_000
     events = [TimingEvent(TimingKind.SPEECH_STARTED, "vad", "s", turn_id, T0 + int(start_s * NS)),
               TimingEvent(TimingKind.SPEECH_ENDED, "vad", "s", turn_id, T0 + int((start_s + 1) * NS),
@@ -57,6 +57,9 @@ def _turn(turn_id: int, *, start_s: float, text: str, played_s: float | None = N
               TimingEvent(TimingKind.ASR_DONE, "asr", "s", turn_id, T0 + int((start_s + 1.6) * NS), {Key.TEXT: text})]
     if played_s is not None:
         events.append(TimingEvent(TimingKind.PLAYBACK_STARTED, "speaker", "s", turn_id, T0 + int(played_s * NS)))
+    for k, gap_ms in enumerate(paused_ms):  # resumed pauses at onsets that were no barge-in
+        events.append(TimingEvent(TimingKind.PLAYBACK_PAUSED, "speaker", "s", turn_id,
+                                  T0 + int((played_s + 0.5 + k) * NS), {Key.DURATION_MS: gap_ms}))
     if barge_onset_s is not None:
         events.append(TimingEvent(TimingKind.BARGE_IN, "speaker", "s", turn_id, T0 + int(stop_s * NS), {
             Key.CANCELLED: 1, Key.DURATION_MS: 30.0, Key.SPEECH_START_NS: T0 + int(barge_onset_s * NS)}))
@@ -79,7 +82,7 @@ def test_analyze_counts_barge_ins_self_interruptions_erle_and_wer() -> None:
     play(u[2].end_s + 1.0, u[3].onset_s + 0.5)
     turns = [
         _turn(0, start_s=u[0].onset_s, text="go forward 10 meters", played_s=4.0, barge_onset_s=5.0, stop_s=5.25),
-        _turn(1, start_s=u[1].onset_s, text="ten of clubs", played_s=u[2].end_s + 1.0,
+        _turn(1, start_s=u[1].onset_s, text="ten of clubs", played_s=u[2].end_s + 1.0, paused_ms=(300.0, 420.0),
               barge_onset_s=u[1].onset_s + 0.02, stop_s=u[1].onset_s + 0.28),
         _turn(2, start_s=u[2].onset_s, text="he was not an ill disposed young man", played_s=u[2].end_s + 1.0,
               barge_onset_s=u[3].onset_s + 0.03, stop_s=u[3].onset_s + 0.33),
@@ -106,6 +109,9 @@ def test_analyze_counts_barge_ins_self_interruptions_erle_and_wer() -> None:
     assert figures["wer_during_playback"] == pytest.approx(3 / 7)  # "go back": 1 substitution, 2 deletions
     assert figures["echo_turns"] == 1 and figures["echo_delay_ms"] == 61.0 and figures["aec_cpu_percent"] == 1.5
     assert figures["aec_canceller_cpu_percent"] == 0.4
+    assert figures["pauses_resumed"] == 2 and figures["pause_ms"] == pytest.approx(720.0)
+    assert turns[1].pauses_resumed == 2 and turns[0].pauses_resumed == 0 and turns[0].pause_ms is None
+    assert "(pauses resumed: 2, 720 ms)" in echo.render("aec", figures)
     assert "barge-ins detected            2/2" in echo.render("aec", figures)
 
 

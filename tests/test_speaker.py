@@ -422,6 +422,28 @@ def test_device_sink_plays_placed_audio_contiguously_and_truncates() -> None:
 
 
 @pytest.mark.real_time
+def test_device_sink_cut_returns_what_was_placed_after_it_for_a_resume() -> None:
+    sink, stream = open_device_sink()
+    try:
+        wait_for(lambda: len(stream.written) >= 3)
+        tone = sine(440, 0.3)
+        start = sink.place(0, tone.copy(), time.time_ns())
+        sink.place(start + tone.shape[0] + 800, tone.copy(), time.time_ns())  # a 50 ms gap between the two
+        placed = np.concatenate([tone, np.zeros(800, np.float32), tone])
+        wait_for(lambda: sink.earliest_position(0) >= start + 1600)
+        stop, end, removed = sink.cut(sink.earliest_position(0), 320, time.time_ns())
+        assert end == stop + 320 and sink.end == end
+        np.testing.assert_array_equal(removed, placed[stop - start:])  # unfaded, the gap as zeros
+        resumed = sink.place(end + 1600, removed.copy(), time.time_ns())
+        wait_for(lambda: stream.output().shape[0] >= resumed + removed.shape[0] + 160)
+        out = stream.output()
+        assert not out[end:resumed].any()
+        np.testing.assert_array_equal(out[resumed: resumed + removed.shape[0]], removed)
+    finally:
+        sink.close()
+
+
+@pytest.mark.real_time
 def test_device_sink_fades_audio_that_runs_dry_mid_block() -> None:
     sink, stream = open_device_sink()
     try:
@@ -517,3 +539,122 @@ def test_no_sentence_pause_after_a_mid_phrase_cut(tmp_path) -> None:
 
     assert second_segment_start(True) == RATE // 2 + RATE // 10  # a 100 ms pause after "Hello."
     assert second_segment_start(False) == RATE // 2  # joined directly after "The capital of"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pause at a speech onset (BARGE_IN_PAUSE_MS in the VAD)
+
+
+def paused_at_1_35(tmp_path, env: dict | None = None) -> Harness:
+    """Three segments playing; a speech onset at 1.30 s announced at 1.35 s pauses them."""
+    h = Harness(tmp_path, env)
+    three_segments(h)
+    h.run(until_s=1.35)
+    h.at(1.35)  # run() may pass it by a poll step
+    h.send(Output.EVENTS, vad(VadEventKind.SPEECH_ONSET, 1.30, 1.35))
+    return h
+
+
+def uninterrupted(tmp_path) -> np.ndarray:
+    h = Harness(tmp_path / "plain")
+    three_segments(h)
+    h.end()
+    return h.out()
+
+
+def test_pause_at_the_onset_then_barge_in_stops_where_the_pause_began(tmp_path) -> None:
+    h = paused_at_1_35(tmp_path)
+    at = int(1.35 * RATE)
+    assert h.core.pauses == 1 and not h.events(TimingKind.BARGE_IN)
+    assert [p.segment_index for p in h.playback] == [0]  # segment 0 ended at 1.0 s
+    assert h.sink.end == at + 320  # faded out over BARGE_IN_FADE_MS, nothing placed after
+    h.run(until_s=1.48)
+    h.send(Output.EVENTS, vad(VadEventKind.SPEECH_STARTED, 1.30, 1.48))  # confirmed (6 frames)
+    h.run(until_s=2.0)
+    (barge,) = h.events(TimingKind.BARGE_IN)
+    assert barge.t_ns == T0 + 1_370 * MS  # silent at the pause, not at the decision (1.50 s)
+    assert barge.fields[Key.DURATION_MS] == 0  # silent (1.37 s) before the detection (1.48 s)
+    assert barge.fields[Key.SPEECH_START_NS] == T0 + 1_300 * MS
+    kinds = [(p.kind, p.segment_index) for p in h.playback]
+    assert kinds == [(PlaybackKind.SEGMENT_PLAYED, 0), (PlaybackKind.SEGMENT_INTERRUPTED, 1),
+                     (PlaybackKind.TURN_INTERRUPTED, -1), (PlaybackKind.TURN_DONE, -1)]
+    assert h.playback[1].heard_fraction == pytest.approx(0.23, abs=0.001)
+    (turn,) = h.events(TimingKind.TURN_PLAYED)
+    assert turn.fields[Key.CANCELLED] == 1 and turn.fields[Key.AUDIO_MS] == pytest.approx(1000 + 230)
+    h.end()
+    out = h.out()
+    assert out.shape[0] == at + 320 and out[at - 1] == 0.5 and np.all(np.diff(out[at:]) <= 0)
+    assert h.core.pauses_resumed == 0 and not h.events(TimingKind.PLAYBACK_PAUSED)
+
+
+def test_a_discarded_onset_resumes_where_the_pause_began_and_nothing_is_lost(tmp_path) -> None:
+    plain = uninterrupted(tmp_path)
+    h = paused_at_1_35(tmp_path)
+    at, resume = int(1.35 * RATE), int(1.70 * RATE)
+    h.run(until_s=1.70)
+    assert [p.segment_index for p in h.playback] == [0]  # segment 1 is not reported while paused
+    h.send(Output.EVENTS, vad(VadEventKind.ONSET_DISCARDED, 1.36, 1.70))
+    h.end()
+    (paused,) = h.events(TimingKind.PLAYBACK_PAUSED)
+    assert paused.t_ns == T0 + 1_370 * MS and paused.fields[Key.DURATION_MS] == pytest.approx(330)
+    assert paused.fields[Key.SPEECH_START_NS] == T0 + 1_300 * MS
+    assert h.core.pauses == h.core.pauses_resumed == 1 and not h.events(TimingKind.BARGE_IN)
+    played = [(p.kind, p.segment_index, p.t_ns) for p in h.playback if p.kind is PlaybackKind.SEGMENT_PLAYED]
+    assert played == [(PlaybackKind.SEGMENT_PLAYED, 0, T0 + 1_000 * MS),
+                      (PlaybackKind.SEGMENT_PLAYED, 1, T0 + 2_470 * MS),  # 2.12 s + the 350 ms gap
+                      (PlaybackKind.SEGMENT_PLAYED, 2, T0 + 3_590 * MS)]
+    (turn,) = h.events(TimingKind.TURN_PLAYED)
+    assert turn.fields[Key.UNDERRUNS] == 0 and turn.fields[Key.INTERRUPTED] is False
+    out = h.out()
+    assert out.shape[0] == plain.shape[0] + resume - at
+    np.testing.assert_array_equal(out[:at], plain[:at])
+    assert not out[at + 320: resume].any()  # the gap heard
+    fade = 128  # CROSSFADE_MS: the resumed audio fades in
+    np.testing.assert_array_equal(out[resume + fade:], plain[at + fade:])
+    assert np.all(np.diff(out[resume: resume + fade]) >= 0) and max_jump(out) < 0.05
+
+
+def test_a_pause_without_a_verdict_resumes_after_barge_in_resume_ms(tmp_path) -> None:
+    h = paused_at_1_35(tmp_path, {"BARGE_IN_RESUME_MS": "300"})
+    assert h.core.busy()  # the resume deadline is polled
+    h.run(until_s=1.9)
+    (paused,) = h.events(TimingKind.PLAYBACK_PAUSED)  # onset 1.30 s + 300 ms
+    assert paused.fields[Key.DURATION_MS] == pytest.approx(1_600 - 1_370, abs=1)
+    h.end()
+    assert [p.kind for p in h.playback].count(PlaybackKind.SEGMENT_PLAYED) == 3
+
+
+def test_fragments_arriving_during_a_pause_follow_the_resumed_audio(tmp_path) -> None:
+    h = Harness(tmp_path)
+    h.audio(fragment(0, 0, 0, dc(0.5, 1.0)))  # the rest of the segment is still being synthesized
+    h.run(until_s=0.5)
+    h.send(Output.EVENTS, vad(VadEventKind.SPEECH_ONSET, 0.45, 0.5))
+    h.at(0.7)
+    h.audio(fragment(0, 0, 1, dc(0.5, 0.5), last=True), fragment(0, 1, 0, dc(0.5, 0.5), final=True, total=2))
+    assert h.sink.end == int(0.5 * RATE) + 320  # they wait in the reorder buffer
+    h.at(0.9)
+    h.send(Output.EVENTS, vad(VadEventKind.ONSET_DISCARDED, 0.5, 0.9))
+    h.end()
+    (turn,) = h.events(TimingKind.TURN_PLAYED)
+    assert turn.fields[Key.UNDERRUNS] == 0 and turn.fields[Key.COUNT] == 2
+    out = h.out()
+    # 0.5 s heard, a 0.4 s gap, the other 1.0 s of segment 0 contiguous, the sentence pause, segment 1
+    assert out.shape[0] == int((0.5 + 0.4 + 1.0 + 0.12 + 0.5) * RATE)
+    assert np.all(out[int(0.9 * RATE) + 128: int(1.9 * RATE) - 128] == 0.5)
+
+
+def test_the_stream_ending_during_a_pause_plays_the_rest(tmp_path) -> None:
+    h = paused_at_1_35(tmp_path)
+    h.collect(h.core.on_end())
+    assert h.core.pauses_resumed == 1 and not h.events(TimingKind.BARGE_IN)
+    assert [p.kind for p in h.playback].count(PlaybackKind.SEGMENT_PLAYED) == 3
+
+
+def test_no_pause_when_nothing_plays_or_under_the_half_duplex_guard(tmp_path) -> None:
+    h = Harness(tmp_path)
+    h.send(Output.EVENTS, vad(VadEventKind.SPEECH_ONSET, 0.0, 0.05))
+    assert h.core.pauses == 0 and not h.core.busy()
+    guarded = paused_at_1_35(tmp_path / "guarded", {"ECHO_GUARD": "half_duplex"})
+    assert guarded.core.pauses == 0 and guarded.sink.end == 3 * RATE + 2 * 1920
+    off = paused_at_1_35(tmp_path / "off", {"BARGE_IN": "false"})
+    assert off.core.pauses == 0

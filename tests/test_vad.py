@@ -54,8 +54,11 @@ def test_real_speech_gives_one_utterance_with_sample_times(clock) -> None:
     assert T0 + int(0.5e9) <= u.speech_start_ns < u.speech_end_ns <= T0 + int((0.5 + len(clip) / RATE) * 1e9)
     assert u.detected_ns - u.speech_end_ns >= 400 * 10**6
     assert 1.0 < len(u.samples) / RATE < len(clip) / RATE + 0.5
-    kinds = [e.kind for e in outputs(out, Output.EVENTS)]
-    assert kinds == [VadEventKind.SPEECH_STARTED, VadEventKind.SPEECH_ENDED]
+    events = outputs(out, Output.EVENTS)
+    # announced after 2 voiced frames (BARGE_IN_PAUSE_MS), confirmed after 6, the same onset
+    assert [e.kind for e in events] == [VadEventKind.SPEECH_ONSET, VadEventKind.SPEECH_STARTED,
+                                        VadEventKind.SPEECH_ENDED]
+    assert events[0].t_ns == events[1].t_ns == u.speech_start_ns and events[0].detected_ns < events[1].detected_ns
     timing = [e.kind for e in outputs(out, Output.TIMING)]
     assert timing == [TimingKind.SPEECH_STARTED, TimingKind.SPEECH_ENDED]
 
@@ -145,6 +148,34 @@ def test_short_noises_do_not_start_speech(voiced_frames: int, started: bool) -> 
     kinds = [e.kind for e in outputs(out, Output.EVENTS)]
     assert (VadEventKind.SPEECH_STARTED in kinds) is started
     assert (len(confirmed(out)) == 1) is started
+    # the onset is announced after 2 voiced frames either way; noise then discards it (the speaker resumes)
+    assert kinds[:2] == [VadEventKind.SPEECH_ONSET,
+                         VadEventKind.SPEECH_STARTED if started else VadEventKind.ONSET_DISCARDED]
+
+
+def test_the_onset_announcement_follows_barge_in_pause_ms() -> None:
+    def events(env: dict, probs: list[float], *, close: bool = False) -> list[VadEvent]:
+        core = VadCore(load_config(VadConfig, env), scripted(probs))
+        out = feed(core, np.full(len(probs) * FRAME_SAMPLES, 0.1, dtype=np.float32), block=FRAME_SAMPLES)
+        if close:
+            out += core.on_input_closed("audio")
+        return outputs(out, Output.EVENTS)
+
+    cough = [0.0] * 2 + [0.9, 0.4, 0.9] + [0.0] * 20  # 3 voiced frames (0.4 is above the negative threshold)
+    onset, discarded = events({}, cough)
+    frame_ns = FRAME_SAMPLES * 10**9 // RATE
+    assert onset.kind is VadEventKind.SPEECH_ONSET and onset.t_ns == T0 + 2 * frame_ns
+    assert discarded.kind is VadEventKind.ONSET_DISCARDED and discarded.t_ns == T0 + 5 * frame_ns
+    assert discarded.detected_ns > onset.detected_ns
+    assert [e.kind for e in events({"BARGE_IN_PAUSE_MS": "96"}, cough)] == [
+        VadEventKind.SPEECH_ONSET, VadEventKind.ONSET_DISCARDED]
+    assert events({"BARGE_IN_PAUSE_MS": "128"}, cough) == []  # 4 frames: never reached
+    assert events({"BARGE_IN_PAUSE_MS": "0"}, cough) == []
+    speech = [0.9] * 10 + [0.0] * 20
+    assert [e.kind for e in events({"BARGE_IN_PAUSE_MS": "200"}, speech)][:1] == [VadEventKind.SPEECH_STARTED]
+    # the input ends during an announced onset: it is discarded
+    assert [e.kind for e in events({}, [0.0, 0.9, 0.9], close=True)] == [
+        VadEventKind.SPEECH_ONSET, VadEventKind.ONSET_DISCARDED]
 
 
 def test_utterances_are_cut_from_the_asr_audio_stream_when_it_covers_them() -> None:

@@ -295,6 +295,8 @@ class TurnRecord:
     chunks: tuple[ChunkRecord, ...] = ()
     barge_in_onset_ns: int | None = None  # first voiced sample of the speech that interrupted the turn
     barge_in_from_onset_ms: float | None = None  # that onset -> playback stopped
+    pauses_resumed: int = 0  # playback paused at a speech onset that was no barge-in, then resumed
+    pause_ms: float | None = None  # the silence those pauses put into the answer, ms
 
     @property
     def v2v_parts(self) -> dict[str, float | None]:
@@ -550,6 +552,7 @@ def build_turn(turn_id: int, events: Iterable[TimingEvent], *, complete: bool,
         e.turn_id < 0 and start_ns is not None and start_ns <= e.t_ns <= end_ns))
     wall_ms = _ms(llm_start_ns, _t(turn_played))
     cancelled_speculations = ev.by_kind.get(TimingKind.SPECULATION_CANCELLED, ())
+    pauses = ev.by_kind.get(TimingKind.PLAYBACK_PAUSED, ())
 
     return TurnRecord(
         turn_id=turn_id,
@@ -591,6 +594,7 @@ def build_turn(turn_id: int, events: Iterable[TimingEvent], *, complete: bool,
                      _min(_t(e) for e in ev.first_fragments.values()), _t(playback_started)),
         barge_in_onset_ns=_field(barge_in, Key.SPEECH_START_NS),
         barge_in_from_onset_ms=_ms(_field(barge_in, Key.SPEECH_START_NS), _t(barge_in)),
+        pauses_resumed=len(pauses), pause_ms=_sum(_field(e, Key.DURATION_MS) for e in pauses) if pauses else None,
         chunks=tuple(_build_chunks(ev, llm_start_ns, _t(first_token))),
     )
 

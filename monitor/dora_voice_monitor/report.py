@@ -73,6 +73,8 @@ def _notes(turn: TurnRecord) -> list[str]:
         notes.append("INCOMPLETE")
     if turn.interrupted:
         notes.append(f"barge-in {fmt_ms(turn.barge_in_ms)}ms cancelled={turn.segments_cancelled}")
+    if turn.pauses_resumed:
+        notes.append(f"paused={turn.pauses_resumed} ({fmt_ms(turn.pause_ms)}ms, resumed)")
     if turn.segments_lost:
         notes.append(f"LOST={turn.segments_lost}")
     if turn.underruns:

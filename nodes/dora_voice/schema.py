@@ -119,8 +119,12 @@ class Output:
 
 
 class VadEventKind(str, enum.Enum):
-    """What the VAD saw. ``speech_started`` is what barge-in listens to."""
+    """What the VAD saw. ``speech_started`` is what barge-in listens to; ``speech_onset`` (voiced frames, not yet
+    ``VAD_MIN_SPEECH_MS``) lets the speaker pause the answer while the VAD decides, and ``onset_discarded`` (those
+    frames were noise) resumes it."""
 
+    SPEECH_ONSET = "speech_onset"
+    ONSET_DISCARDED = "onset_discarded"
     SPEECH_STARTED = "speech_started"
     SPEECH_ENDED = "speech_ended"
 
@@ -159,7 +163,10 @@ class TimingKind(str, enum.Enum):
     PLAYBACK_STARTED = "playback_started"  # speaker: first sample of the turn left
     SEGMENT_PLAYED = "segment_played"  # speaker: a segment finished playing
     TURN_PLAYED = "turn_played"  # speaker: turn finished; count = segments played
-    BARGE_IN = "barge_in"  # speaker: playback stopped by the user; duration_ms = detection -> stopped
+    BARGE_IN = "barge_in"  # speaker: playback stopped by the user; t_ns = playback silent; duration_ms = detection
+    #   -> silent (0 when playback had already paused at the speech onset, before the speech was confirmed)
+    PLAYBACK_PAUSED = "playback_paused"  # speaker: playback paused at a speech onset that turned out not to be a
+    #   barge-in, then resumed where it stopped; t_ns = silent, duration_ms = the gap heard
     INPUT_ERROR = "input_error"  # any node: a bad message was rejected
     AEC_STATS = "aec_stats"  # aec: one window of mic audio; t_ns = window start; duration_ms (window), audio_ms
     #   (reference active), erle_db (over those frames; absent without), delay_ms (-1 before an estimate), cpu_percent
@@ -448,8 +455,9 @@ class VadEvent:
     Attributes:
         kind: :class:`VadEventKind`.
         turn_id: the turn this speech belongs to (the one that will be emitted on ``speech``).
-        t_ns: wall clock of the first voiced sample (started) or last voiced sample (ended).
-        detected_ns: when the VAD decided.
+        t_ns: wall clock of the first voiced sample (``speech_onset``, ``speech_started``) or of the last voiced
+            sample (``onset_discarded``, ``speech_ended``), ns.
+        detected_ns: when the VAD decided, ns.
     """
 
     kind: VadEventKind
@@ -809,6 +817,7 @@ TIMING_FIELDS: Mapping[TimingKind, TimingFields] = {
                                                    Key.CANCELLED, Key.INTERRUPTED)),
     TimingKind.BARGE_IN: TimingFields(optional=(Key.CANCELLED, Key.DURATION_MS, Key.SPEECH_START_NS,
                                                 Key.DETECTED_NS)),
+    TimingKind.PLAYBACK_PAUSED: TimingFields(optional=(Key.DURATION_MS, Key.SPEECH_START_NS)),
     TimingKind.INPUT_ERROR: TimingFields(optional=(Key.DETAIL,)),
     TimingKind.AEC_STATS: TimingFields(optional=(Key.DURATION_MS, Key.AUDIO_MS, Key.ERLE_DB, Key.DELAY_MS,
                                                  Key.CPU_PERCENT, Key.CANCELLER_CPU_PERCENT)),

@@ -69,6 +69,10 @@ class Sink(Protocol):
             ``(stop, end)``: the position where the fade starts and the new :attr:`end`.
         """
 
+    def cut(self, at: int, fade: int, now_ns: int) -> tuple[int, int, np.ndarray]:
+        """:meth:`truncate`, also returning what was placed from ``stop`` on, as it was before the fade: float32 of
+        shape ``(old end - stop,)``, zeros where nothing was placed (to place again on a resume)."""
+
     def take_underflows(self) -> int:
         """Output underflows reported by the device since the last call."""
 
@@ -190,16 +194,21 @@ class FileSink:
                 self._buf[lo - self._base: end - self._base] *= curve
 
     def truncate(self, at: int, fade: int, now_ns: int) -> tuple[int, int]:
+        stop, end, _removed = self.cut(at, fade, now_ns)
+        return stop, end
+
+    def cut(self, at: int, fade: int, now_ns: int) -> tuple[int, int, np.ndarray]:
         with self._lock:
             at = max(at, self.earliest_position(now_ns), self._base)
             if at >= self.end:
-                return at, self.end
+                return at, self.end, np.zeros(0, dtype=np.float32)
+            removed = self._buf[at - self._base: self.end - self._base].copy()
             hi = min(self.end, at + fade)
             if hi > at:
                 self._buf[at - self._base: hi - self._base] *= audio.fade_curve(fade, rising=False)[: hi - at]
             self._buf[hi - self._base: self.end - self._base] = 0.0
             self.end = hi
-            return at, hi
+            return at, hi, removed
 
     def take_underflows(self) -> int:
         return 0
@@ -493,10 +502,19 @@ class DeviceSink:
                     samples[a - start: b - start] *= curve
 
     def truncate(self, at: int, fade: int, now_ns: int) -> tuple[int, int]:
+        stop, end, _removed = self.cut(at, fade, now_ns)
+        return stop, end
+
+    def cut(self, at: int, fade: int, now_ns: int) -> tuple[int, int, np.ndarray]:
         with self._lock:
             at = max(at, self._head)
             if at >= self.end:
-                return at, self.end
+                return at, self.end, np.zeros(0, dtype=np.float32)
+            removed = np.zeros(self.end - at, dtype=np.float32)
+            for start, samples in self._chunks:
+                a, b = max(start, at), start + samples.shape[0]
+                if b > a:
+                    removed[a - at: b - at] = samples[a - start:]
             hi = min(self.end, at + fade)
             curve = audio.fade_curve(fade, rising=False)
             kept: deque[list[Any]] = deque()
@@ -511,7 +529,7 @@ class DeviceSink:
                 kept.append([start, samples])
             self._chunks = kept
             self.end = hi
-            return at, hi
+            return at, hi, removed
 
     def take_underflows(self) -> int:
         n, self._underflows = self._underflows, 0

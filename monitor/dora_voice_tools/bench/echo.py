@@ -12,6 +12,8 @@ Figures (:func:`analyze`; times on the mic's clock, whose origin is recovered fr
 
 * ``self_interruptions``: barge-ins whose speech onset is not within any user utterance (from 300 ms before its
   speech onset to 300 ms after its end): the assistant stopped for its own echo (or noise).
+* ``pauses_resumed``: times playback paused at a speech onset that was no barge-in and resumed (a hole in the
+  answer, ``pause_ms`` long in all): with the AEC, echo or noise the VAD took for a speech onset.
 * ``barge_ins``: user utterances (after the first) whose speech onset falls while the assistant is audible: the
   answer WAV is louder than :data:`AUDIBLE_DBFS` in the 60 ms around the onset (mid-sentence, not in a pause).
 * ``barge_ins_detected``: those that stopped playback; ``barge_in_from_onset_ms_p90``: speech onset (the
@@ -262,6 +264,8 @@ def analyze(conversation: Conversation, turns: Sequence[TurnRecord], answer: np.
         "missed": [k for k in barge_ins if k not in stops],
         "in_pause": in_pause,
         "echo_turns": echo_turns,
+        "pauses_resumed": sum(t.pauses_resumed for t in turns),
+        "pause_ms": float(sum(t.pause_ms or 0.0 for t in turns)),
         "erle_windows": len(erle),
         "aec_cpu_percent": float(np.mean(cpu)) if cpu else None,
         "aec_canceller_cpu_percent": float(np.mean(canceller_cpu)) if canceller_cpu else None,
@@ -286,7 +290,8 @@ def render(variant: str, figures: Mapping[str, Any]) -> str:
         return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
     lines = [f"echo ({variant}):",
-             f"  self-interruptions            {fmt(figures['self_interruptions'])}",
+             f"  self-interruptions            {fmt(figures['self_interruptions'])}"
+             f" (pauses resumed: {fmt(figures.get('pauses_resumed'))}, {fmt(figures.get('pause_ms'), 0)} ms)",
              f"  barge-ins detected            {figures['barge_ins_detected']}/{figures['barge_ins']} mid-sentence"
              f" (missed: {figures['missed'] or 'none'}; in a pause, not counted: {figures['in_pause'] or 'none'})",
              f"  onset -> stop, p90 / max      {fmt(figures['barge_in_from_onset_ms_p90'], 0)} / "

@@ -14,7 +14,9 @@ Outputs:
         each stamped with the instant its first sample leaves the speaker. Sent only when the YAML wires it.
     ``timing``: ``playback_started`` (t_ns = when the turn's first sample leaves), ``segment_played``,
         ``turn_played`` (count = segments played, underruns, underrun_ms, audio_ms, cancelled, interrupted),
-        ``barge_in`` (cancelled segments; duration_ms = speech_started detection -> playback stopped).
+        ``barge_in`` (cancelled segments; t_ns = playback silent; duration_ms = speech_started detection -> playback
+        silent, 0 when it had paused at the onset already), ``playback_paused`` (a pause at a speech onset that was
+        not a barge-in, at resume: duration_ms = the gap heard).
 
 One output timeline. Both sinks expose a timeline of output sample positions; position ``p`` leaves the speaker
 at ``sink.position_to_ns(p)``. The core places each fragment at ``max(due, earliest)``: ``due`` is where it
@@ -43,6 +45,16 @@ Barge-in (``BARGE_IN``): a ``speech_started`` VadEvent starts a candidate interr
 BARGE_IN_MIN_SPEECH_MS`` with no ``speech_ended`` in between, every turn that has started playing is stopped at
 the earliest position that has not left, with a ``BARGE_IN_FADE_MS`` fade; all audio placed after that and every
 later fragment of those turns are discarded. The core checks the condition between events (``busy``/``step``).
+
+Pause at the onset: a ``speech_onset`` VadEvent (``BARGE_IN_PAUSE_MS`` of voiced frames, not yet speech) pauses the
+playing answer at once: it fades out at the earliest position that has not left (``BARGE_IN_FADE_MS``) and what was
+placed after it is kept aside; fragments that arrive meanwhile wait in the reorder buffer. With an open speaker the
+echo then stops, and with it the echo canceller's suppression of the user's first syllables, so the VAD confirms the
+speech sooner. ``speech_started`` then makes it a barge-in that stopped where the pause began (so playback fell
+silent ``BARGE_IN_MIN_SPEECH_MS - BARGE_IN_PAUSE_MS`` sooner than without the pause); ``onset_discarded``, a
+``speech_ended`` or ``BARGE_IN_RESUME_MS`` without a confirmation resume it where it stopped, with a fade-in: the
+audio kept aside is placed again and everything after it moves by the gap, which is no underrun. Nothing is lost
+either way; a resumed pause is counted (``pauses_resumed``, the ``playback_paused`` timing).
 ``ECHO_GUARD=half_duplex`` ignores speech whose onset falls while the speaker is audible or within
 ``ECHO_TAIL_MS`` (300 ms) after, since an open microphone hears the speaker. ``aec`` (the aec node cancels the
 echo before the VAD) and ``off`` let any speech interrupt. ``auto`` means ``off`` when AUDIO_INPUT or AUDIO_OUTPUT
@@ -130,6 +142,10 @@ class SpeakerConfig:
         "speech must last this long (ms, onset to now, no speech_ended) to interrupt")
     barge_in_fade_ms: int = env_field(
         "BARGE_IN_FADE_MS", 20, parse_int(min_value=0, max_value=1000), "fade-out in ms when playback is interrupted")
+    barge_in_resume_ms: int = env_field(
+        "BARGE_IN_RESUME_MS", 1000, parse_int(min_value=0, max_value=10_000),
+        "a pause at a speech onset (the VAD's BARGE_IN_PAUSE_MS) that is not confirmed as speech this long after the "
+        "onset resumes, ms (the VAD's onset_discarded normally resumes it sooner)")
     echo_guard: str = env_field(
         "ECHO_GUARD", "auto", parse_choice("auto", "off", "half_duplex", "aec"), ECHO_GUARD_HELP)
     reference: str = env_field(
@@ -152,7 +168,8 @@ CONTRACT = NodeContract(
     inputs={
         Output.AUDIO: "tts/audio: AudioFragment (float32 mono, any rate)",
         Output.STREAM_STARTED: "mic/stream_started: StreamStarted (origin of the file sink's clock)",
-        Output.EVENTS: "vad/events: VadEvent (speech_started / speech_ended, for barge-in)",
+        Output.EVENTS: "vad/events: VadEvent (speech_onset / onset_discarded / speech_started / speech_ended, "
+                       "for barge-in)",
     },
     outputs=(Output.PLAYBACK, Output.REFERENCE, Output.TIMING),
     config=SpeakerConfig,
@@ -295,6 +312,18 @@ class _Speech:
     turn_id: int
 
 
+@dataclass
+class _Pause:
+    """Playback paused at a speech onset: faded out over ``[at, silent)``; ``removed`` is the audio that was placed
+    from ``at`` on (unfaded), to place again on a resume."""
+
+    onset_ns: int
+    at: int
+    silent: int
+    silent_ns: int
+    removed: np.ndarray
+
+
 class SpeakerCore(NodeCore):
     """Ordering, placement, pauses, fades, underruns and barge-in over a :class:`Sink` (no dora inside).
 
@@ -308,7 +337,8 @@ class SpeakerCore(NodeCore):
             and pywebrtc-audio installed.
 
     Counters: ``fragments_discarded`` (fragments of finished/cancelled turns), ``speech_ignored`` (speech dropped by
-    the echo guard), ``barge_ins``, and ``input_errors`` (rejected messages, from :class:`NodeCore`).
+    the echo guard), ``barge_ins``, ``pauses`` (paused at a speech onset) and ``pauses_resumed`` (of those, resumed:
+    not a barge-in), and ``input_errors`` (rejected messages, from :class:`NodeCore`).
     """
 
     node_id = "speaker"
@@ -330,11 +360,14 @@ class SpeakerCore(NodeCore):
         self._floor = 0  # turns below this id are finished or cancelled
         self._max_started = -1  # highest turn id that has started playing
         self._speech: _Speech | None = None
+        self._pause: _Pause | None = None
         self._events_closed = False
         self._audible: deque[list[int]] = deque()  # [start_ns, end_ns] runs of placed audio, for the echo guard
         self.fragments_discarded = 0
         self.speech_ignored = 0
         self.barge_ins = 0
+        self.pauses = 0
+        self.pauses_resumed = 0
         self.turns_done = 0
         self._ended = False
         self.turn_ids = TurnSequence()
@@ -377,10 +410,12 @@ class SpeakerCore(NodeCore):
 
     def on_input_closed(self, input_id: str) -> Iterable[Emit]:
         if input_id == Output.EVENTS:
+            now = self.clock_ns()
+            out = self._resume(now, "the VAD's events closed")
             self._events_closed = True
             self._speech = None
             self._placed_is_final()
-            return self._report(self.clock_ns())
+            return out + self._report(now)
         if input_id == Output.AUDIO and self._turns:
             # The TTS is gone (it closes every turn before it finishes normally): report what never came now.
             now = self.clock_ns()
@@ -401,17 +436,23 @@ class SpeakerCore(NodeCore):
     def _on_vad(self, event: VadEvent) -> list[Emit]:
         self.turn_ids.check(event.turn_id, f"VAD {event.kind.value}")
         now = self.clock_ns()
-        if event.kind is VadEventKind.SPEECH_ENDED:
+        if event.kind in (VadEventKind.SPEECH_ENDED, VadEventKind.ONSET_DISCARDED):
+            out: list[Emit] = []
+            if self._pause is not None and event.t_ns >= self._pause.onset_ns:
+                out += self._resume(now, f"VAD {event.kind.value}")
             if self._speech is not None and event.t_ns >= self._speech.onset_ns:
                 self._speech = None
-            return []
+            return out
         if not self.config.barge_in:
             return []
         if self.echo_guard is EchoGuard.HALF_DUPLEX and self._audible_at(event.t_ns):
-            self.speech_ignored += 1
-            logger.info("speaker: speech at %d ignored for barge-in (half-duplex echo guard, %d so far)",
-                        event.t_ns, self.speech_ignored)
+            if event.kind is VadEventKind.SPEECH_STARTED:
+                self.speech_ignored += 1
+                logger.info("speaker: speech at %d ignored for barge-in (half-duplex echo guard, %d so far)",
+                            event.t_ns, self.speech_ignored)
             return []
+        if event.kind is VadEventKind.SPEECH_ONSET:
+            return self._pause_at_onset(event, now)
         self._speech = _Speech(onset_ns=event.t_ns, detected_ns=event.detected_ns, turn_id=event.turn_id)
         return self._check_barge_in(now)
 
@@ -497,6 +538,8 @@ class SpeakerCore(NodeCore):
     def _close_stalled(self, newest_turn: int, now: int) -> list[Emit]:
         """Close the turns older than ``newest_turn`` that still wait for fragments (they will not come)."""
         out: list[Emit] = []
+        if self._pause is not None:
+            return out  # done when the pause ends (a resume moves the positions this uses)
         for turn in list(self._turns.values()):
             if turn.turn_id >= newest_turn:
                 break
@@ -527,6 +570,8 @@ class SpeakerCore(NodeCore):
 
     def _place_ready(self, now: int) -> list[Emit]:
         out: list[Emit] = []
+        if self._pause is not None:
+            return out  # the fragments wait in the reorder buffer until the pause ends
         for turn in list(self._turns.values()):
             self._place_turn(turn, now, out)
             if not turn.placement_done:
@@ -615,6 +660,8 @@ class SpeakerCore(NodeCore):
             return out
         wait = self._reports_wait() and not flush
         head = self.sink.played_position(now) if wait else None
+        if head is not None and self._pause is not None:
+            head = min(head, self._pause.at)  # what lies after the pause point has not been heard (yet)
         for turn in list(self._turns.values()):
             for seg in turn.segments:
                 if seg.reported:
@@ -666,14 +713,19 @@ class SpeakerCore(NodeCore):
             return []
         if now - speech.onset_ns < self.config.barge_in_min_speech_ms * 1_000_000:
             return []
-        stop_at = self.sink.earliest_position(now)
+        pause = self._pause
+        stop_at = pause.at if pause is not None else self.sink.earliest_position(now)
         victims = [t for t in self._turns.values() if t.started and (t.end_pos > stop_at or not t.placement_done)]
         if not victims:
             return []  # nothing audible to interrupt; the speech stays a candidate while it lasts
         self._speech = None
         self.barge_ins += 1
-        stop, end = self.sink.truncate(stop_at, self._samples(self.config.barge_in_fade_ms), now)
-        stopped_ns = max(now, self.sink.position_to_ns(end))
+        if pause is not None:  # playback fell silent at the onset already: the barge-in stopped it there
+            self._pause = None
+            stop, stopped_ns = pause.at, pause.silent_ns
+        else:
+            stop, end = self.sink.truncate(stop_at, self._samples(self.config.barge_in_fade_ms), now)
+            stopped_ns = max(now, self.sink.position_to_ns(end))
         if self._audible:
             self._audible[-1][1] = min(self._audible[-1][1], stopped_ns)
         out: list[Emit] = []
@@ -691,6 +743,7 @@ class SpeakerCore(NodeCore):
                     heard += seg.samples
                     continue
                 heard_here = min(stop, seg.end) - seg.start
+                heard_here = min(heard_here, seg.samples)  # a segment resumed after a pause spans the gap too
                 heard += heard_here
                 interrupted_segments += 1
                 seg.reported = True
@@ -700,14 +753,76 @@ class SpeakerCore(NodeCore):
             out.append(self._playback(PlaybackKind.TURN_INTERRUPTED, turn, -1, -1,
                                       heard / turn.audio_samples if turn.audio_samples else 0.0, stopped_ns))
             out.append(self.timing(TimingKind.BARGE_IN, turn.turn_id, stopped_ns, **{
-                Key.CANCELLED: cancelled, Key.DURATION_MS: (stopped_ns - speech.detected_ns) / 1e6,
+                Key.CANCELLED: cancelled, Key.DURATION_MS: max(0.0, (stopped_ns - speech.detected_ns) / 1e6),
                 Key.SPEECH_START_NS: speech.onset_ns, Key.DETECTED_NS: speech.detected_ns}))
-            logger.info("speaker: barge-in on turn %d: stopped %.0f ms after speech was detected; %d segment(s) "
-                        "cancelled", turn.turn_id, (stopped_ns - speech.detected_ns) / 1e6, cancelled)
+            logger.info("speaker: barge-in on turn %d: silent %.0f ms after the speech onset, %.0f ms after it was "
+                        "confirmed; %d segment(s) cancelled", turn.turn_id, (stopped_ns - speech.onset_ns) / 1e6,
+                        (stopped_ns - speech.detected_ns) / 1e6, cancelled)
             self.fragments_discarded += len(turn.pending)
             turn.pending.clear()
             self._finish(turn, now, out, interrupted=True, cancelled=cancelled, heard_samples=heard, t_ns=stopped_ns)
+        if pause is not None:  # fragments of a newer turn may have waited for the pause to end
+            out += self._close_stalled(max(self._turns) if self._turns else 0, now) + self._place_ready(now)
         return out
+
+    # -- pause at a speech onset ----------------------------------------------------------------------------------
+    def _pause_at_onset(self, event: VadEvent, now: int) -> list[Emit]:
+        """Pause the playing answer at a ``speech_onset`` (see the module docstring). Nothing is paused when nothing
+        placed lies ahead of the play head (a gap, or no answer playing) or the speech is already confirmed."""
+        if self._pause is not None or self._speech is not None or not self._can_interrupt():
+            return []
+        at = self.sink.earliest_position(now)
+        if not any(t.started and t.end_pos > at for t in self._turns.values()):
+            return []
+        stop, silent, removed = self.sink.cut(at, self._samples(self.config.barge_in_fade_ms), now)
+        if not removed.shape[0]:
+            return []
+        silent_ns = max(now, self.sink.position_to_ns(silent))
+        self._pause = _Pause(onset_ns=event.t_ns, at=stop, silent=silent, silent_ns=silent_ns, removed=removed)
+        self.pauses += 1
+        if self._audible:
+            self._audible[-1][1] = min(self._audible[-1][1], silent_ns)
+        logger.info("speaker: paused at a speech onset: silent %.0f ms after the onset, %.0f ms after the VAD's "
+                    "event; %.0f ms of audio kept aside", (silent_ns - event.t_ns) / 1e6,
+                    (silent_ns - event.detected_ns) / 1e6, self._ms(removed.shape[0]))
+        return []
+
+    def _resume(self, now: int, why: str) -> list[Emit]:
+        """End a pause that was no barge-in: place the audio kept aside again at the earliest position (faded in),
+        move every later position by the gap, then place what waited."""
+        pause = self._pause
+        if pause is None:
+            return []
+        self._pause = None
+        self.pauses_resumed += 1
+        samples = pause.removed
+        audio.fade_in(samples, self._samples(self.config.crossfade_ms), inplace=True)
+        start = self.sink.place(self.sink.earliest_position(now), samples, now)
+        delta = start - pause.at
+        playing: _Turn | None = None
+        for turn in self._turns.values():
+            if turn.first_pos >= pause.at:
+                turn.first_pos += delta
+            if turn.end_pos > pause.at:
+                turn.end_pos += delta
+                playing = playing or turn
+            for seg in turn.segments:
+                if seg.start >= pause.at:
+                    seg.start += delta
+                if seg.end > pause.at:
+                    seg.end += delta
+        resumed_ns = self.sink.position_to_ns(start)
+        self._note_audible(resumed_ns, self.sink.position_to_ns(start + samples.shape[0]), now)
+        gap_ms = (resumed_ns - pause.silent_ns) / 1e6
+        logger.info("speaker: resumed after a pause at a speech onset (%s): %.0f ms of silence heard (%d of %d "
+                    "pauses resumed)", why, gap_ms, self.pauses_resumed, self.pauses)
+        out: list[Emit] = []
+        if playing is not None:
+            out.append(self.timing(TimingKind.PLAYBACK_PAUSED, playing.turn_id, pause.silent_ns, **{
+                Key.DURATION_MS: gap_ms, Key.SPEECH_START_NS: pause.onset_ns}))
+        if self._turns:
+            out += self._close_stalled(max(self._turns), now)
+        return out + self._place_ready(now)
 
     # -- cooperative loop ---------------------------------------------------------------------------------------------
     def _unreported(self) -> bool:
@@ -724,7 +839,7 @@ class SpeakerCore(NodeCore):
         return [emit(Output.REFERENCE, f) for f in self.reference.poll(now, self.session_id)]
 
     def busy(self) -> bool:
-        if self._reference_on():
+        if self._reference_on() or self._pause is not None:
             return True
         if not self.sink.rate:
             return False
@@ -736,6 +851,9 @@ class SpeakerCore(NodeCore):
     def step(self) -> list[Emit]:
         now = self.clock_ns()
         out = self._device_underflows(now)
+        resume_ns = self.config.barge_in_resume_ms * 1_000_000
+        if self._pause is not None and self._speech is None and now - self._pause.onset_ns >= resume_ns:
+            out += self._resume(now, f"no speech confirmed within BARGE_IN_RESUME_MS={self.config.barge_in_resume_ms}")
         out += self._check_barge_in(now)
         out += self._report(now)
         out += self._publish_reference(now)
@@ -744,6 +862,8 @@ class SpeakerCore(NodeCore):
         wait_ns = int(POLL_S * _NS_PER_S)
         if self._speech is not None:
             wait_ns = min(wait_ns, self._speech.onset_ns + self.config.barge_in_min_speech_ms * 1_000_000 - now)
+        elif self._pause is not None:
+            wait_ns = min(wait_ns, self._pause.onset_ns + resume_ns - now)
         for turn in self._turns.values():
             for seg in turn.segments:
                 if seg.complete and not seg.reported:
@@ -770,12 +890,15 @@ class SpeakerCore(NodeCore):
     def on_end(self) -> list[Emit]:
         """The stream ended: close incomplete turns, report everything, and close the sink."""
         now = self.clock_ns()
+        out: list[Emit] = self._resume(now, "end of the stream")
         self._ended = True
-        out: list[Emit] = []
         if self._turns:
             newest = max(self._turns) + 1
             out += self._close_stalled(newest, now)
         out += self._report(now, flush=True)
+        if self.pauses:
+            logger.info("speaker: %d pause(s) at a speech onset, %d resumed (not a barge-in)", self.pauses,
+                        self.pauses_resumed)
         if self.fragments_discarded or self.speech_ignored:
             logger.info("speaker: %d fragment(s) of finished turns discarded, %d speech onset(s) ignored by the "
                         "echo guard", self.fragments_discarded, self.speech_ignored)

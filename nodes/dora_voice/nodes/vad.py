@@ -21,7 +21,10 @@ is counted only where the user could have been heard. Outputs:
       words after it are left to evaluate when the turn ends.
     * ``events`` — ``speech_started`` (once ``VAD_MIN_SPEECH_MS`` of speech, to the nearest frame, is confirmed;
       ``t_ns`` is the onset sample's time) and ``speech_ended`` (``t_ns`` is the last voiced sample's time), for
-      barge-in.
+      barge-in. Before that, ``speech_onset`` once ``BARGE_IN_PAUSE_MS`` (64 ms, 2 frames) of it is voiced, so the
+      speaker can pause the answer at once and the echo stops hiding the user while the speech is confirmed, and
+      ``onset_discarded`` (``t_ns``: the last voiced sample) when those frames turn out to be noise (no
+      ``VAD_MIN_SPEECH_MS`` of speech before ``VAD_MIN_SILENCE_MS`` of silence), so it resumes.
     * ``timing`` — the same two moments for the monitor; ``speech_ended`` also says which rule ended the turn
       (``eot_rule``), the model's probability (``eot_probability``) and the model's time (``eot_model_ms``).
 
@@ -111,6 +114,11 @@ class VadConfig:
     min_speech_ms: int = env_field("VAD_MIN_SPEECH_MS", 200, parse_int(min_value=32, max_value=5_000),
                                    "voiced time before speech counts (shorter blips are noise), ms, to the nearest "
                                    "32 ms frame (200: 6 frames, 192 ms)")
+    barge_in_pause_ms: int = env_field("BARGE_IN_PAUSE_MS", 64, parse_int(min_value=0, max_value=5_000),
+                                       "voiced time after which a speech onset is announced (speech_onset), so the "
+                                       "speaker pauses the answer while VAD_MIN_SPEECH_MS confirms it, ms, to the "
+                                       "nearest 32 ms frame (64: 2 frames); 0, or not below VAD_MIN_SPEECH_MS: "
+                                       "no pause, the answer stops at speech_started")
     speech_pad_ms: int = env_field("VAD_SPEECH_PAD_MS", 160, parse_int(min_value=0, max_value=2_000),
                                    "audio kept before the onset and after the end of an utterance, ms")
     max_speech_s: float = env_field("VAD_MAX_SPEECH_S", 25.0, parse_float(min_value=1.0, max_value=120.0),
@@ -211,6 +219,9 @@ class VadCore(NodeCore):
         # start_secs: VAD_MIN_SPEECH_MS=200 confirms speech after 6 voiced frames (192 ms)
         self.min_silence_frames = frames(config.min_silence_ms)
         self.min_speech_frames = frames(config.min_speech_ms)
+        self.pause_frames = frames(config.barge_in_pause_ms) if config.barge_in_pause_ms else 0
+        self._onset_announced = False  # speech_onset sent for the current onset, not yet confirmed or discarded
+        self.onsets_discarded = 0  # announced onsets that turned out to be noise
         self.pad_samples = int(config.speech_pad_ms * self.rate / 1000)
         self.max_samples = int(config.max_speech_s * self.rate)
         self.turn_id = 0
@@ -330,6 +341,7 @@ class VadCore(NodeCore):
                 self.state = VadState.ONSET
                 self._onset, self._last_voiced_end = start, end
                 self._voiced_frames, self._silent_frames = 1, 0
+                out += self._maybe_announce()
                 out += self._maybe_confirm()
             return out
         voiced = prob >= self.neg_threshold
@@ -346,10 +358,12 @@ class VadCore(NodeCore):
             self._silent_frames += 1
         if self.state is VadState.ONSET:
             if voiced:
+                out += self._maybe_announce()
                 out += self._maybe_confirm()
             elif self._silent_frames >= self.min_silence_frames:
                 logger.debug("discarded %d voiced frames as noise", self._voiced_frames)
                 self.state = VadState.SILENCE
+                out += self._discard_onset()
             return out
         if end - self._onset >= self.max_samples:
             return out + self._end_utterance(self.end_of_turn.forced(TurnRule.MAX_SPEECH))
@@ -393,9 +407,30 @@ class VadCore(NodeCore):
         return [emit(Output.SPEECH, Utterance(samples, self.rate, self.session_id, self.turn_id, start_ns, end_ns,
                                               self.clock_ns(), partial=True))]
 
+    def _maybe_announce(self) -> list[Emit]:
+        """``speech_onset`` once the onset has ``pause_frames`` voiced frames and is not yet speech."""
+        if (not self.pause_frames or self._onset_announced or self._voiced_frames < self.pause_frames
+                or self._voiced_frames >= self.min_speech_frames):
+            return []
+        self._onset_announced = True
+        return [emit(Output.EVENTS, VadEvent(VadEventKind.SPEECH_ONSET, self.session_id, self.turn_id,
+                                             self.sample_time_ns(self._onset), self.clock_ns()))]
+
+    def _discard_onset(self) -> list[Emit]:
+        """``onset_discarded`` when the onset dropped as noise had been announced."""
+        if not self._onset_announced:
+            return []
+        self._onset_announced = False
+        self.onsets_discarded += 1
+        logger.info("speech onset at %d discarded as noise after %d voiced frame(s) (%d so far)",
+                    self.sample_time_ns(self._onset), self._voiced_frames, self.onsets_discarded)
+        return [emit(Output.EVENTS, VadEvent(VadEventKind.ONSET_DISCARDED, self.session_id, self.turn_id,
+                                             self.sample_time_ns(self._last_voiced_end), self.clock_ns()))]
+
     def _maybe_confirm(self) -> list[Emit]:
         if self._voiced_frames < self.min_speech_frames:
             return []
+        self._onset_announced = False  # speech_started supersedes the announcement
         self.state = VadState.SPEECH
         self._partial_at = self._onset + self.partial_samples
         t_ns = self.sample_time_ns(self._onset)
@@ -444,7 +479,7 @@ class VadCore(NodeCore):
             logger.info("input ended during speech: closing the turn")
             return self._end_utterance(self.end_of_turn.forced(TurnRule.END_OF_STREAM))
         self.state = VadState.SILENCE
-        return []
+        return self._discard_onset()
 
 
 CONTRACT = NodeContract(
