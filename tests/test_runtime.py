@@ -218,3 +218,35 @@ def test_build_at_lowest_priority_runs_the_factory_on_a_thread_at_nice_19_whose_
 
     with pytest.raises(ValueError, match="no model here"):
         build_at_lowest_priority(broken, "test")
+
+
+def test_arrow_is_warmed_up_before_the_first_event(monkeypatch) -> None:
+    """The first numpy -> Arrow conversion of a process is slow (pyarrow sets it up then): the loop does it before it
+    reads the first event, not while it handles the first message."""
+    from dora_voice import runtime
+
+    clock = FakeClock()
+    node = EventNode(inputs(2) + [{"type": "INPUT_CLOSED", "id": "in"}], ["out"], clock)
+    events_left: list[int] = []
+    monkeypatch.setattr(runtime, "warm_up_arrow", lambda: events_left.append(len(node.events)) or 0.0)
+    run_node(node, Echo(clock_ns=clock), sleep=clock.sleep, monotonic=lambda: clock() / 1e9)
+    assert events_left == [3] and len(node.sent) == 3  # before the first of the 3 events; nothing else changes
+
+
+class Timed(NodeCore):
+    """Per input: a timing event, then two outputs on ``a`` and one on ``b``, interleaved with more timing."""
+
+    def on_input(self, input_id, value, metadata):
+        k = value[0].as_py()
+        return [("timing", pa.array([k]), {}), ("a", pa.array([k]), {}), ("timing", pa.array([k + 10]), {}),
+                ("b", pa.array([k]), {}), ("a", pa.array([k + 100]), {})]
+
+
+def test_a_batch_sends_its_timing_events_after_its_data_in_order() -> None:
+    clock = FakeClock()
+    sent: list[tuple[str, int]] = []
+    node = EventNode(inputs(2) + [{"type": "INPUT_CLOSED", "id": "in"}], ["a", "b", "timing"], clock)
+    node.send_output = lambda output_id, value, metadata: sent.append((output_id, value[0].as_py()))
+    run_node(node, Timed(clock_ns=clock), sleep=clock.sleep, monotonic=lambda: clock() / 1e9)
+    assert sent == [("a", 0), ("b", 0), ("a", 100), ("timing", 0), ("timing", 10),
+                    ("a", 1), ("b", 1), ("a", 101), ("timing", 1), ("timing", 11)]
