@@ -477,8 +477,9 @@ class SpeakerCore(NodeCore):
             raise SchemaError(f"segments_total {frag.segments_total} < 0")
         self.turn_ids.check(frag.turn_id, f"fragment {self._key(frag)}")
         now = self.clock_ns()
-        logger.debug("speaker: fragment %s received %.1f ms after the TTS made it", self._key(frag),
-                     (now - frag.t_ns) / 1e6)
+        if logger.isEnabledFor(logging.DEBUG):  # per fragment: nothing built unless asked for
+            logger.debug("speaker: fragment %s received %.1f ms after the TTS made it", self._key(frag),
+                         (now - frag.t_ns) / 1e6)
         if frag.session_id:
             self.session_id = frag.session_id
         if frag.turn_id < self._floor or frag.turn_id < self._max_started:

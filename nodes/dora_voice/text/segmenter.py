@@ -14,9 +14,9 @@ first segment is out, the later-segment rule after that):
    ``rule.clause_cut`` the segment may also end at a clause boundary (``, ; :`` followed by whitespace, or a
    spaced dash): a short first chunk buys latency, later chunks buy prosody (RealtimeTTS keeps first-fragment
    thresholds apart for the same reason).
-2. With ``rule.max_tokens``: after that many pushes (LLM tokens), cut at the end of the text if it ends at
-   punctuation after a word (a boundary the next token would confirm), else at the last whitespace (the
-   "max_tokens first, sentence_boundary after" pause strategy).
+2. With ``rule.max_tokens``: after that many pushes (LLM tokens), cut at the last clause or sentence boundary, the
+   end of the text included when it ends at punctuation after a word (a boundary the next token would confirm),
+   else at the last whitespace (the "max_tokens first, sentence_boundary after" pause strategy).
 3. The buffer is longer than ``rule.max_chars`` (no boundary can come in time): cut at the last clause boundary,
    else the last whitespace, at or before ``rule.cut_chars``; a run with no whitespace at all is cut hard there.
 
@@ -92,8 +92,9 @@ class SegmentRule:
         min_chars: shortest segment cut at a boundary (shorter pieces wait for more text; the last piece of a
             flush may be shorter). ``0 <= min_chars <= max_chars``.
         clause_cut: whether the segment may end at a clause boundary (comma, semicolon, colon, spaced dash).
-        max_tokens: cut after this many pushes (LLM tokens) even without a confirmed boundary: at the end of the
-            text when it ends at punctuation after a word, else at the last whitespace; ``None`` disables the rule.
+        max_tokens: cut after this many pushes (LLM tokens) even without a confirmed boundary: at the last clause or
+            sentence boundary (the end of the text included when it ends at punctuation after a word), else at the
+            last whitespace; ``None`` disables the rule.
         cut_chars: where a forced cut falls when the buffer outgrew ``max_chars`` with no boundary in
             ``min_chars..max_chars``: at the last clause boundary or whitespace at or before it. ``None`` (the
             default) means ``max_chars``; ``1 <= cut_chars <= max_chars``.
