@@ -606,3 +606,32 @@ def test_roundtrip_scores_what_was_heard_against_the_uninterrupted_replies(tmp_p
     # 1 word wrong ("made" heard as "ate") of 4 + 7 reference words; the interrupted turn's reply is not expected.
     assert entry["wer"] == pytest.approx(1 / 11)
     assert entry["worst"][0] == "librivox run-1" and entry["worst"][1] == pytest.approx(1 / 7)
+    assert entry["wer_whole"] is None  # no synthesizer given
+
+
+def test_roundtrip_also_scores_the_replies_synthesized_whole(tmp_path) -> None:
+    """The voice's own floor: each scored run's replies, joined in turn order, synthesized in one call and heard by
+    the same transcriber; runs without an answer are left out of it too."""
+    import numpy as np
+    import soundfile as sf
+
+    from dora_voice_tools.bench.roundtrip import HeardRun, roundtrip
+
+    wav = tmp_path / "run.wav"
+    sf.write(str(wav), np.full(1600, 0.1, dtype=np.float32), 16_000)
+    runs = [HeardRun("cards run-1", wav, [make_turn(1, reply="Seven of clubs."), make_turn(0, reply="Hello there.")]),
+            HeardRun("missing run-1", tmp_path / "absent.wav", [make_turn(0, reply="Hello.")])]
+    synthesized: list[str] = []
+
+    def synthesize(text: str) -> np.ndarray:
+        synthesized.append(text)
+        return np.full(3200, 0.2, dtype=np.float32)
+
+    def transcribe(samples) -> str:
+        # what the pipeline's cut answer was heard as, and what the whole synthesis was heard as
+        return "Hello there. Seven of clubs." if len(samples) == 1600 else "Hello there. Seven of gloves."
+
+    entry = roundtrip(runs, transcribe, synthesize)
+    assert synthesized == ["Hello there. Seven of clubs."]
+    assert entry["wer"] == 0.0 and entry["answers"] == 1
+    assert entry["wer_whole"] == pytest.approx(1 / 5)

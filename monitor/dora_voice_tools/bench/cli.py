@@ -260,12 +260,17 @@ class _Bench:
             self.say(f"answer round-trip WER: skipped ({roundtrip_plan.ROUNDTRIP_MODEL} is not installed: "
                      f"dora-voice-models install {roundtrip_plan.ROUNDTRIP_MODEL})")
             return
-        entries = {v: roundtrip_plan.roundtrip(runs, transcribe) for v, runs in heard.items()}
+        synthesize = roundtrip_plan.load_whole_synthesizer(
+            self.overrides.get("TTS_BACKEND", "piper"), {**os.environ, **self.overrides})
+        entries = {v: roundtrip_plan.roundtrip(runs, transcribe, synthesize) for v, runs in heard.items()}
         for v, entry in entries.items():
             worst = "" if not entry["worst"] else f"; worst {entry['worst'][0]} {entry['worst'][1]:.3f}"
             wer = "n/a" if entry["wer"] is None else f"{entry['wer']:.3f}"
+            floor = ("" if entry["wer_whole"] is None else
+                     f"; the same replies synthesized whole, one call each: {entry['wer_whole']:.3f} (the voice's "
+                     f"own floor)")
             self.say(f"answer round-trip WER ({v}; what was heard, transcribed by {entry['model']}, against the "
-                     f"replies): {wer} over {entry['answers']} answers{worst}")
+                     f"replies): {wer} over {entry['answers']} answers{worst}{floor}")
         self.summary["_roundtrip"] = next(iter(entries.values())) if len(entries) == 1 else entries
         self.write()
 

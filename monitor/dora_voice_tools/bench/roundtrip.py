@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -28,6 +28,9 @@ ROUNDTRIP_MODEL = "whisper-base"
 
 Transcriber = Callable[[np.ndarray], str]
 """16 kHz float32 mono samples -> text."""
+
+Synthesizer = Callable[[str], np.ndarray]
+"""A reply's text -> its speech, 16 kHz float32 mono, synthesized in one piece."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,29 @@ def load_transcriber(model: str = ROUNDTRIP_MODEL, threads: int = 2) -> Transcri
     return transcribe
 
 
+def load_whole_synthesizer(backend: str = "piper", env: Mapping[str, str] | None = None,
+                           sample_rate: int = 16_000) -> Synthesizer | None:
+    """The TTS engine the pipeline uses (``TTS_BACKEND``, its own settings from ``env``) as a :data:`Synthesizer`:
+    the reply normalized for speech as the TTS node does it, then synthesized in one call and resampled to
+    ``sample_rate``. ``None`` (logged) when the engine does not load."""
+    from dora_voice.audio import resample  # noqa: PLC0415 - the bench's optional part
+    from dora_voice.text.normalize import SpeechNormalizer  # noqa: PLC0415
+    from dora_voice.tts_engines import load_engine  # noqa: PLC0415
+
+    try:
+        engine = load_engine(backend, env)
+    except Exception as exc:  # noqa: BLE001 - a missing voice skips the floor, not the bench
+        logger.warning("the replies synthesized whole are skipped: the %s voice did not load (%s)", backend, exc)
+        return None
+
+    def synthesize(text: str) -> np.ndarray:
+        chunks = list(engine.synthesize(SpeechNormalizer().normalize(text)))
+        samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+        return resample(samples.astype(np.float32), engine.sample_rate, sample_rate)
+
+    return synthesize
+
+
 def read_answer(path: Path, sample_rate: int = 16_000) -> np.ndarray:
     """The answer WAV (the speaker writes it at the TTS's rate) as ``sample_rate`` float32 mono (soxr)."""
     from dora_voice.audio import read_wav_mono, resample  # noqa: PLC0415
@@ -69,13 +95,21 @@ def read_answer(path: Path, sample_rate: int = 16_000) -> np.ndarray:
     return resample(samples, rate, sample_rate)
 
 
-def roundtrip(runs: Sequence[HeardRun], transcribe: Transcriber) -> dict:
+def roundtrip(runs: Sequence[HeardRun], transcribe: Transcriber, synthesize: Synthesizer | None = None) -> dict:
     """The round-trip entry of summary.json over ``runs``.
 
+    Args:
+        runs: the voice runs.
+        transcribe: the second Whisper.
+        synthesize: when given, each scored run's replies are also synthesized whole (joined in turn order, one
+            call) and transcribed: ``wer_whole``, the voice's own floor.
+
     Returns:
-        ``{"wer": corpus WER or None, "answers": runs scored, "worst": [name, WER] or None, "model": ...}``; a run
-        is scored when its answer WAV exists and it has uninterrupted turns with a reply.
+        ``{"wer": corpus WER or None, "answers": runs scored, "worst": [name, WER] or None, "model": ...,
+        "wer_whole": corpus WER of the replies synthesized whole, or None}``; a run is scored when its answer WAV
+        exists and it has uninterrupted turns with a reply.
     """
+    whole: list[tuple[str, str]] = []
     pairs: list[tuple[str, str]] = []
     worst: tuple[str, float] | None = None
     for run in runs:
@@ -88,5 +122,10 @@ def roundtrip(runs: Sequence[HeardRun], transcribe: Transcriber) -> dict:
         if wer is not None and (worst is None or wer > worst[1]):
             worst = (run.name, wer)
         logger.info("%s: reply %r, heard %r (WER %s)", run.name, reference[:200], heard[:200], wer)
+        if synthesize is not None:
+            alone = transcribe(synthesize(reference))
+            whole.append((reference, alone))
+            logger.info("%s: the reply synthesized whole was heard as %r (WER %s)", run.name, alone[:200],
+                        corpus_wer([(reference, alone)]))
     return {"wer": corpus_wer(pairs), "answers": len(pairs), "worst": list(worst) if worst else None,
-            "model": ROUNDTRIP_MODEL}
+            "model": ROUNDTRIP_MODEL, "wer_whole": corpus_wer(whole) if whole else None}
