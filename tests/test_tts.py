@@ -21,7 +21,9 @@ from dora_voice.schema import (
     Verdict,
 )
 from dora_voice.tts_engines import TtsEngine
-from fakes import FakeClock, Out, check_turn, chunk, drain, make_tts, send, speech_started, verdict
+from fakes import (
+    TTS_RATE, FakeClock, FakeEngine, Out, check_turn, chunk, drain, make_tts, send, speech_started, verdict,
+)
 
 
 # -- fragments --------------------------------------------------------------------------------------------------
@@ -616,3 +618,62 @@ def test_fragments_say_whether_their_segment_ends_at_punctuation(clock: FakeCloc
     segments = out.segments()
     assert [segments[i][0].ends_at_punctuation for i in sorted(segments) if segments[i][0].samples.size] \
         == [False, True]
+
+
+# -- phrases synthesized once (TTS_CACHED_PHRASES, TTS_CACHE_MAX_WORDS) ---------------------------------------
+
+
+def test_a_cached_phrase_is_voiced_at_once_with_the_engines_own_audio(clock: FakeClock) -> None:
+    from dora_voice.nodes.tts import cached_engine
+
+    engine = FakeEngine(clock)
+    config = load_config(TtsConfig, {"TTS_CACHED_PHRASES": "Sure,|Yes."})
+    cache = cached_engine(engine, config)
+    assert engine.texts == ["Sure,", "Yes."]  # synthesized at start-up, normalized as the node does
+    prepared_at = clock.t_ns
+    core = TtsCore(config, cache, clock_ns=clock)
+    out = send(core, ("text", chunk("Sure,", 0)), ("text", chunk("here are ten of them.", 1, final=True)))
+    out = drain(core, out)
+    check_turn(out)
+    first = [f for f in out.audio if f.segment_index == 0]
+    # The cached opener took no synthesis time (the clock moves only when the fake engine computes) and is the
+    # audio the engine made for it; the rest of the reply is synthesized as usual.
+    first_fragment = [t for t in out.timing if t.kind is TimingKind.TTS_FIRST_FRAGMENT][0]
+    assert first_fragment.t_ns == prepared_at
+    assert sum(f.samples.shape[0] for f in first) == round(len("Sure,") * engine.ms_per_char / 1000 * TTS_RATE)
+    assert engine.texts == ["Sure,", "Yes.", "here are ten of them."]
+    assert cache.hits == 1 and cache.misses == 1
+    # The LLM's pacing learns the engine's speed: a chunk voiced from the cache reports no synthesis time.
+    assert [(d.text_segment_index, d.synth_ms) for d in out.done][0] == (0, 0.0)
+    assert out.done[1].synth_ms > 0 and out.done[0].audio_ms > 0
+
+
+def test_short_segments_of_the_session_are_kept_least_recently_used_first_out(clock: FakeClock) -> None:
+    from dora_voice.tts_engines.cache import PhraseCache
+
+    engine = FakeEngine(clock)
+    cache = PhraseCache(engine, max_words=2, capacity=2)
+    for text in ("Hello there.", "Hello there.", "One two three.", "One two three."):
+        assert np.concatenate(list(cache.synthesize(text))).shape[0] > 0
+    assert engine.texts == ["Hello there.", "One two three.", "One two three."]  # 3 words: never kept
+    list(cache.synthesize("Good."))
+    list(cache.synthesize("Hello there."))  # used again: now the most recent
+    list(cache.synthesize("Fine."))  # a third entry pushes out the least recently used ("Good.")
+    assert cache.cached("Hello there.") and cache.cached("Fine.") and not cache.cached("Good.")
+    # A synthesis abandoned half way (a barge-in closes the generator) is not kept.
+    audio = cache.synthesize("Stop. Now.")
+    next(audio)
+    audio.close()
+    assert not cache.cached("Stop. Now.")
+    # What a hit yields is a copy: the consumer may fade it in place.
+    first = next(cache.synthesize("Fine."))
+    first[:] = 0
+    assert np.all(next(cache.synthesize("Fine.")) != 0)
+
+
+def test_without_phrases_and_session_cache_the_engine_is_used_as_it_is(clock: FakeClock) -> None:
+    from dora_voice.nodes.tts import cached_engine
+
+    engine = FakeEngine(clock)
+    config = load_config(TtsConfig, {"TTS_CACHED_PHRASES": "none", "TTS_CACHE_MAX_WORDS": "0"})
+    assert cached_engine(engine, config) is engine and engine.texts == []

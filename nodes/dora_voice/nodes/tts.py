@@ -23,6 +23,12 @@ numbered 0, 1, … per turn by the TTS and carry ``text_segment_index`` = the LL
 ``RETURN_FRAGMENT`` each segment's audio leaves in fragments of about ``FRAGMENT_INTERVAL`` seconds as soon as the
 engine yields it (Piper: one chunk per sentence); without it, one fragment per segment.
 
+Cached phrases: a segment whose normalized text is one of ``TTS_CACHED_PHRASES`` (reply openers such as "Sure,",
+synthesized at start-up) or a short segment (at most ``TTS_CACHE_MAX_WORDS`` words) already synthesized in this
+session is voiced at once from the engine's earlier output (:mod:`dora_voice.tts_engines.cache`): a reply's first
+chunk is often such an opener, and when it is ready only after the confirmation its synthesis is the last step
+before the listener hears anything.
+
 Order: chunks are taken in ``segment_index`` order per turn, whatever order they arrive in (a reorder buffer of
 at most ``MAX_PENDING_CHUNKS``); a duplicate, a chunk after the turn's final one, or a turn id that cannot belong to
 the session (:class:`~dora_voice.turns.TurnSequence`) is an ``input_error`` and changes nothing.
@@ -52,7 +58,7 @@ import numpy as np
 import pyarrow as pa
 
 from dora_voice.config import (
-    ConfigError, env_field, parse_bool, parse_choice, parse_float, parse_int,
+    ConfigError, env_field, parse_bool, parse_choice, parse_float, parse_int, parse_str,
 )
 from dora_voice.contracts import NodeContract
 from dora_voice.runtime import Emit, NodeCore, UnknownInputError, emit
@@ -64,6 +70,7 @@ from dora_voice.text import normalize
 from dora_voice.text.normalize import SpeechNormalizer
 from dora_voice.text.segmenter import SegmentationPolicy, SegmentRule, TextSegmenter, ends_at_pause
 from dora_voice.tts_engines import ENGINES, TtsEngine
+from dora_voice.tts_engines.cache import DEFAULT_PHRASES, PhraseCache
 from dora_voice.turns import TurnSequence
 
 logger = logging.getLogger(__name__)
@@ -99,6 +106,14 @@ class TtsConfig:
                                            "audio per fragment, seconds")
     normalize_text: bool = env_field("TTS_NORMALIZE_TEXT", True, parse_bool,
                                      "spell out numbers/units/abbreviations, drop markdown and emoji")
+    cached_phrases: str = env_field(
+        "TTS_CACHED_PHRASES", "|".join(DEFAULT_PHRASES), parse_str,
+        "phrases synthesized at start-up and voiced at once when a segment is exactly one of them, separated by | "
+        "(reply openers such as 'Sure,'; none: no phrases)")
+    cache_max_words: int = env_field(
+        "TTS_CACHE_MAX_WORDS", 3, parse_int(min_value=0, max_value=50),
+        "segments of at most this many words synthesized during the session are kept and voiced at once when "
+        "the same text comes again (0: none)")
 
     def __post_init__(self) -> None:
         if self.min_segment_chars > self.max_segment_chars:
@@ -166,6 +181,7 @@ class _Synthesis:
     pending: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     fragments: int = 0
     samples: int = 0
+    cached: bool = False  # voiced from the phrase cache: no synthesis time to report for pacing
 
 
 class TtsCore(NodeCore):
@@ -410,8 +426,10 @@ class TtsCore(NodeCore):
         index = turn.segments_started
         turn.segments_started += 1
         now = self.clock_ns()
+        cached = getattr(self.engine, "cached", None)
         self.active = _Synthesis(chunk, index, text, iter(self.engine.synthesize(text)), now,
-                                 last_of_turn=chunk.is_final and not chunk.texts)
+                                 last_of_turn=chunk.is_final and not chunk.texts,
+                                 cached=bool(cached is not None and cached(text)))
         logger.debug("turn %d: segment %d (chunk %d): %r", turn.turn_id, index, chunk.text_segment_index, text)
         out = [self.timing(TimingKind.TTS_SEGMENT_START, turn.turn_id, chunk.received_ns, **{
             Key.SEGMENT_INDEX: index, Key.TEXT_SEGMENT_INDEX: chunk.text_segment_index, Key.TEXT: text})]
@@ -474,7 +492,8 @@ class TtsCore(NodeCore):
         now = self.clock_ns()
         turn.audio_samples += synth.samples
         chunk.audio_samples += synth.samples
-        chunk.synth_ns += now - synth.started_ns
+        if not synth.cached:  # segment_done's synth_ms is the engine's speed, for the LLM's pacing
+            chunk.synth_ns += now - synth.started_ns
         audio_ms = synth.samples * 1000 / self.sample_rate
         synth_ms = (now - synth.started_ns) / 1e6
         out.append(self.timing(TimingKind.TTS_SEGMENT_DONE, turn.turn_id, now, **{
@@ -574,6 +593,22 @@ CONTRACT = NodeContract(
 )
 
 
+def cached_engine(engine: TtsEngine, config: TtsConfig) -> TtsEngine:
+    """``engine`` behind a :class:`~dora_voice.tts_engines.cache.PhraseCache` holding ``TTS_CACHED_PHRASES``
+    (normalized as the node normalizes every segment) and the session's short segments; ``engine`` itself when
+    both are off."""
+    phrases = ([] if config.cached_phrases.strip().lower() == "none" else
+               [p.strip() for p in config.cached_phrases.split("|") if p.strip()])
+    if not phrases and not config.cache_max_words:
+        return engine
+    cache = PhraseCache(engine, max_words=config.cache_max_words)
+    if config.normalize_text:
+        cache.prepare(phrases, lambda text: SpeechNormalizer().normalize(text))
+    else:
+        cache.prepare(phrases, lambda text: " ".join(text.split()))
+    return cache
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the TTS node inside a dora dataflow: load and warm up the voice, then serve."""
     from dora_voice.models import ModelError
@@ -588,6 +623,7 @@ def main(argv: list[str] | None = None) -> None:
     engine.warmup()
     if config.normalize_text:
         normalize.warm_up()
+    engine = cached_engine(engine, config)
     from dora import Node
 
     from dora_voice.runtime import run_node
