@@ -2,7 +2,7 @@
 
 A reply's first chunk is often a short opener ("Sure,", "Yes,", "I'm sorry,"): the LLM cuts its first chunk at the
 first clause boundary so that it is spoken early, and when that chunk is only ready after the end of turn is
-confirmed, its synthesis is the last step before the listener hears anything (Piper: 80-110 ms for "Sure," on the
+confirmed, its synthesis is the last step before the listener hears anything (Piper: 80-130 ms for "Sure," on the
 2-core machine, about as long as for a whole short sentence). :class:`PhraseCache` synthesizes a list of such
 phrases at start-up (``TTS_CACHED_PHRASES``) and keeps every segment of at most ``TTS_CACHE_MAX_WORDS`` words that
 it synthesizes during the session (least recently used first out, :data:`CACHE_ENTRIES` entries), so the same text
