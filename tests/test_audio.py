@@ -60,6 +60,10 @@ def test_read_wav_mono_errors(tmp_path) -> None:
     bad.write_bytes(b"not a wav file at all")
     with pytest.raises(ValueError, match="cannot read"):
         audio.read_wav_mono(bad)
+    raw = tmp_path / "numbers.raw"  # headerless PCM: soundfile asks for a rate instead of reading it
+    raw.write_bytes(np.zeros(1600, np.int16).tobytes())
+    with pytest.raises(ValueError, match=r"raw\) PCM .*sox -t raw -r 16000 .* numbers.raw numbers.wav"):
+        audio.read_wav_mono(raw)
 
 
 def test_write_wav_roundtrip_and_clipping(tmp_path) -> None:

@@ -414,3 +414,25 @@ def test_the_first_cause_of_a_failed_start_is_found_among_the_later_tracebacks()
     ])
     assert first_failure(log).startswith("llm: dora-voice-llm: /m/x.gguf is truncated")
     assert first_failure("09:00:00 stdout monitor: all fine") is None
+    # dora 1.1 labels a node's stderr "stdout", and repeats it in its own ERROR block after the node exits.
+    real = "\n".join([
+        "09:59:00 INFO   vad: spawner spawning `/venv/bin/dora-voice-vad`",
+        "09:59:01 stdout mic: dora-voice-mic: AUDIO_INPUT: cannot read audio file /q.wav: No 'data' chunk marker.",
+        "\x1b[2m2026-11-28T09:59:02Z\x1b[0m \x1b[31mERROR\x1b[0m node_failure: node exited with error: ExitCode(2)",
+        "09:59:02 stdout vad: 09:59:02.232 INFO dora_voice.models: end-of-turn model: /m/smart-turn.onnx",
+        "09:59:02 WARN   asr: ValueError: not the cause",
+    ])
+    assert first_failure(real) == ("mic: dora-voice-mic: AUDIO_INPUT: cannot read audio file /q.wav: No 'data' chunk "
+                                   "marker.")
+
+
+def test_a_failed_run_shows_dora_s_last_lines_without_colours_or_backtrace() -> None:
+    from dora_voice_tools.launcher import failure_excerpt
+
+    log = "\n".join(["09:59:11 INFO   [dora]: daemon dataflow finished", "", "\x1b[31m[ERROR]\x1b[0m",
+                     "Node `mic` failed: exited with code 2", "Location:", "    binaries/cli/src/common.rs:55:17",
+                     "Stack backtrace:", "   0: eyre::capture", "      at /cargo/eyre/src/lib.rs:10:5",
+                     "  30: _start", "dora-voice: the end"])
+    excerpt = failure_excerpt(log, lines=5).splitlines()
+    assert excerpt == ["[ERROR]", "Node `mic` failed: exited with code 2", "Location:",
+                       "    binaries/cli/src/common.rs:55:17", "dora-voice: the end"]

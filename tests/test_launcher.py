@@ -59,3 +59,75 @@ echo "$2" > {seen}; pwd >> {seen}; echo "all nodes are ready"; exit 0
     own.write_bytes(VOICE_DATAFLOW.read_bytes())
     launcher.run_dataflow(own, tmp_path / "run2", timeout_s=30)
     assert seen.read_text().split() == [str(own), str(tmp_path)]  # a YAML of the user's runs where it is
+
+
+def test_run_refuses_an_unreadable_recording_before_dora_starts(tmp_path, monkeypatch, capsys) -> None:
+    import numpy as np
+    import pytest
+
+    import dora_voice_tools.cli as cli
+    from dora_voice import audio
+
+    started = []
+    monkeypatch.setattr(cli, "run_dataflow", lambda *a, **k: started.append(a))
+    raw = tmp_path / "q.raw"
+    raw.write_bytes(np.zeros(1600, np.int16).tobytes())
+    empty = tmp_path / "empty.wav"
+    audio.write_wav(empty, np.zeros(0, np.float32), 16_000)
+    for path, problem in ((raw, "headerless"), (empty, "holds no audio samples"),
+                          (tmp_path / "missing.wav", "not found")):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["run", "--input", str(path), "--out-dir", str(tmp_path / "run")])
+        assert str(exc.value).startswith("dora-voice: --input: ") and problem in str(exc.value)
+        assert str(path) in str(exc.value)
+    assert started == []
+
+
+def test_run_says_when_a_recording_held_no_speech(tmp_path, monkeypatch, capsys) -> None:
+    import numpy as np
+
+    import dora_voice_tools.cli as cli
+    from dora_voice import audio
+    from dora_voice_tools.launcher import RunResult
+
+    quiet = tmp_path / "quiet.wav"
+    audio.write_wav(quiet, np.full(8_000, 0.01, np.float32), 16_000)  # 0.5 s at -40 dBFS
+    out = tmp_path / "run"
+    monkeypatch.setattr(cli, "run_dataflow", lambda yaml, out_dir, env, **k: RunResult(
+        0, 1.0, out_dir, out_dir / "timing.jsonl", Path(env["AUDIO_OUTPUT"])))
+    try:
+        cli.main(["run", "--input", str(quiet), "--out-dir", str(out)])
+    except SystemExit as exc:
+        assert exc.code == 0
+    text = capsys.readouterr().out
+    assert "no turn: the VAD heard no speech in" in text and "(0.50 s of audio, peak -40 dBFS)" in text
+    assert "VAD_THRESHOLD" in text
+
+
+def test_run_points_to_a_larger_asr_model_when_utterances_got_no_transcript(tmp_path, monkeypatch, capsys) -> None:
+    import numpy as np
+
+    import dora_voice_tools.cli as cli
+    from dora_voice import audio
+    from dora_voice_monitor.sinks import write_session
+    from dora_voice_tools.launcher import RunResult
+
+    speech = tmp_path / "q.wav"
+    audio.write_wav(speech, np.full(8_000, 0.5, np.float32), 8_000)
+
+    def fake_run(yaml, out_dir, env, **_kwargs):
+        out_dir.mkdir(parents=True)
+        report = out_dir / "timing.jsonl"
+        report.write_text("")
+        write_session(report, [0, 1], [])  # what the monitor writes when the ASR kept no words
+        return RunResult(0, 1.0, out_dir, report, Path(env["AUDIO_OUTPUT"]))
+
+    monkeypatch.setattr(cli, "run_dataflow", fake_run)
+    try:
+        cli.main(["run", "--input", str(speech), "--out-dir", str(tmp_path / "run")])
+    except SystemExit as exc:
+        assert exc.code == 0
+    text = capsys.readouterr().out
+    assert "utterances without a transcript: 2 (turns 0, 1)" in text
+    assert "2 utterance(s) got no transcript" in text and "--set ASR_MODEL=whisper-base" in text
+    assert "no turn: the VAD heard no speech" not in text

@@ -415,3 +415,20 @@ def test_speculation_counts_are_split_between_transcripts_and_replies():
             "tts_speculation_cancelled=1"} <= set(report._notes(turn))
     plain = collect(sc.turn0())[0]
     assert (plain.speculation_cancelled, plain.llm_speculation, plain.llm_speculation_cancelled) == (0, None, 0)
+
+
+def test_the_session_record_beside_the_report_keeps_speech_without_transcript_for_the_launcher(tmp_path, capsys):
+    from dora_voice_monitor.sinks import read_session, session_path
+    from dora_voice_tools.cli import print_report
+
+    report_path = tmp_path / "timing.jsonl"
+    session_path(report_path).write_text('{"unanswered_turns": [7], "input_errors": []}\n')  # an earlier run's
+    core = MonitorCore(MonitorConfig(timing_report=report_path), out=io.StringIO())
+    assert read_session(report_path) == ([], [])  # removed at start: it described another session
+    feed(core, sc.all_turns())
+    core.on_end()
+    assert read_session(report_path) == ([3], ["tts: text: text payload is empty"])  # the scenario's bad input
+    assert print_report(report_path) == (3, 1)
+    printed = capsys.readouterr().out
+    assert "utterances without a transcript: 1 (turns 3)" in printed
+    assert "tts: text: text payload is empty" in printed

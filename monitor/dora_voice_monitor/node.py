@@ -26,7 +26,7 @@ from dora_voice.schema import AudioFragment, Key, TimingEvent, TimingKind
 
 from dora_voice_monitor import report
 from dora_voice_monitor.collector import DEFAULT_GRACE_S, TimingCollector, TurnRecord, summarize, summarize_echo
-from dora_voice_monitor.sinks import JsonlWriter, PlotTarget, WavCollector
+from dora_voice_monitor.sinks import JsonlWriter, PlotTarget, WavCollector, session_path, write_session
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +112,8 @@ class MonitorCore(NodeCore):
         self.collector = TimingCollector(grace_s=grace_s, clock_ns=monotonic_ns)
         self.turns: list[TurnRecord] = []
         self._jsonl = JsonlWriter(config.timing_report) if config.timing_report else None
+        if config.timing_report:  # an earlier run's session record would describe another session
+            session_path(config.timing_report).unlink(missing_ok=True)
         self._echo = JsonlWriter(config.echo_report) if config.echo_report else None
         self._plots = PlotTarget(config.plot_dir) if config.plot_dir else None
         self._audio = WavCollector(config.save_audio) if config.save_audio else None
@@ -162,6 +164,8 @@ class MonitorCore(NodeCore):
             self._report(self.collector.flush())
         self._write(report.session_summary(summarize(self.turns, self.collector.error_details(),
                                                      self.collector.unanswered_turns)))
+        if self.config.timing_report:
+            write_session(self.config.timing_report, self.collector.unanswered_turns, self.collector.error_details())
         echo = report.echo_summary(summarize_echo(self.collector.aec_stats))
         if echo:
             self._write(echo)

@@ -1,11 +1,12 @@
-"""Where the monitor writes besides stdout: the JSONL turn report, per-turn timeline PNGs and a WAV of TTS audio."""
+"""Where the monitor writes besides stdout: the JSONL turn report and its session record, per-turn timeline PNGs and
+a WAV of TTS audio."""
 
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from dora_voice.schema import AudioFragment
@@ -36,6 +37,31 @@ class JsonlWriter:
         """Close the file (idempotent)."""
         if not self._file.closed:
             self._file.close()
+
+
+def session_path(report: str | Path) -> Path:
+    """Where the monitor writes what a session had besides its turns, beside the JSONL report ``report``:
+    ``timing.jsonl`` -> ``timing.session.json``."""
+    report = Path(report)
+    return report.with_name(report.stem + ".session.json")
+
+
+def write_session(report: str | Path, unanswered_turns: Sequence[int], input_errors: Sequence[str]) -> None:
+    """Write the session record beside ``report`` (see :func:`session_path`): ``{"unanswered_turns": [turn ids with
+    speech but no transcript], "input_errors": ["node: detail", ...]}``."""
+    session_path(report).write_text(json.dumps({"unanswered_turns": list(unanswered_turns),
+                                                "input_errors": list(input_errors)}, ensure_ascii=False) + "\n",
+                                    encoding="utf-8")
+
+
+def read_session(report: str | Path) -> tuple[list[int], list[str]]:
+    """``(unanswered_turns, input_errors)`` from the session record beside ``report``; empty lists when there is
+    none (a run that did not end cleanly, or a monitor without ``TIMING_REPORT``)."""
+    path = session_path(report)
+    if not path.exists():
+        return [], []
+    record = json.loads(path.read_text(encoding="utf-8"))
+    return [int(t) for t in record.get("unanswered_turns", [])], [str(e) for e in record.get("input_errors", [])]
 
 
 class PlotTarget:

@@ -13,15 +13,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import time
 from pathlib import Path
 
-from dora_voice_tools.launcher import LaunchError, first_failure, read_report, run_dataflow
+import numpy as np
+
+from dora_voice_tools.launcher import LaunchError, failure_excerpt, first_failure, read_report, run_dataflow
 from dora_voice_tools.resources import QUICKSTART_RECORDING, VOICE_DATAFLOW, runs_dir
 
 logger = logging.getLogger(__name__)
+
+QUIET_DBFS = -30.0
+"""A recording whose peak is below this (dBFS) is called quiet when no speech was found in it."""
 
 
 def _parse_sets(pairs: list[str]) -> dict[str, str]:
@@ -34,26 +40,28 @@ def _parse_sets(pairs: list[str]) -> dict[str, str]:
     return env
 
 
-def print_report(report: Path) -> int:
-    """Print the per-turn table and the summary from a JSONL timing report; return the number of turns."""
+def print_report(report: Path) -> tuple[int, int]:
+    """Print the per-turn table and the summary (as the monitor printed them) from a JSONL timing report and the
+    monitor's session record beside it; return ``(turns, utterances without a transcript)``."""
     from dora_voice_monitor.collector import TurnRecord, summarize
     from dora_voice_monitor.report import live_header, live_row, session_summary
+    from dora_voice_monitor.sinks import read_session
 
     turns = [TurnRecord.from_json(record) for record in read_report(report)]
+    unanswered, errors = read_session(report)
     print(live_header())
     for turn in turns:
         print(live_row(turn))
     print()
-    print(session_summary(summarize(turns)))
-    return len(turns)
+    print(session_summary(summarize(turns, errors, unanswered)))
+    return len(turns), len(unanswered)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     runs = runs_dir()
     out_dir = Path(args.out_dir or runs / time.strftime("%Y%m%d-%H%M%S")).resolve()
     audio_in = Path(args.input).expanduser().resolve()
-    if not audio_in.is_file():
-        raise SystemExit(f"--input {audio_in}: no such file")
+    duration_s, peak_dbfs = check_input(audio_in)
     audio_out = Path(args.output).expanduser().resolve() if args.output else out_dir / "answer.wav"
     env = {"AUDIO_INPUT": str(audio_in), "AUDIO_OUTPUT": str(audio_out),
            "TIMING_REPORT": str(out_dir / "timing.jsonl"), **_parse_sets(args.set)}
@@ -65,17 +73,48 @@ def cmd_run(args: argparse.Namespace) -> int:
             latest.unlink()
         latest.symlink_to(out_dir.name)
     if result.returncode != 0:
-        sys.stderr.write(result.log[-6000:])
+        print(failure_excerpt(result.log), file=sys.stderr)
         print(f"dora-voice: the dataflow failed (exit {result.returncode}); full log: {out_dir}/dora.log",
               file=sys.stderr)
         cause = first_failure(result.log)
         if cause:  # last, so it is what the user reads: the other nodes' errors follow from it
             print(f"dora-voice: first failure: {cause}", file=sys.stderr)
         return result.returncode
-    print_report(result.report_path)
+    turns, unanswered = print_report(result.report_path)
+    if unanswered:
+        print(f"\n{unanswered} utterance(s) got no transcript: Whisper found no words it was confident of (the asr "
+              f"lines of {out_dir}/dora.log show what it heard). For noisy or telephone-band (8 kHz) recordings, a "
+              f"larger ASR model helps: dora-voice-models install whisper-base, then --set ASR_MODEL=whisper-base")
+    elif turns == 0:
+        hint = (": a recording this quiet may need a lower VAD_THRESHOLD (--set VAD_THRESHOLD=0.3), or a louder "
+                "export" if peak_dbfs < QUIET_DBFS else "")
+        print(f"\nno turn: the VAD heard no speech in {audio_in} ({duration_s:.2f} s of audio, peak "
+              f"{peak_dbfs:.0f} dBFS){hint}")
     print(f"\nwhat the listener heard: {audio_out}\ntiming report: {result.report_path}\nwall time: "
           f"{result.wall_s:.1f} s")
     return 0
+
+
+def check_input(path: Path) -> tuple[float, float]:
+    """Check ``--input`` as the mic node will (:func:`dora_voice.nodes.mic.check_input_samples`), before dora
+    starts, so that a file the mic cannot replay stops the command at once with one line naming it.
+
+    Returns:
+        ``(duration_s, peak_dbfs)`` of the recording (the peak of its mono mix, dB relative to full scale).
+
+    Raises:
+        SystemExit: the file is missing, cannot be decoded as audio, or holds no usable samples.
+    """
+    from dora_voice import audio
+    from dora_voice.nodes.mic import check_input_samples
+
+    try:
+        samples, rate = audio.read_wav_mono(path)
+        samples = check_input_samples(path, samples, rate)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"dora-voice: --input: {exc}") from None
+    peak = float(np.max(np.abs(samples)))
+    return samples.shape[0] / rate, 20 * math.log10(peak) if peak > 0 else float("-inf")
 
 
 def cmd_live(args: argparse.Namespace) -> int:

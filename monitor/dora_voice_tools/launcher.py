@@ -28,6 +28,7 @@ from typing import Any, Mapping
 
 from dora_voice.link import ACK_PREFIX
 from dora_voice.schema import Output
+from dora_voice_monitor.sinks import session_path
 from dora_voice_tools import resources
 
 logger = logging.getLogger(__name__)
@@ -122,8 +123,8 @@ def run_dataflow(yaml_path: Path, out_dir: Path, env: Mapping[str, str] | None =
     extra = dict(env or {})
     extra.setdefault("TIMING_REPORT", str(out_dir / "timing.jsonl"))
     report = Path(extra["TIMING_REPORT"])
-    if report.exists():
-        report.unlink()
+    report.unlink(missing_ok=True)
+    session_path(report).unlink(missing_ok=True)
     machines = parse_machines(extra.get(MACHINES_ENV, ""))
     if machines:
         # Two daemons on this host (edge and server): the same YAML with `deploy: {machine: ...}` per node.
@@ -300,10 +301,26 @@ def first_failure(log: str) -> str | None:
     states a fatal error (a node's own exit message ``dora-voice-x: ...``, or a Python exception line), or ``None``.
 
     When one node fails at start, the nodes that then cannot connect print their own tracebacks after it; the
-    earliest cause is the one to fix.
+    earliest cause is the one to fix. dora 1.1 labels what a node writes to stderr ``stdout`` in its log lines, so
+    both labels are searched (and dora's own ``ERROR``, which repeats a node's stderr when it exits).
     """
     for raw in log.splitlines():
         match = _LOG_LINE.match(_ANSI.sub("", raw).strip())
-        if match and match.group(1) in ("stderr", "ERROR") and _CAUSE.match(match.group(3).strip()):
+        if match and match.group(1) != "WARN" and _CAUSE.match(match.group(3).strip()):
             return f"{match.group(2)}: {match.group(3).strip()}"
     return None
+
+
+def failure_excerpt(log: str, lines: int = 12) -> str:
+    """The last ``lines`` lines of dora's output worth showing after a failed run: ANSI colours removed, and
+    without the Rust backtrace frames dora prints after its error (``  12: symbol`` / ``at file:line``)."""
+    kept = []
+    for raw in log.splitlines():
+        line = _ANSI.sub("", raw).rstrip()
+        if not line or _BACKTRACE.match(line) or line.startswith("Stack backtrace:"):
+            continue
+        kept.append(line)
+    return "\n".join(kept[-lines:])
+
+
+_BACKTRACE = re.compile(r"^\s+(\d+: |at )")

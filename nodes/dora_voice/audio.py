@@ -45,13 +45,17 @@ def read_wav_mono(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file cannot be decoded as audio.
+        ValueError: the file cannot be decoded as audio (also a headerless raw PCM file: it carries no rate).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"audio file not found: {path}")
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except TypeError:  # soundfile asks for the rate and format of a headerless file (.raw, .pcm) instead of reading
+        raise ValueError(f"cannot read audio file {path}: headerless (raw) PCM gives no sample rate or sample format; "
+                         f"convert it to WAV first, e.g. `sox -t raw -r 16000 -e signed -b 16 -c 1 {path.name} "
+                         f"{path.stem}.wav`") from None
     except (RuntimeError, sf.LibsndfileError) as exc:
         raise ValueError(f"cannot read audio file {path}: {exc}") from None
     if data.shape[1] == 1:
