@@ -99,7 +99,12 @@ def test_llama_cpp_prefill_after_dropping_old_exchanges_moves_the_kept_ones_in_t
     shifted = "".join(llama.stream([system, *kept, question], max_tokens=12))
     llama.llm.reset()  # the same prompt on an empty cache
     fresh = "".join(llama.stream([system, *kept, question], max_tokens=12))
-    assert shifted.split()[:3] == fresh.split()[:3], (shifted, fresh)  # greedy: the same answer
+    # Greedy, the same start of the answer. Only the start: a shifted cache is rotated in place (RoPE), not
+    # evaluated again, so its values differ in the last bits, and past the first words the 135M model's greedy path
+    # can fork ("An orange fruit is ..." against "An orange is ..." with llama.cpp built for AVX-512 here). A cache
+    # moved wrongly answers something else from the first token on.
+    assert shifted.split()[:2] == fresh.split()[:2], (shifted, fresh)
+    assert "orange" in shifted.lower(), shifted
 
 
 @pytest.mark.real_model
@@ -176,7 +181,15 @@ def test_llama_cpp_a_partial_prompt_evaluated_ahead_on_one_thread_is_reused_by_t
     _reused, evaluated_now = backend.last_prefill
     tail_words = backend.count_tokens(" " + " ".join(words[9:]))
     assert evaluated_now <= tail_words + backend._template_tail([system]) + 1
+    cached = list(backend.llm.input_ids[:backend.llm.n_tokens])
     ahead = "".join(backend.stream([system, {"role": "user", "content": " ".join(words)}], max_tokens=8))
     backend.llm.reset()  # the same prompt on an empty cache, all threads
+    list(backend.prefill([system, {"role": "user", "content": " ".join(words)}]))
+    # The cache holds exactly the tokens of the whole prompt evaluated at once: nothing of the open end is left.
+    assert cached == list(backend.llm.input_ids[:backend.llm.n_tokens])
     fresh = "".join(backend.stream([system, {"role": "user", "content": " ".join(words)}], max_tokens=8))
-    assert ahead.split()[:3] == fresh.split()[:3], (ahead, fresh)  # greedy: the same answer
+    # Greedy, the same first word. Only the first: a prompt evaluated in two batches on one thread, then two, is
+    # not bit-identical to one batch on two threads (llama.cpp picks its kernels by batch size), and the 135M
+    # model's greedy path can fork after it ("The river that ..." against "The sea that ..." with llama.cpp built
+    # for AVX-512 here).
+    assert ahead.split()[:1] == fresh.split()[:1], (ahead, fresh)
