@@ -156,7 +156,29 @@ def test_barge_in_after_generation_trims_history_to_the_heard_part() -> None:
     core.handle("playback", *PlaybackEvent(PlaybackKind.TURN_INTERRUPTED, "s", 0, 1, 1, 0.5, 2).encode())
     ask(core, "next", 1)
     core.step()
-    assert backend.prompts[1][2]["content"] == "One two. Three ..."
+    assert backend.prompts[1][2]["content"] == "One two. Three"  # no marker: the model would imitate it
+
+
+def test_a_reply_heard_not_at_all_leaves_no_assistant_message_and_its_question_opens_the_next() -> None:
+    core, backend = make({"LLM_CHUNK_MIN_CHARS": "0", "LLM_FIRST_CHUNK_MIN_CHARS": "0"},
+                         tokens=["Paris", " is", " the", " capital", "."])
+    ask(core, "What is the capital of France?", 0)
+    run_all(core)
+    core.handle("playback", *PlaybackEvent(PlaybackKind.SEGMENT_INTERRUPTED, "s", 0, 0, 0, 0.0, 1).encode())
+    core.handle("playback", *PlaybackEvent(PlaybackKind.TURN_INTERRUPTED, "s", 0, 0, 0, 0.0, 1).encode())
+    ask(core, "And of Germany?", 1)
+    core.step()
+    prompt = backend.prompts[1]
+    assert [m["role"] for m in prompt] == ["system", "user"]  # no "..." reply for the model to imitate
+    assert prompt[1]["content"] == "What is the capital of France?\nAnd of Germany?"
+    run_all(core)
+    core.handle("playback", *PlaybackEvent(PlaybackKind.SEGMENT_PLAYED, "s", 1, 0, 0, 1.0, 1).encode())
+    ask(core, "Thanks.", 2)
+    core.step()
+    prompt = backend.prompts[2]
+    assert [m["role"] for m in prompt] == ["system", "user", "assistant", "user"]  # roles alternate
+    assert prompt[1]["content"] == "What is the capital of France?\nAnd of Germany?"
+    assert prompt[2]["content"] == "Paris is the capital." and prompt[3]["content"] == "Thanks."
 
 
 @pytest.mark.parametrize("input_id,value,meta", [

@@ -44,7 +44,7 @@ the content's own tokens when a prompt is fitted to the context window."""
 
 @dataclass
 class Exchange:
-    """One turn: what the user said and what the assistant said (as far as it was heard)."""
+    """One turn: what the user said and what the assistant said (as far as it was heard; ``""`` for nothing)."""
 
     turn_id: int
     user: str
@@ -75,12 +75,25 @@ class ConversationHistory:
         self.exchanges: list[Exchange] = []
 
     def messages(self, user_text: str) -> list[Message]:
-        """The prompt for a new user message: system, kept exchanges, the new message."""
+        """The prompt for a new user message: system, kept exchanges, the new message.
+
+        An exchange whose answer the listener heard none of (a barge-in before its first word) has no assistant
+        message: its user text opens the next user message, on a line of its own, so roles still alternate (some
+        chat templates refuse two user messages in a row) and the question that was cut short stays in context.
+        A placeholder reply ("...") would be imitated: measured with Qwen2.5-Coder-0.5B, greedy, over 8 follow-up
+        questions, the next reply was "..." itself in 5 of them (README, *Conversation behaviour*).
+        """
         out: list[Message] = [{"role": "system", "content": self.system_prompt}]
+        unanswered: list[str] = []
         for ex in self.exchanges:
-            out.append({"role": "user", "content": ex.user})
+            if not ex.assistant.strip():
+                unanswered.append(ex.user)
+                continue
+            out.append({"role": "user", "content": "\n".join([*unanswered, ex.user])})
             out.append({"role": "assistant", "content": ex.assistant})
-        out.append({"role": "user", "content": user_text})
+            unanswered = []
+        out.append({"role": "user", "content": "\n".join([*unanswered, user_text]) if user_text else
+                    "\n".join(unanswered)})
         return out
 
     def fit(self, user_text: str, budget_tokens: int) -> tuple[list[Message], int, bool]:
@@ -149,7 +162,8 @@ class ConversationHistory:
         return len(self.exchanges) < before
 
     def set_heard(self, turn_id: int, heard: str) -> bool:
-        """Replace the assistant text of ``turn_id`` by what the listener heard (after a barge-in).
+        """Replace the assistant text of ``turn_id`` by what the listener heard (after a barge-in; ``""`` when
+        nothing: see :meth:`messages`).
 
         Returns:
             True if the turn is still in the history.

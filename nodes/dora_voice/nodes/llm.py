@@ -930,9 +930,12 @@ class LlmCore(NodeCore):
         return []
 
     def _heard_text(self, turn_id: int) -> str:
-        """What the listener heard of ``turn_id``: fully played chunks plus the played share of the cut one.
+        """What the listener heard of ``turn_id``: fully played chunks plus the played share of the cut one;
+        ``""`` when nothing was heard (the history then keeps no reply for the turn).
 
-        The share is applied to words, an approximation (speech rate is not uniform).
+        The share is applied to words, an approximation (speech rate is not uniform). No marker is added where the
+        reply was cut: the model imitates its own earlier replies, and a reply kept as "One two. Three ..." made
+        the next ones end in "..." (README, *Conversation behaviour*).
         """
         heard = self.heard.get(turn_id, {})
         parts: list[str] = []
@@ -944,9 +947,9 @@ class LlmCore(NodeCore):
             words = text.split()
             cut = int(len(words) * fraction)
             if cut:
-                parts.append(" ".join(words[:cut]) + " ...")
+                parts.append(" ".join(words[:cut]))
             break
-        return " ".join(parts) if parts else "..."
+        return " ".join(parts)
 
 
 CONTRACT = NodeContract(
