@@ -139,7 +139,10 @@ class AecCore(NodeCore):
         config: aec settings.
         canceller: the echo canceller (:func:`~dora_voice.echo.load_canceller`); ``None`` passes audio through.
         clock_ns: wall clock (for the CPU share).
-        cpu_clock: process CPU time in s (``time.process_time``).
+        cpu_clock: process CPU time in s (``time.process_time``): the node's whole share.
+        thread_clock: this thread's CPU time in s (``time.thread_time``): the cancellers' own share. Both libraries
+            compute in the calling thread; the process clock would also count what the node's other threads (dora's
+            receive and send threads) did during each call.
 
     Counters: ``frames`` (10 ms frames processed), ``missing_reference_ms``, ``realignments``,
     ``delay_ms`` (latest accepted estimate, or None).
@@ -150,13 +153,15 @@ class AecCore(NodeCore):
     def __init__(self, config: AecConfig, canceller: EchoCanceller | None, *,
                  linear: EchoCanceller | None = None,
                  clock_ns: Callable[[], int] = time.time_ns,
-                 cpu_clock: Callable[[], float] = time.process_time) -> None:
+                 cpu_clock: Callable[[], float] = time.process_time,
+                 thread_clock: Callable[[], float] = time.thread_time) -> None:
         super().__init__(clock_ns)
         self.config = config
         self.canceller = canceller
         self.linear = linear
         self._last_active_end: int | None = None  # mic sample index just after the last audible reference frame
         self.cpu_clock = cpu_clock
+        self.thread_clock = thread_clock
         self.reference = ReferenceBuffer(RATE_HZ, keep_ms=4000)
         self._held: deque[AudioChunk] = deque()
         self._lag: int | None = None
@@ -304,10 +309,10 @@ class AecCore(NodeCore):
         self._mic, self._ref = self._mic[n:], self._ref[n:]
         start = self._offset
         self._offset += n
-        before = self.cpu_clock()
+        before = self.thread_clock()
         cleaned = np.asarray(self.canceller.process(mic, ref), dtype=np.float32)
         linear = None if self.linear is None else np.asarray(self.linear.process(mic, ref), dtype=np.float32)
-        self.process_s += self.cpu_clock() - before
+        self.process_s += self.thread_clock() - before
         self.frames += n // FRAME
         frames = mic.shape[0] // FRAME
         active = np.mean(ref[: frames * FRAME].astype(np.float64).reshape(frames, FRAME) ** 2, axis=1) \
