@@ -24,8 +24,8 @@ from dora_voice_tools.bench.plans import (
     parse_catalog, parse_scenario, plan_items, resolve_plan, run_env, variants_for,
 )
 from dora_voice_tools.bench.reporting import (
-    corpus_wer, item_summary, median, median_turn, overall_stats, ratio, render_compare_table,
-    render_v2v_parts_table, render_voice_table, rss_report,
+    corpus_wer, item_summary, median, median_turn, overall_stats, paired_differences, ratio, render_compare_table,
+    render_paired, render_v2v_parts_table, render_voice_table, rss_report,
 )
 from fakes import make_turn
 from dora_voice_tools.bench.running import RssSample, RssSampler, stress_checks, turn_problems
@@ -317,6 +317,46 @@ def test_overall_stats_p50_p90() -> None:
     stats = overall_stats(turns)
     assert stats["first_audio_ms"] == {"p50": 300.0, "p90": 460.0, "n": 5}
     assert stats["asr_latency_ms"] == {"p50": None, "p90": None, "n": 0}
+
+
+def test_paired_differences_match_turns_in_order_and_skip_runs_split_differently() -> None:
+    def run(*values: float | None) -> list[TurnRecord]:
+        return [make_turn(i, first_audio_ms=v) for i, v in reversed(list(enumerate(values)))]  # any order
+
+    entry = paired_differences([(run(700.0, 1000.0), run(720.0, 1010.0)),  # +20, +10
+                                (run(650.0, None), run(600.0, 900.0)),  # -50; the unknown one is no pair
+                                (run(800.0), run(800.0, 820.0))])  # the VAD split it differently: left out
+    assert entry == {"metric": "first_audio_ms", "pairs": 3, "median_ms": 10.0, "mean_ms": pytest.approx(-20 / 3),
+                     "min_ms": -50.0, "max_ms": 20.0, "runs_left_out": 1}
+    line = render_paired(["one_machine", "two_daemons"], entry)
+    assert "two_daemons - one_machine" in line and "median +10 ms" in line and "3 turns" in line
+    assert "1 run pair(s) left out" in line
+    assert paired_differences([(run(800.0), run())]) is None
+    assert "no turns to pair" in render_paired(["a", "b"], None)
+
+
+def test_two_variants_of_a_recording_alternate_run_by_run_and_are_paired(tmp_path: Path, monkeypatch) -> None:
+    catalog = tiny_catalog(p={"scenarios": ["v"], "stream": True, "repeat": 2,
+                              "variants": {"here": {}, "there": {"X": "1"}}})
+    plan, catalog = resolve_plan(catalog, "p", [], None, None)
+    bench = bench_cli._Bench(plan, plans.plan_items(plan, catalog), tmp_path, {})
+    order: list[str] = []
+
+    def fake_run(item, variant, run_dir, turns, queries):
+        order.append(f"{variant.name} {run_dir.name}")
+        latency = 500.0 + 100 * len(order) + (30.0 if variant.name == "there" else 0.0)
+        return running.RunOutcome(variant.name, run_dir, 0, 1.0, [make_turn(0, first_audio_ms=latency)])
+
+    monkeypatch.setattr(bench, "run_one", fake_run)
+    monkeypatch.setattr(bench, "run_roundtrip", lambda heard: None)
+    monkeypatch.setattr(bench, "plot", lambda *args: None)
+    bench.run_compare()
+    # in turns, the order reversed every other time: a drift of the machine (here +100 ms per run) cancels out
+    assert order == ["here run-1", "there run-1", "there run-2", "here run-2"]
+    paired = bench.summary["_paired"]
+    assert paired["variants"] == ["here", "there"] and paired["pairs"] == 2
+    assert (paired["min_ms"], paired["max_ms"]) == (-70.0, 130.0)  # 30 ms of the variant -+ 100 ms of drift
+    assert paired["mean_ms"] == pytest.approx(30.0)
 
 
 def test_median_turn_is_the_one_closest_to_the_median() -> None:

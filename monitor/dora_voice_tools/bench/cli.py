@@ -21,7 +21,9 @@ folder with the raw monitor JSONL, dora's log and the answer WAV of each run, an
 whose first-audio latency is closest to the median. ``summary.json`` is
 ``{item: {mode: {metric: median, "turns": n, "failed": bool}, "first_audio_ratio": r}}`` (``r`` with two modes);
 with voice clips it also holds ``"_overall": {metric: {"p50", "p90", "n"}}`` over all voice turns, or
-``{mode: {metric: ...}}`` when the clips ran in several modes. The ``stress`` plan sends many queries through one
+``{mode: {metric: ...}}`` when the clips ran in several modes; with exactly two modes, the recordings' runs
+alternate between them (A B, then B A, ...) and ``"_paired"`` holds the first-audio differences turn by turn (second mode minus first:
+``median_ms``, ``mean_ms``, ``min_ms``, ``max_ms``, ``pairs``). The ``stress`` plan sends many queries through one
 run, checks that every answer was complete and samples the resident memory of the node processes.
 
 Reading the numbers: repetitions of a text scenario send the identical prompt, so from the second one on llama.cpp
@@ -62,8 +64,8 @@ from dora_voice_tools.bench.plans import (
     plan_items, resolve_plan, run_env, run_timeout_s,
 )
 from dora_voice_tools.bench.reporting import (
-    FIRST_AUDIO, item_summary, median_turn, overall_stats, render_compare_table, render_list, render_rss_table,
-    render_v2v_parts_table, render_voice_table, rss_report, variant_summary,
+    FIRST_AUDIO, item_summary, median_turn, overall_stats, paired_differences, render_compare_table, render_list,
+    render_paired, render_rss_table, render_v2v_parts_table, render_voice_table, rss_report, variant_summary,
 )
 from dora_voice_tools.bench.running import (
     RssSampler, RunOutcome, execute, log_tail, rss_growth_pct, soak_entry, soak_targets, soak_voice_input,
@@ -122,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
             "  dora-voice-bench --plan echo --clips-dir ../shared/speech --set ROOM_RT60_MS=400\n\n"
             "output (--out, default runs/bench-<timestamp> in the current directory): summary.json\n"
             "({scenario: {\"streaming\": {medians}, \"batch\": {...}, \"first_audio_ratio\": r}}; voice plans add\n"
-            "\"_overall\": {metric: {\"p50\", \"p90\"}}; the echo plan: \"echo\" (the first variant, aec) and\n"
+            "\"_overall\": {metric: {\"p50\", \"p90\"}}, and with two modes \"_paired\" (first audio, turn by\n"
+            "turn: second mode minus first); the echo plan: \"echo\" (the first variant, aec) and\n"
             "\"echo_variants\"), report.txt (the printed tables), and per scenario and mode\n"
             "timeline.png (the median turn) and run-<k>/ (timing.jsonl, dora.log, answer.wav).\n"
             "Exit status: 0 all runs complete, 1 a run failed or a stress check failed, 2 bad arguments.\n"
@@ -170,6 +173,7 @@ class _Bench:
         self.report: list[str] = []
         self.failed = False
         self.done = 0
+        self._rounds = 0  # repetitions of a recording run so far, all items (variant order, run_compare)
         self.total = sum(len(i.variants) * (self.plan.repeat if i.clip is not None else 1) for i in items)
         if answers is not None:
             self.total = len(answers[1])
@@ -218,14 +222,31 @@ class _Bench:
         """Every item and variant; a table per item; the voice overview when there are voice items."""
         voice: dict[str, list[tuple[str, list[TurnRecord], str | None]]] = {}
         heard: dict[str, list[roundtrip_plan.HeardRun]] = {}
+        paired: list[tuple[list[TurnRecord], list[TurnRecord]]] = []
         for item in self.items:
             by_variant: dict[str, list[TurnRecord]] = {}
             failed: dict[str, bool] = {}
+            outcomes: dict[str, list[RunOutcome]] = {variant.name: [] for variant in item.variants}
+            if item.clip is not None:
+                for k in range(self.plan.repeat):
+                    # the variants take turns, in the opposite order every other time (A B, B A, A B, ...), so a
+                    # drift of the machine's speed during the bench does not favour the variant that runs first
+                    order = item.variants if self._rounds % 2 == 0 else tuple(reversed(item.variants))
+                    self._rounds += 1
+                    for variant in order:
+                        outcomes[variant.name].append(self.run_one(
+                            item, variant, self.out / item.name / variant.name / f"run-{k + 1}", 1, 1))
+            else:
+                for variant in item.variants:
+                    outcomes[variant.name].append(self.run_one(
+                        item, variant, self.out / item.name / variant.name / "run-1", self.plan.repeat,
+                        self.plan.repeat))
+            if item.clip is not None and len(item.variants) == 2:
+                first, second = (outcomes[v.name] for v in item.variants)
+                paired += [(a.turns, b.turns) for a, b in zip(first, second)]
             for variant in item.variants:
                 folder = self.out / item.name / variant.name
-                runs = ([self.run_one(item, variant, folder / f"run-{k + 1}", 1, 1) for k in range(self.plan.repeat)]
-                        if item.clip is not None else
-                        [self.run_one(item, variant, folder / "run-1", self.plan.repeat, self.plan.repeat)])
+                runs = outcomes[variant.name]
                 by_variant[variant.name] = [t for r in runs for t in r.turns]
                 failed[variant.name] = not all(r.ok for r in runs)
                 if item.clip is not None:
@@ -251,6 +272,11 @@ class _Bench:
                 self.say(render_voice_table(v, rows, overall[v]))
                 self.say(render_v2v_parts_table(v, rows))
             self.summary["_overall"] = next(iter(overall.values())) if len(overall) == 1 else overall
+            if paired:
+                names = list(voice)
+                entry = paired_differences(paired)
+                self.summary["_paired"] = {"variants": names, **(entry or {})}
+                self.say(render_paired(names, entry))
             self.write()
             self.run_roundtrip(heard)
 
