@@ -22,9 +22,10 @@ whose first-audio latency is closest to the median. ``summary.json`` is
 ``{item: {mode: {metric: median, "turns": n, "failed": bool}, "first_audio_ratio": r}}`` (``r`` with two modes);
 with voice clips it also holds ``"_overall": {metric: {"p50", "p90", "n"}}`` over all voice turns, or
 ``{mode: {metric: ...}}`` when the clips ran in several modes; with exactly two modes, the recordings' runs
-alternate between them (A B, then B A, ...) and ``"_paired"`` holds the first-audio differences turn by turn (second mode minus first:
-``median_ms``, ``mean_ms``, ``min_ms``, ``max_ms``, ``pairs``). The ``stress`` plan sends many queries through one
-run, checks that every answer was complete and samples the resident memory of the node processes.
+alternate between them (A B, then B A, ...) and ``"_paired"`` holds the first-audio differences turn by turn
+(second mode minus first: ``median_ms``, ``mean_ms``, ``min_ms``, ``max_ms``, ``pairs``). The ``stress`` plan sends
+many queries through one run, checks that every answer was complete and samples the resident memory of the node
+processes.
 
 Reading the numbers: repetitions of a text scenario send the identical prompt, so from the second one on llama.cpp
 reuses its KV cache and ``llm_ttft_ms`` no longer includes evaluating the query (the first repetition does).
