@@ -28,7 +28,9 @@ from dora_voice_tools.bench.reporting import (
     render_paired, render_v2v_parts_table, render_voice_table, rss_report,
 )
 from fakes import make_turn
-from dora_voice_tools.bench.running import RssSample, RssSampler, stress_checks, turn_problems
+from dora_voice_tools.bench.running import (
+    RssSample, RssSampler, cpu_times, steal_percent, stress_checks, turn_problems,
+)
 from dora_voice_tools.launcher import RunResult
 from dora_voice_tools.resources import TEXT_DATAFLOW
 
@@ -480,6 +482,18 @@ def _fake_process(proc: Path, pid: int, ppid: int, cmdline: list[str], rss_kb: i
     (folder / "cmdline").write_bytes("\0".join(cmdline).encode() + b"\0")
     status = "Name:\tpython\n" + (f"VmRSS:\t  {rss_kb} kB\n" if rss_kb is not None else "")
     (folder / "status").write_text(status)
+
+
+def test_the_cpu_time_taken_by_the_hypervisor_comes_from_proc_stat(tmp_path: Path) -> None:
+    (tmp_path / "stat").write_text("cpu  100 0 50 800 10 0 0 40 0 0\ncpu0 50 0 25 400 5 0 0 20 0 0\n")
+    before = cpu_times(tmp_path)
+    assert before == (40, 1000)  # steal is the 8th value; guest time is already in user
+    (tmp_path / "stat").write_text("cpu  400 0 100 1200 10 0 0 140 0 0\n")
+    assert steal_percent(before, cpu_times(tmp_path)) == pytest.approx(100 * 100 / 850)
+    assert steal_percent(before, before) is None and steal_percent(None, before) is None
+    assert cpu_times(tmp_path / "missing") is None
+    (tmp_path / "stat").write_text("intr 1 2 3\n")
+    assert cpu_times(tmp_path) is None
 
 
 def test_rss_sampler_reads_node_descendants_only(tmp_path: Path) -> None:

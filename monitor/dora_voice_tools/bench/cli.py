@@ -23,9 +23,11 @@ whose first-audio latency is closest to the median. ``summary.json`` is
 with voice clips it also holds ``"_overall": {metric: {"p50", "p90", "n"}}`` over all voice turns, or
 ``{mode: {metric: ...}}`` when the clips ran in several modes; with exactly two modes, the recordings' runs
 alternate between them (A B, then B A, ...) and ``"_paired"`` holds the first-audio differences turn by turn
-(second mode minus first: ``median_ms``, ``mean_ms``, ``min_ms``, ``max_ms``, ``pairs``). The ``stress`` plan sends
-many queries through one run, checks that every answer was complete and samples the resident memory of the node
-processes.
+(second mode minus first: ``median_ms``, ``mean_ms``, ``min_ms``, ``max_ms``, ``pairs``). On Linux,
+``"_cpu_steal_percent"`` is the share of the CPU time the hypervisor gave to other machines during the plan
+(``/proc/stat``'s steal, ``vmstat``'s ``st``), also printed per run: on a virtual machine it slows every stage, so
+compare timings of plans with similar values. The ``stress`` plan sends many queries through one run, checks that
+every answer was complete and samples the resident memory of the node processes.
 
 Reading the numbers: repetitions of a text scenario send the identical prompt, so from the second one on llama.cpp
 reuses its KV cache and ``llm_ttft_ms`` no longer includes evaluating the query (the first repetition does).
@@ -69,8 +71,8 @@ from dora_voice_tools.bench.reporting import (
     render_paired, render_rss_table, render_v2v_parts_table, render_voice_table, rss_report, variant_summary,
 )
 from dora_voice_tools.bench.running import (
-    RssSampler, RunOutcome, execute, log_tail, rss_growth_pct, soak_entry, soak_targets, soak_voice_input,
-    stress_checks,
+    RssSampler, RunOutcome, cpu_times, execute, log_tail, rss_growth_pct, soak_entry, soak_targets,
+    soak_voice_input, steal_percent, stress_checks,
 )
 from dora_voice_tools.bench import echo as echo_plan
 from dora_voice_tools.bench import roundtrip as roundtrip_plan
@@ -199,11 +201,14 @@ class _Bench:
         input_s = item.clip.duration_s if item.clip is not None else 0.0
         print(f"[bench] {self.done}/{self.total} {label} ({turns} turn{'' if turns == 1 else 's'}; machine load "
               f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores) ...", flush=True)
+        cpu_before = cpu_times()
         outcome = execute(yaml_path, run_dir, env, run_timeout_s(env, turns, input_s), label,
                           turns if item.clip is None else None)
+        steal = steal_percent(cpu_before, cpu_times())
         status = "ok" if outcome.ok else "FAILED: " + "; ".join(outcome.problems)
         print(f"[bench] {self.done}/{self.total} {label}: {status} ({len(outcome.turns)} turns, "
-              f"{outcome.wall_s:.1f} s)", flush=True)
+              f"{outcome.wall_s:.1f} s{'' if steal is None else f'; CPU time taken by the hypervisor {steal:.0f} %'})",
+              flush=True)
         if not outcome.ok:
             self.failed = True
             print(f"[bench] last lines of {run_dir / 'dora.log'}:\n{log_tail(_read_log(run_dir))}", flush=True)
@@ -504,6 +509,7 @@ class _Bench:
         """Run the plan; the exit status."""
         self.out.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
+        cpu_before = cpu_times()
         what = (f"{self.plan.kind}, {self.plan.repeat} turns" if self.plan.kind in ("stress", "soak", "echo")
                 else f"repeat {self.plan.repeat}")
         count = f"{len(self.items)} item(s)"
@@ -523,7 +529,12 @@ class _Bench:
             self.run_echo()
         else:
             self.run_compare()
+        steal = steal_percent(cpu_before, cpu_times())
+        if steal is not None:  # a virtual machine's CPUs lent to others: every timing of the plan is slower
+            self.summary["_cpu_steal_percent"] = round(steal, 1)
         self.say(f"plan {self.plan.name} took {time.monotonic() - started:.0f} s"
+                 + ("" if steal is None else f"; the hypervisor took {steal:.1f} % of this machine's CPU time "
+                    "(vmstat's st; compare timings of runs with similar values)")
                  + ("; SOME RUNS FAILED (see above)" if self.failed else ""))
         self.write()
         print(f"[bench] wrote {self.out / 'summary.json'}", flush=True)

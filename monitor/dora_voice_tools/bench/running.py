@@ -126,6 +126,29 @@ class RssSample:
     rss_kb: int
 
 
+def cpu_times(proc: Path = Path("/proc")) -> tuple[int, int] | None:
+    """``(steal, total)`` clock ticks of all CPUs since boot, from the ``cpu`` line of ``/proc/stat``; ``None`` where
+    it cannot be read (not Linux). ``steal`` is the time the hypervisor gave this virtual machine's CPUs to others
+    (proc(5), the 8th value)."""
+    try:
+        with open(proc / "stat", encoding="ascii") as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    ticks = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal (guest time is in user)
+    return ticks[7], sum(ticks)
+
+
+def steal_percent(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The share (%) of the CPU time between two :func:`cpu_times` readings that the hypervisor took; ``None``
+    without both readings or without time between them."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return 100.0 * (after[0] - before[0]) / (after[1] - before[1])
+
+
 class RssSampler:
     """Samples, every ``interval_s`` in a thread, ``VmRSS`` of the descendants of ``root_pid`` whose command line
     contains ``match`` (the node console scripts), from ``/proc``.
